@@ -1,0 +1,66 @@
+"""How many items go into each chunk of a map: measured, not guessed.
+
+``chunksize="auto"`` starts with chunks of one item until the first outcomes report how long an
+item takes in the worker (pure run time, without transport), then sizes chunks so each runs
+for about :data:`TARGET_SECONDS`: long enough that sending a chunk costs little against running
+it, short enough that the work still spreads over every worker and a crash re-runs little. When
+the input's length is known, chunks are also kept small enough that every worker gets several,
+so the last chunks do not leave workers idle.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Chunker"]
+
+TARGET_SECONDS = 0.02
+MAX_CHUNK = 50_000
+CHUNKS_PER_WORKER = 4
+
+
+class Chunker:
+    """Chooses the size of the next chunk from measured per-item time.
+
+    Example::
+
+        >>> chunker = Chunker("auto", workers=2, total=100_000)
+        >>> chunker.next_size()
+        1
+        >>> chunker.observe(items=1000, elapsed=0.0001)   # 0.1 us an item
+        >>> chunker.next_size()
+        12500
+    """
+
+    def __init__(self, chunksize: int | str, workers: int, total: int | None):
+        self.fixed = chunksize if isinstance(chunksize, int) else None
+        self.per_item: float | None = None  # seconds, moving average
+        cap = MAX_CHUNK
+        if total is not None:
+            cap = min(cap, max(1, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
+        self._cap = cap
+
+    def observe(self, items: int, elapsed: float) -> None:
+        """Record that ``items`` items took ``elapsed`` seconds of run time in a worker."""
+        if items <= 0 or elapsed < 0:
+            return
+        sample = elapsed / items
+        if self.per_item is None:
+            self.per_item = sample
+        else:
+            weight = min(0.5, items / 1000 + 0.1)
+            self.per_item += weight * (sample - self.per_item)
+
+    def next_size(self) -> int:
+        """The size of the next chunk."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.per_item is None:
+            return 1
+        if self.per_item <= 0:
+            return self._cap
+        return max(1, min(self._cap, int(TARGET_SECONDS / self.per_item)))
+
+    def estimate(self, items: int) -> float:
+        """Expected run time of ``items`` items, 0.0 while unknown."""
+        return (self.per_item or 0.0) * items

@@ -1,0 +1,178 @@
+"""The exceptions and the failure record that conveyor gives back to its callers.
+
+A task that fails in a worker process comes back as its own exception, with the worker's
+formatted traceback chained as ``__cause__`` (the same convention as
+``concurrent.futures.ProcessPoolExecutor``), so the caller's traceback shows the function and
+the line that failed in the worker.
+"""
+
+from __future__ import annotations
+
+import signal
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Failure",
+    "PoolClosed",
+    "RemoteTraceback",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "WorkerInitError",
+]
+
+
+class TaskTimeout(TimeoutError):
+    """A task ran past its ``timeout=`` and was stopped.
+
+    Example::
+
+        >>> import conveyor, time
+        >>> conveyor.map(time.sleep, [5], timeout=0.5, on_error="return")[0].exception
+        TaskTimeout('task ran past its timeout of 0.5 s')
+    """
+
+    def __init__(self, message: str = "task ran past its timeout", timeout: float | None = None):
+        super().__init__(message)
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.timeout))
+
+
+class WorkerCrashed(RuntimeError):
+    """The worker process running a task died under it (a signal, ``os._exit``, the OOM killer).
+
+    ``exitcode`` is the process's exit code (negative: the signal number, as in
+    ``multiprocessing``); ``signal_name`` names the signal when there was one.
+
+    Example::
+
+        >>> import conveyor, os
+        >>> conveyor.map(os._exit, [3], backend="process", on_error="return")[0].exception
+        WorkerCrashed('worker process (pid ...) died while running the task: exit code 3')
+    """
+
+    def __init__(self, message: str = "worker process died", exitcode: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    @property
+    def signal_name(self) -> str | None:
+        """The name of the signal that killed the worker (``"SIGKILL"``), or None."""
+        return _signal_name(self.exitcode)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.exitcode))
+
+    @classmethod
+    def for_exit(cls, pid: int | None, exitcode: int | None) -> WorkerCrashed:
+        """Build the error for a worker that ended with ``exitcode`` (negative: a signal)."""
+        name = _signal_name(exitcode)
+        if name is not None:
+            how = f"killed by {name}"
+            if name == "SIGKILL":
+                how += " (the out-of-memory killer sends it too)"
+        else:
+            how = f"exit code {exitcode}"
+        return cls(f"worker process (pid {pid}) died while running the task: {how}", exitcode)
+
+
+class WorkerInitError(RuntimeError):
+    """A pool's ``initializer`` raised in a worker; the pool cannot run tasks.
+
+    Example::
+
+        >>> conveyor.Pool(initializer=int, initargs=("x",)).submit(abs, 1).result()
+        Traceback (most recent call last):
+        conveyor.WorkerInitError: the pool's initializer int('x') failed in a worker: ...
+    """
+
+
+class PoolClosed(RuntimeError):
+    """Work was submitted to a pool that was shut down.
+
+    Example::
+
+        >>> pool = conveyor.Pool(); pool.shutdown(); pool.submit(abs, 1)
+        Traceback (most recent call last):
+        conveyor.PoolClosed: cannot submit to a pool that was shut down
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker, chained as ``__cause__``.
+
+    Example::
+
+        >>> try:
+        ...     conveyor.map(int, ["x"], backend="process")
+        ... except ValueError as exc:
+        ...     print(type(exc.__cause__).__name__)
+        RemoteTraceback
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+@dataclass
+class Failure:
+    """What ``on_error="return"`` puts in the place of an item's result.
+
+    ``item`` is the input, ``exception`` the final exception, ``traceback`` its formatted text
+    (the worker's traceback for a remote failure), ``attempts`` how many times it was run.
+
+    Example::
+
+        >>> [r for r in conveyor.map(int, ["1", "x"], on_error="return")]
+        [1, Failure(item='x', exception=ValueError(...), attempts=1)]
+    """
+
+    item: Any
+    exception: BaseException
+    traceback: str = field(default="", repr=False)
+    attempts: int = 1
+
+    def __bool__(self) -> bool:
+        return False
+
+    def reraise(self) -> None:
+        """Raise the stored exception (with its remote traceback chained)."""
+        raise self.exception
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def format_exception_text(exc: BaseException) -> str:
+    """The traceback text of ``exc`` as the standard library would print it."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def attach_remote_traceback(exc: BaseException, tb: str) -> BaseException:
+    """Chain the worker's traceback text to ``exc`` so that printing it shows where it failed."""
+    if tb:
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
+
+def traceback_text(exc: BaseException) -> str:
+    """The most useful traceback text for ``exc``: the remote one when it has one."""
+    cause = exc.__cause__
+    if isinstance(cause, RemoteTraceback):
+        return cause.tb.strip().strip('"').strip("\n") + "\n"
+    if exc.__traceback__ is not None:
+        return format_exception_text(exc)
+    return f"{type(exc).__name__}: {exc}\n"

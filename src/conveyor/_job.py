@@ -1,0 +1,313 @@
+"""One map call: lazy input -> chunks -> a backend -> results, in order or as they finish.
+
+Data flow::
+
+    caller thread (MapJob)                         backend (threads or dispatcher)
+    ----------------------                         -------------------------------
+    pull input lazily, cut chunks (Chunker) -----> submit(units)
+    wait on the job's queue  <-------------------  _Chunk.deliver(): (chunk, start, loader)
+    unpickle outcomes (loader), store them,
+    retry / fail / skip per item,
+    emit finished chunks (in input order, or at once)
+
+Guarantees, and where they are kept:
+
+* **Bounded memory.** At most ``in_flight`` items are taken from the input and not yet handed to
+  the caller (:meth:`MapJob._top_up`), so ``imap`` over an infinite generator is fine, and an
+  ordered ``imap`` whose first item is slow does not buffer the rest of the input.
+* **Input is read in the caller's thread**, only ever by one thread, and an exception raised by
+  the input iterator surfaces in the caller like any other.
+* **Leaving early is clean.** Breaking out of ``imap`` (GeneratorExit), an error with
+  ``on_error="raise"``, or Ctrl-C all close the job: queued chunks are cancelled, outcomes that
+  still arrive are dropped by :meth:`_Chunk.deliver`, and the pool stays usable. On Ctrl-C the
+  process backend also kills the workers running the job's chunks and waits until they are reaped.
+* **Each item is settled exactly once**: a result, a retry (a new one-item unit held back by a
+  small backoff), a Failure, a skip, or the error that is raised.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ._chunking import Chunker
+from ._errors import Failure, PoolClosed, traceback_text
+from ._progress import Progress
+from ._work import Loader, Unit
+from .backends.base import Backend
+
+__all__ = ["MapJob"]
+
+_SKIPPED = object()
+_PENDING = object()
+#: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
+CHUNKS_PER_WORKER = 2
+ORDERED_CHUNKS_PER_WORKER = 4
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): 50 ms doubling, at most 2 s."""
+    return min(2.0, 0.05 * 2 ** (attempt - 1))
+
+
+class _Raise:
+    """Marks the item whose error is to be raised (on_error="raise")."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Chunk:
+    """A run of consecutive input items, and the sink for every unit cut from it."""
+
+    __slots__ = ("attempts", "flagged", "items", "job", "owner", "remaining", "start", "values")
+
+    def __init__(self, job: MapJob, start: int, items: list[Any]):
+        self.job = job
+        self.owner = job
+        self.start = start
+        self.items = items
+        self.values: list[Any] = [_PENDING] * len(items)
+        self.remaining = len(items)
+        self.attempts: dict[int, int] = {}
+        self.flagged = False  # holds a skip or an error marker: emit slowly
+
+    # Sink protocol: called from backend threads.
+    def starting(self, unit: Unit) -> bool:
+        return not self.job.closed
+
+    def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+        if not self.job.closed:
+            self.job.events.put((self, unit, start, loader, elapsed))
+
+
+class MapJob:
+    """Runs ``fn`` over ``iterable`` on ``backend``; iterate it for the results.
+
+    Example::
+
+        >>> from conveyor.backends.thread import ThreadBackend
+        >>> job = MapJob(ThreadBackend(2), abs, [-1, -2], mode=MODE_MAP)
+        >>> list(job)
+        [1, 2]
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *,
+        mode: int,
+        ordered: bool = True,
+        chunksize: int | str = "auto",
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        on_interrupt: Callable[[], None] | None = None,
+    ):
+        self.backend = backend
+        self.fn = fn
+        self.mode = mode
+        self.ordered = ordered
+        self.timeout = timeout
+        self.retries = retries
+        self.on_error = on_error
+        self.closed = False
+        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
+            queue.SimpleQueue()
+        )
+        total = _length(iterable)
+        self._input: Iterator[Any] | None = iter(iterable)
+        self._next_index = 0
+        self._chunker = Chunker(chunksize, backend.workers, total)
+        per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
+        self._chunks_in_flight = max(2, per_worker * backend.workers)
+        self._unemitted = 0  # items taken from the input and not yet handed to the caller
+        self._finished: dict[int, _Chunk] = {}  # ordered: finished chunks by start index
+        self._emit_from = 0  # ordered: the start index of the next chunk to hand out
+        self._ready: list[list[Any]] = []  # value lists ready to hand out
+        self._raise: BaseException | None = None
+        self._progress = Progress(progress, total, getattr(fn, "__name__", "conveyor"))
+        self._on_interrupt = on_interrupt
+
+    # ----------------------------------------------------------------- consuming
+
+    def __iter__(self) -> Iterator[Any]:
+        for values in self.batches():
+            yield from values
+
+    def collect(self) -> list[Any]:
+        """All results as one list (what ``map`` returns)."""
+        out: list[Any] = []
+        for values in self.batches():
+            out.extend(values)
+        return out
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Lists of results, as they become ready to hand out."""
+        try:
+            while True:
+                self._top_up()
+                if self._ready:
+                    ready, self._ready = self._ready, []
+                    for values in ready:
+                        self._unemitted -= len(values)
+                        yield values
+                    continue
+                if self._raise is not None:
+                    raise self._raise
+                if self._input is None and self._unemitted == 0:
+                    return
+                self._wait()
+        except KeyboardInterrupt:
+            self._close(interrupt=True)
+            raise
+        finally:
+            self._close(interrupt=False)
+
+    # ----------------------------------------------------------------- feeding
+
+    def _top_up(self) -> None:
+        """Take input and submit chunks while fewer than the in-flight bound are out."""
+        while self._input is not None and self._raise is None:
+            size = self._chunker.next_size()
+            if self._unemitted + size > size * self._chunks_in_flight and self._unemitted:
+                return
+            items = list(itertools.islice(self._input, size))
+            if len(items) < size:
+                self._input = None
+            if not items:
+                return
+            chunk = _Chunk(self, self._next_index, items)
+            self._next_index += len(items)
+            self._unemitted += len(items)
+            unit = Unit(
+                fn=self.fn,
+                items=items,
+                mode=self.mode,
+                sink=chunk,
+                tags=range(chunk.start, chunk.start + len(items)),
+                timeout=self.timeout,
+                estimate=self._chunker.estimate(len(items)),
+            )
+            self.backend.submit([unit])
+
+    def _wait(self) -> None:
+        event = self.events.get()
+        self._handle(*event)
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._handle(*event)
+
+    # ----------------------------------------------------------------- outcomes
+
+    def _handle(self, chunk: _Chunk, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+        values, errors = loader()
+        count = len(values)
+        first = unit.tags[start] - chunk.start
+        if not errors:
+            self._chunker.observe(count, elapsed)
+            self._progress.update(count)
+            if self.ordered:
+                chunk.values[first : first + count] = values
+            else:
+                self._emit(values, flagged=False)
+            chunk.remaining -= count
+        else:
+            settled: list[Any] = []
+            for position, value in enumerate(values):
+                error = errors.get(position)
+                if error is not None:
+                    value = self._settle_error(chunk, first + position, error)
+                    if value is _PENDING:
+                        continue  # retried: settled later
+                if self.ordered:
+                    chunk.values[first + position] = value
+                settled.append(value)
+            self._progress.update(len(settled))
+            chunk.remaining -= len(settled)
+            if not self.ordered:
+                self._emit(settled, flagged=True)
+        if self.ordered and chunk.remaining == 0:
+            self._finished[chunk.start] = chunk
+            while self._emit_from in self._finished:
+                done = self._finished.pop(self._emit_from)
+                self._emit_from += len(done.items)
+                self._emit(done.values, done.flagged)
+
+    def _settle_error(self, chunk: _Chunk, offset: int, error: BaseException) -> Any:
+        """Schedule a retry of the item (returns _PENDING) or say what stands in its place."""
+        attempts = chunk.attempts.get(offset, 0) + 1
+        chunk.attempts[offset] = attempts
+        if attempts <= self.retries and not isinstance(error, PoolClosed) and not self.closed:
+            retry = Unit(
+                fn=self.fn,
+                items=[chunk.items[offset]],
+                mode=self.mode,
+                sink=chunk,
+                tags=range(chunk.start + offset, chunk.start + offset + 1),
+                timeout=self.timeout,
+                not_before=time.monotonic() + retry_backoff(attempts),
+                estimate=self._chunker.estimate(1),
+            )
+            self.backend.submit([retry])
+            return _PENDING
+        chunk.flagged = True
+        if self.on_error == "return":
+            return Failure(chunk.items[offset], error, traceback_text(error), attempts)
+        if self.on_error == "skip":
+            return _SKIPPED
+        self._input = None  # take no more input; what is out finishes, then we raise
+        return _Raise(error)
+
+    def _emit(self, values: list[Any], flagged: bool) -> None:
+        if not flagged:
+            self._ready.append(values)
+            return
+        kept: list[Any] = []
+        dropped = 0
+        for value in values:
+            if value is _SKIPPED:
+                dropped += 1
+            elif isinstance(value, _Raise):
+                if self._raise is None:
+                    self._raise = value.error
+                dropped += 1
+            elif self._raise is None:
+                kept.append(value)
+            else:
+                dropped += 1
+        self._unemitted -= dropped
+        self._ready.append(kept)
+
+    # ----------------------------------------------------------------- closing
+
+    def _close(self, interrupt: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._input = None
+        self._progress.close()
+        if interrupt:
+            self.backend.interrupt(self)
+            if self._on_interrupt is not None:
+                self._on_interrupt()
+        else:
+            self.backend.cancel(self)
+
+
+def _length(iterable: Iterable[Any]) -> int | None:
+    try:
+        return len(iterable)  # type: ignore[arg-type]
+    except Exception:
+        return None

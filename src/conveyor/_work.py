@@ -1,0 +1,132 @@
+"""The unit of work every backend runs, and the interface through which results come back.
+
+A :class:`Unit` is one function applied to a list of items (a chunk of a ``map``, or a single
+``submit``). A backend runs units and hands their outcomes to the unit's :class:`Sink`; the sink
+belongs to whoever made the unit (a map job, a future) and decides what an outcome means
+(store it, retry it, fail the job). Backends know nothing about ordering, retries or futures.
+
+Outcomes travel as a :data:`Loader`, a zero-argument callable returning one ``(ok, value)`` pair
+per item. For the process backend the loader unpickles; calling it is left to the sink, so a map
+job unpickles its results in the caller's thread, not in the pool's dispatcher thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "MODE_CALL",
+    "MODE_MAP",
+    "MODE_STAR",
+    "Loader",
+    "Outcome",
+    "Outcomes",
+    "Sink",
+    "Unit",
+    "call_item",
+    "errors_of",
+    "outcomes_of",
+]
+
+#: ``fn(*args, **kwargs)``, item = ``(args, kwargs)`` (``submit``)
+MODE_CALL = 0
+#: ``fn(item)`` (``map``)
+MODE_MAP = 1
+#: ``fn(*item)`` (``starmap``)
+MODE_STAR = 2
+
+#: ``(True, result)`` or ``(False, exception)``
+Outcome = tuple[bool, Any]
+#: The outcomes of consecutive items: one value per item (None where it failed), and the
+#: exceptions of the failed ones by position. Lists of values rather than pairs keep a chunk of
+#: 10,000 tiny results cheap to pickle and to unpack.
+Outcomes = tuple[list[Any], dict[int, BaseException]]
+#: A zero-argument callable giving the outcomes of consecutive items of a unit.
+Loader = Callable[[], Outcomes]
+
+_unit_ids = itertools.count()
+
+
+def call_item(fn: Callable[..., Any], mode: int, item: Any) -> Any:
+    """Apply ``fn`` to one item as ``mode`` says."""
+    if mode == MODE_MAP:
+        return fn(item)
+    if mode == MODE_STAR:
+        return fn(*item)
+    args, kwargs = item
+    return fn(*args, **kwargs)
+
+
+class Sink(Protocol):
+    """Who receives a unit's outcomes. Both methods may be called from any thread.
+
+    ``owner`` groups sinks for cancelling: a map job gives all its chunks' sinks itself as owner.
+    """
+
+    owner: object
+
+    def starting(self, unit: Unit) -> bool:
+        """Called once just before a unit (or a piece of it) is run; False drops it unrun."""
+        ...
+
+    def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+        """Outcomes for ``unit.items[start:start + len(loader())]``, which took ``elapsed`` s."""
+        ...
+
+
+@dataclass(eq=False)
+class Unit:
+    """One function applied to a list of items, with the options that govern running it.
+
+    ``tags`` has one entry per item and means something only to the sink (a map job puts the
+    item's input position there). ``not_before`` holds a retry back until that monotonic time.
+    ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it to
+    decide which small units may share one message to a worker.
+    """
+
+    fn: Callable[..., Any]
+    items: list[Any]
+    mode: int
+    sink: Sink
+    tags: list[Any]
+    timeout: float | None = None
+    not_before: float = 0.0
+    estimate: float = 0.0
+    #: what the backend made of the unit to send it (the process backend's pickled form)
+    wire: Any = None
+    id: int = field(default_factory=lambda: next(_unit_ids))
+
+    def piece(self, start: int, stop: int | None = None) -> Unit:
+        """A new unit for ``items[start:stop]``, same function, sink and options."""
+        return Unit(
+            fn=self.fn,
+            items=self.items[start:stop],
+            mode=self.mode,
+            sink=self.sink,
+            tags=self.tags[start:stop],
+            timeout=self.timeout,
+            estimate=self.estimate * (len(self.items[start:stop]) / max(1, len(self.items))),
+        )
+
+    def singles(self) -> list[Unit]:
+        """The unit split into one unit per item."""
+        return [self.piece(i, i + 1) for i in range(len(self.items))]
+
+    def ready(self, now: float | None = None) -> bool:
+        """Whether a held-back retry may run now."""
+        return self.not_before <= (time.monotonic() if now is None else now)
+
+
+def outcomes_of(values: list[Any], errors: dict[int, BaseException] | None = None) -> Loader:
+    """A loader for outcomes already held as objects."""
+    result = (values, errors or {})
+    return lambda: result
+
+
+def errors_of(count: int, error: BaseException) -> Loader:
+    """A loader saying that each of ``count`` consecutive items failed with ``error``."""
+    return outcomes_of([None] * count, dict.fromkeys(range(count), error))

@@ -1,0 +1,1 @@
+"""Backends run :class:`conveyor._work.Unit` objects: on threads, on conveyor's own process pool."""

@@ -1,0 +1,698 @@
+"""The process backend: conveyor's own worker pool, one pipe per worker, one dispatcher thread.
+
+Data flow::
+
+    caller threads              dispatcher thread (one per pool)               worker processes (N)
+    --------------              --------------------------------               --------------------
+    submit(units): pickle  -->  pending deque + held heap (retries)
+    fn (once) and items,        for each idle worker: take a batch  -- pipe -> run the batch
+    wake the dispatcher         waits on: every worker's pipe and sentinel,    (worker.py)
+                                the wakeup pipe, the nearest deadline     <-- DONE / ITEM
+    sinks (map jobs, futures)   delivers outcomes to each unit's sink
+    <-- outcomes  -------------  on a death: attributes it, re-queues, replaces the worker
+                                past a hard deadline: kills the worker's process group
+
+Guarantees, and where they are kept:
+
+* **A death costs one task.** The dispatcher knows exactly which units each worker holds (one
+  batch in flight per worker, see :mod:`.protocol`). When a worker dies holding a single item,
+  that item gets :class:`~conveyor.WorkerCrashed`; holding several, they are split into one unit
+  per item and re-queued at the front, so the item that kills again is found alone and the
+  others succeed (they may run a second time: a chunk's results are sent when the chunk ends).
+  For a streamed batch (timed units report item by item) the culprit is known at once. See
+  :meth:`ProcessBackend._on_death`.
+* **Timeouts in two tiers.** In the worker a SIGALRM timer raises TaskTimeout inside the item
+  and the worker lives on. Here, a hard deadline (timeout + grace, from when the item started as
+  far as the parent can see) kills a worker that did not come back (C code, blocked signals);
+  its item gets TaskTimeout and the worker is replaced. See :meth:`ProcessBackend._enforce_deadlines`.
+* **Nothing outlives the pool.** Workers lead their own process groups; every kill is a kill of
+  the group, so children started by a task die too. Terminate kills, then reaps.
+* **Never broken.** A new worker replaces every dead or retired one. Only an initializer that
+  fails (or workers that die at start-up five times in a row) stops the pool, with an error
+  naming the cause, and even then every owed item gets that error instead of hanging.
+* **Wakeups are never lost.** A caller sets ``_wake_pending`` and writes to the wakeup pipe only
+  when it was clear; the dispatcher drains the pipe, clears the flag under the lock and only then
+  takes work, so work queued after the clear is seen now or wakes the next wait.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
+from ..._serialize import dumps_callable, dumps_items
+from ..._work import Loader, Outcomes, Unit, errors_of
+from ..base import Backend
+from .protocol import DONE, FN_CACHE_SIZE, INIT_FAILED, ITEM, RUN, STOP, decode_outcomes, encode
+from .spawning import get_context, start_worker
+from .worker import worker_main
+
+__all__ = ["ProcessBackend"]
+
+#: small units (by their estimate) may share one message up to this much expected work
+COALESCE_SECONDS = 0.005
+#: a batch never holds more units than this
+MAX_BATCH_UNITS = 256
+#: consecutive start-up deaths (with no work held) after which the pool gives up
+MAX_STARTUP_DEATHS = 5
+#: how long a stopping worker gets to exit by itself before it is killed
+STOP_GRACE = 5.0
+
+_worker_numbers = itertools.count(1)
+
+
+def hard_deadline_grace(timeout: float) -> float:
+    """Extra time the parent allows past ``timeout`` before it kills a worker."""
+    return max(0.5, min(5.0, 0.2 * timeout))
+
+
+@dataclass(eq=False)
+class _Wire:
+    """A unit's pickled form, made once in the caller's thread."""
+
+    fn_key: int
+    fn_blob: bytes
+    items_blob: bytes
+
+
+class _Worker:
+    """The dispatcher's record of one worker process. Touched only by the dispatcher thread."""
+
+    def __init__(self, process: BaseProcess, conn: Connection, lifeline: Connection):
+        self.process = process
+        self.conn = conn
+        self.lifeline = lifeline  # never written; closing it (or our death) tells the worker to go
+        self.pid = process.pid
+        self.sentinel = process.sentinel
+        self.fn_keys: OrderedDict[int, None] = OrderedDict()
+        self.batch: list[Unit] | None = None
+        self.stream = False
+        self.unit_index = 0  # streamed batch: the unit and item now running
+        self.item_index = 0
+        self.deadline: float | None = None
+        self.tasks_run = 0
+        self.retiring = False
+        self.spoke = False  # sent any message at all
+        self.killed_for_timeout = False
+        self.cancelled_owner: object | None = None
+        self.reaped = threading.Event()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's process group (itself and what its tasks started)."""
+        _kill_group(self.pid, self.process)
+
+
+def _kill_group(pid: int | None, process: BaseProcess | None) -> None:
+    if pid is None:
+        return
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            pass
+    if process is not None:
+        try:
+            process.kill()
+        except Exception:
+            pass
+
+
+class _FunctionCache:
+    """Pickled functions by identity, each pickled once per pool (an LRU holding them alive)."""
+
+    def __init__(self, size: int = 256):
+        self._size = size
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[int, tuple[Callable[..., Any], int, bytes]] = OrderedDict()
+        self._keys = itertools.count(1)
+
+    def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+        with self._lock:
+            entry = self._by_id.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                self._by_id.move_to_end(id(fn))
+                return entry[1], entry[2]
+        blob = dumps_callable(fn)
+        with self._lock:
+            key = next(self._keys)
+            self._by_id[id(fn)] = (fn, key, blob)
+            while len(self._by_id) > self._size:
+                self._by_id.popitem(last=False)
+        return key, blob
+
+
+class ProcessBackend(Backend):
+    """Runs units on worker processes that this pool starts, watches and replaces.
+
+    Example::
+
+        >>> from conveyor.backends.process.parent import ProcessBackend
+        >>> backend = ProcessBackend(workers=2)
+        >>> backend.shutdown()
+    """
+
+    name = "process"
+    stops_timed_out_tasks = True
+
+    def __init__(
+        self,
+        workers: int,
+        start_method: str | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+    ):
+        super().__init__(workers)
+        self._ctx = get_context(start_method)
+        self.start_method = self._ctx.get_start_method()
+        self._init_blob = (
+            dumps_callable((initializer, initargs), "initializer") if initializer else None
+        )
+        self._init_name = getattr(initializer, "__qualname__", repr(initializer))
+        self._max_tasks = max_tasks_per_worker
+        self._max_memory = max_memory_per_worker
+        self._functions = _FunctionCache()
+
+        self._lock = threading.Lock()
+        self._pending: deque[Unit] = deque()
+        self._held: list[tuple[float, int, Unit]] = []
+        self._held_seq = itertools.count()
+        self._closing = False
+        self._stop_now = False
+        self._broken: BaseException | None = None
+        self._wake_pending = False
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._workers: dict[Any, _Worker] = {}  # by sentinel; changed by the dispatcher only
+        self._startup_deaths = 0
+        self._finished = threading.Event()
+
+        try:
+            for _ in range(workers):
+                self._start_worker()
+        except BaseException:
+            for worker in self._workers.values():
+                worker.kill()
+            raise
+        self._thread = threading.Thread(
+            target=self._dispatch, name="conveyor-dispatcher", daemon=True
+        )
+        self._thread.start()
+
+    # ================================================================= front (any thread)
+
+    def submit(self, units: Sequence[Unit]) -> None:
+        for unit in units:
+            if unit.wire is None:
+                key, fn_blob = self._functions.get(unit.fn)
+                first = unit.tags[0] if unit.tags and isinstance(unit.tags[0], int) else 0
+                unit.wire = _Wire(key, fn_blob, dumps_items(unit.items, unit.mode, first))
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            if self._closing:
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            now = time.monotonic()
+            for unit in units:
+                if unit.not_before > now:
+                    heapq.heappush(self._held, (unit.not_before, next(self._held_seq), unit))
+                else:
+                    self._pending.append(unit)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._wake()
+
+    def cancel(self, owner: object) -> None:
+        with self._lock:
+            self._pending = deque(u for u in self._pending if u.sink.owner is not owner)
+            self._held = [h for h in self._held if h[2].sink.owner is not owner]
+            heapq.heapify(self._held)
+
+    def interrupt(self, owner: object) -> None:
+        """Kill the workers running units of ``owner`` (Ctrl-C) and wait until they are reaped.
+
+        Other units those workers held are re-queued, not failed; the workers are replaced.
+        """
+        self.cancel(owner)
+        with self._lock:
+            victims = [
+                w
+                for w in list(self._workers.values())
+                if w.batch is not None and any(u.sink.owner is owner for u in w.batch)
+            ]
+            for worker in victims:
+                worker.cancelled_owner = owner
+        for worker in victims:
+            worker.kill()
+        for worker in victims:
+            worker.reaped.wait(10.0)
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        with self._lock:
+            self._closing = True
+            dropped = self._take_queued() if cancel_pending else []
+        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        self._wake()
+        if wait and threading.current_thread() is not self._thread:
+            self._finished.wait()
+
+    def terminate(self) -> None:
+        with self._lock:
+            self._closing = self._stop_now = True
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.kill()
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._finished.wait(30.0)
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the current worker processes (for tests and diagnostics)."""
+        with self._lock:
+            return [w.pid for w in self._workers.values() if w.pid is not None]
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send_bytes(b"")
+        except OSError:
+            pass  # the dispatcher has finished and closed the pipe
+
+    def _take_queued(self) -> list[Unit]:
+        dropped = list(self._pending) + [h[2] for h in self._held]
+        self._pending.clear()
+        self._held.clear()
+        return dropped
+
+    # ================================================================= dispatcher thread
+
+    def _dispatch(self) -> None:
+        try:
+            self._dispatch_loop()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            self._broken = RuntimeError(f"conveyor's dispatcher thread failed: {exc!r}")
+            self._broken.__cause__ = exc
+            raise
+        finally:
+            self._finish()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._stop_now:
+                    return
+                self._release_held()
+                batches = self._take_batches()
+            for worker, units in batches:
+                self._send(worker, units)
+            if self._closing and self._drained():
+                self._stop_workers()
+                return
+            ready = wait(self._waitables(), self._next_wakeup())
+            # Pipes before sentinels: a worker's last messages count before its death does.
+            for obj in ready:
+                if obj is self._wake_r:
+                    self._drain_wakeups()
+                elif isinstance(obj, Connection):
+                    self._on_messages(self._worker_by_conn(obj))
+            for obj in ready:
+                worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
+                if worker is not None:
+                    self._on_death(worker)
+            self._enforce_deadlines()
+
+    def _waitables(self) -> list[Any]:
+        objs: list[Any] = [self._wake_r]
+        for worker in self._workers.values():
+            objs.append(worker.conn)
+            objs.append(worker.sentinel)
+        return objs
+
+    def _worker_by_conn(self, conn: Connection) -> _Worker:
+        for worker in self._workers.values():
+            if worker.conn is conn:
+                return worker
+        raise KeyError(conn)
+
+    def _next_wakeup(self) -> float | None:
+        times = [w.deadline for w in self._workers.values() if w.deadline is not None]
+        with self._lock:
+            if self._held:
+                times.append(self._held[0][0])
+        if not times:
+            return None
+        return max(0.0, min(times) - time.monotonic())
+
+    def _drain_wakeups(self) -> None:
+        while self._wake_r.poll():
+            self._wake_r.recv_bytes()
+        with self._lock:
+            self._wake_pending = False
+
+    def _release_held(self) -> None:
+        now = time.monotonic()
+        while self._held and self._held[0][0] <= now:
+            self._pending.append(heapq.heappop(self._held)[2])
+
+    def _drained(self) -> bool:
+        with self._lock:
+            queued = bool(self._pending or self._held)
+        return not queued and all(w.batch is None for w in self._workers.values())
+
+    # ----------------------------------------------------------------- sending work
+
+    def _take_batches(self) -> list[tuple[_Worker, list[Unit]]]:
+        """Pair idle workers with batches from the pending queue (under the lock).
+
+        A batch is one unit, plus more small ones while their estimates stay under
+        COALESCE_SECONDS and the worker takes no more than its share of the queue, so a burst
+        of ``submit`` calls costs a few messages, not one each. Timed units (streamed) and
+        untimed ones never share a batch.
+        """
+        if not self._pending or self._broken is not None:
+            return []
+        idle = [w for w in self._workers.values() if w.batch is None and not w.retiring]
+        batches = []
+        for worker in idle:
+            if not self._pending:
+                break
+            share = max(1, math.ceil(len(self._pending) / max(1, self.workers)))
+            quota = (self._max_tasks - worker.tasks_run) if self._max_tasks else None
+            first = self._pending.popleft()
+            if quota is not None and len(first.items) > quota:
+                self._pending.appendleft(first.piece(quota))
+                first = first.piece(0, quota)
+            units = [first]
+            count, expected = len(first.items), first.estimate
+            stream = first.timeout is not None
+            while self._pending and len(units) < min(share, MAX_BATCH_UNITS):
+                nxt = self._pending[0]
+                if (nxt.timeout is not None) != stream:
+                    break
+                if expected + nxt.estimate > COALESCE_SECONDS:
+                    break
+                if quota is not None and count + len(nxt.items) > quota:
+                    break
+                units.append(self._pending.popleft())
+                count += len(nxt.items)
+                expected += nxt.estimate
+            worker.batch = units  # reserved; _send drops units whose sink says no
+            batches.append((worker, units))
+        return batches
+
+    def _send(self, worker: _Worker, units: list[Unit]) -> None:
+        units = [u for u in units if u.sink.starting(u)]
+        if not units:
+            worker.batch = None
+            return
+        stream = units[0].timeout is not None
+        wire_units = []
+        for unit in units:
+            wire = self._wire_of(unit)
+            if wire.fn_key in worker.fn_keys:
+                worker.fn_keys.move_to_end(wire.fn_key)
+                fn_blob = None
+            else:
+                fn_blob = wire.fn_blob
+                worker.fn_keys[wire.fn_key] = None
+                while len(worker.fn_keys) > FN_CACHE_SIZE:
+                    worker.fn_keys.popitem(last=False)
+            wire_units.append(
+                (unit.id, wire.fn_key, fn_blob, unit.mode, unit.timeout, len(unit.items),
+                 wire.items_blob)
+            )
+        worker.batch = units
+        worker.stream = stream
+        worker.unit_index = worker.item_index = 0
+        worker.deadline = self._deadline_for(units[0]) if stream else None
+        try:
+            worker.conn.send_bytes(encode((RUN, stream, wire_units)))
+        except OSError:
+            pass  # it died; its sentinel will say so and _on_death re-queues the batch
+
+    @staticmethod
+    def _deadline_for(unit: Unit) -> float | None:
+        if unit.timeout is None:
+            return None
+        return time.monotonic() + unit.timeout + hard_deadline_grace(unit.timeout)
+
+    # ----------------------------------------------------------------- receiving outcomes
+
+    def _on_messages(self, worker: _Worker) -> None:
+        conn = worker.conn
+        try:
+            while conn.poll():
+                message = _decode_message(conn.recv_bytes())
+                worker.spoke = True
+                kind = message[0]
+                if kind == DONE:
+                    self._on_done(worker, message[1], message[2])
+                elif kind == ITEM:
+                    self._on_item(worker, *message[1:])
+                elif kind == INIT_FAILED:
+                    self._on_init_failed(message[1])
+        except (EOFError, OSError):
+            pass  # it died; the sentinel says so
+
+    def _on_done(self, worker: _Worker, parts: list[tuple[int, bytes, float]], rss: int) -> None:
+        batch = worker.batch or []
+        for unit, (unit_id, blob, elapsed) in zip(batch, parts):
+            assert unit.id == unit_id, "a worker answered for a unit it was not sent"
+            _deliver(unit, 0, len(unit.items), blob, elapsed)
+        self._batch_finished(worker, rss)
+
+    def _on_item(
+        self, worker: _Worker, unit_id: int, position: int, blob: bytes, elapsed: float, rss: int
+    ) -> None:
+        batch = worker.batch or []
+        unit = batch[worker.unit_index]
+        assert unit.id == unit_id and position == worker.item_index
+        _deliver(unit, position, 1, blob, elapsed)
+        worker.item_index += 1
+        if worker.item_index == len(unit.items):
+            worker.unit_index += 1
+            worker.item_index = 0
+        if worker.unit_index == len(batch):
+            self._batch_finished(worker, rss)
+        else:
+            worker.deadline = self._deadline_for(batch[worker.unit_index])
+
+    def _batch_finished(self, worker: _Worker, rss: int) -> None:
+        worker.tasks_run += sum(len(u.items) for u in worker.batch or [])
+        worker.batch = None
+        worker.deadline = None
+        self._startup_deaths = 0
+        too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks
+        too_big = self._max_memory is not None and rss > self._max_memory
+        if (too_many or too_big) and not self._closing:
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Ask an idle worker to exit, and start its replacement now."""
+        worker.retiring = True
+        try:
+            worker.conn.send_bytes(encode((STOP,)))
+        except OSError:
+            pass
+        self._start_worker()
+
+    def _on_init_failed(self, tb: str) -> None:
+        error = WorkerInitError(
+            f"the pool's initializer {self._init_name} failed in a worker process:\n{tb}"
+        )
+        self._break(error)
+
+    def _break(self, error: BaseException) -> None:
+        """Stop the pool for good: fail everything queued or held, kill the workers."""
+        with self._lock:
+            self._broken = error
+            self._closing = self._stop_now = True
+            dropped = self._take_queued()
+        for worker in self._workers.values():
+            if worker.batch:
+                dropped.extend(worker.batch)
+                worker.batch = None
+            worker.kill()
+        _fail(dropped, error)
+
+    # ----------------------------------------------------------------- deaths and deadlines
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers.values():
+            if worker.deadline is not None and now >= worker.deadline:
+                worker.deadline = None
+                worker.killed_for_timeout = True
+                worker.kill()
+
+    def _on_death(self, worker: _Worker) -> None:
+        """A worker's sentinel fired: settle what it held, reap it, replace it."""
+        self._on_messages(worker)  # anything it managed to send first
+        worker.process.join(5.0)
+        exitcode = worker.process.exitcode
+        _kill_group(worker.pid, None)  # children its task left behind
+        del self._workers[worker.sentinel]
+        for conn in (worker.conn, worker.lifeline):
+            conn.close()
+        batch, worker.batch = worker.batch, None
+        if batch:
+            self._settle_lost_batch(worker, batch, exitcode)
+        elif not worker.retiring and not worker.spoke and not self._closing:
+            self._startup_deaths += 1
+            if self._startup_deaths >= MAX_STARTUP_DEATHS:
+                self._break(
+                    WorkerCrashed(
+                        f"worker processes keep dying at start-up "
+                        f"({WorkerCrashed.for_exit(worker.pid, exitcode)})",
+                        exitcode,
+                    )
+                )
+        worker.reaped.set()
+        if not self._stop_now and (not self._closing or not self._drained()):
+            self._start_worker()
+
+    def _settle_lost_batch(self, worker: _Worker, batch: list[Unit], exitcode: int | None) -> None:
+        cancelled = worker.cancelled_owner
+        if cancelled is not None:
+            batch = [u for u in batch if u.sink.owner is not cancelled]
+            self._requeue(batch)  # the others were not to blame
+            return
+        if worker.stream:
+            unit = batch[worker.unit_index]
+            position = worker.item_index
+            if worker.killed_for_timeout:
+                timeout = unit.timeout or 0.0
+                error: BaseException = TaskTimeout(
+                    f"task ran past its timeout of {timeout:g} s and its worker process was "
+                    f"killed (it did not respond to the in-process alarm)",
+                    timeout,
+                )
+            else:
+                error = WorkerCrashed.for_exit(worker.pid, exitcode)
+            unit.sink.deliver(unit, position, errors_of(1, error), 0.0)
+            rest = [unit.piece(position + 1)] if position + 1 < len(unit.items) else []
+            self._requeue(rest + batch[worker.unit_index + 1 :])
+            return
+        if sum(len(u.items) for u in batch) == 1:
+            unit = batch[0]
+            unit.sink.deliver(unit, 0, errors_of(1, WorkerCrashed.for_exit(worker.pid, exitcode)), 0.0)
+            return
+        # Several items could be to blame: run each alone to find the one that kills.
+        self._requeue([single for unit in batch for single in unit.singles()])
+
+    def _requeue(self, units: list[Unit]) -> None:
+        """Put units back at the front of the queue, in order (pieces are pickled anew)."""
+        for unit in units:
+            self._wire_of(unit)
+        with self._lock:
+            self._pending.extendleft(reversed(units))
+
+    def _wire_of(self, unit: Unit) -> _Wire:
+        """The unit's pickled form, made now for pieces split off a unit."""
+        if unit.wire is None:
+            key, fn_blob = self._functions.get(unit.fn)
+            unit.wire = _Wire(key, fn_blob, dumps_items(unit.items, unit.mode))
+        return unit.wire  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------------- workers
+
+    def _start_worker(self) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
+        try:
+            process = start_worker(
+                self._ctx,
+                worker_main,
+                (child_conn, lifeline_r, self._init_blob, self._max_memory is not None),
+                f"conveyor-worker-{next(_worker_numbers)}",
+            )
+        finally:
+            child_conn.close()
+            lifeline_r.close()
+        worker = _Worker(process, parent_conn, lifeline_w)
+        with self._lock:
+            self._workers[worker.sentinel] = worker
+
+    def _stop_workers(self) -> None:
+        """Graceful end: ask every worker to exit, wait a while, kill what is left."""
+        for worker in self._workers.values():
+            try:
+                worker.conn.send_bytes(encode((STOP,)))
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for worker in list(self._workers.values()):
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                worker.kill()
+
+    def _finish(self) -> None:
+        """Last act of the dispatcher: no worker left, nothing owed left unsaid."""
+        with self._lock:
+            self._closing = True
+            dropped = self._take_queued()
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            if worker.batch:
+                dropped.extend(worker.batch)
+                worker.batch = None
+            worker.kill()
+        for worker in workers:
+            worker.process.join(5.0)
+            _kill_group(worker.pid, None)
+            for conn in (worker.conn, worker.lifeline):
+                conn.close()
+            worker.reaped.set()
+        error = self._broken or PoolClosed("the pool was terminated before the task finished")
+        _fail(dropped, error)
+        self._finished.set()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _decode_message(data: bytes) -> tuple[Any, ...]:
+    from .protocol import decode
+
+    return decode(data)  # type: ignore[no-any-return]
+
+
+def _deliver(unit: Unit, start: int, count: int, blob: bytes, elapsed: float) -> None:
+    unit.sink.deliver(unit, start, _loader(blob, count), elapsed)
+
+
+def _loader(blob: bytes, count: int) -> Loader:
+    """Unpickle outcomes when the sink asks; an unpicklable blob fails each of its items."""
+
+    def load() -> Outcomes:
+        try:
+            return decode_outcomes(blob)
+        except Exception as exc:
+            error = RuntimeError(f"the task's result could not be unpickled here: {exc!r}")
+            error.__cause__ = exc
+            return [None] * count, dict.fromkeys(range(count), error)
+
+    return load
+
+
+def _fail(units: list[Unit], error: BaseException) -> None:
+    for unit in units:
+        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
+

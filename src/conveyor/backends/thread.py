@@ -1,0 +1,314 @@
+"""The thread backend: units run on a set of worker threads in this process.
+
+Data flow::
+
+    caller threads                 worker threads (N)                  watchdog thread (on demand)
+    --------------                 ------------------                  ---------------------------
+    submit(units) --> ready deque  take a unit, run fn on each item,   waits for the nearest task
+                      held heap    deliver outcomes to unit.sink       deadline; abandons a thread
+                      (retries)    (per item when the unit has a       past it: TaskTimeout for the
+                                   timeout, else once per unit)        item, the rest re-queued, a
+                                                                       fresh thread in its place
+
+Threads cannot be killed. A task past its timeout is *abandoned*: the caller gets
+:class:`~conveyor.TaskTimeout` on time, a new thread takes the old one's place so the pool keeps
+its size, and the old thread is asked to stop by an asynchronous exception
+(``PyThreadState_SetAsyncExc``), which interrupts Python code at the next bytecode but not a call
+blocked in C (``time.sleep``, a socket read); such a thread ends when the call returns and its
+result is thrown away. The process backend, in contrast, really stops the task.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import PoolClosed, TaskTimeout, WorkerInitError
+from .._work import Unit, call_item, errors_of, outcomes_of
+from .base import Backend
+
+__all__ = ["ThreadBackend"]
+
+_thread_names = itertools.count(1)
+
+
+class _ThreadState:
+    """What the watchdog needs to know about one worker thread.
+
+    ``lock`` orders the race between a task finishing and the watchdog abandoning it: whichever
+    takes the lock first wins; the loser sees ``current`` changed (watchdog) or ``abandoned`` set
+    (worker) and backs off, so an item never gets both a result and a TaskTimeout.
+    """
+
+    __slots__ = ("abandoned", "current", "lock", "thread")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # (unit, item position, deadline) while a timed item runs
+        self.current: tuple[Unit, int, float] | None = None
+        self.abandoned = False
+        self.thread: threading.Thread | None = None
+
+
+class ThreadBackend(Backend):
+    """Runs units on worker threads of this process.
+
+    Example::
+
+        >>> from conveyor.backends.thread import ThreadBackend
+        >>> backend = ThreadBackend(workers=4)
+        >>> backend.shutdown()
+    """
+
+    name = "thread"
+    stops_timed_out_tasks = False
+
+    def __init__(
+        self,
+        workers: int,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ):
+        super().__init__(workers)
+        self._initializer = initializer
+        self._initargs = initargs
+        self._cv = threading.Condition()
+        self._ready: deque[Unit] = deque()
+        self._held: list[tuple[float, int, Unit]] = []
+        self._held_seq = itertools.count()
+        self._states: set[_ThreadState] = set()
+        self._closing = False
+        self._terminated = False
+        self._broken: BaseException | None = None
+        self._watchdog: threading.Thread | None = None
+        self._watch_cv = threading.Condition()
+        for _ in range(workers):
+            self._start_thread()
+
+    # ----------------------------------------------------------------- front (any thread)
+
+    def submit(self, units: Sequence[Unit]) -> None:
+        with self._cv:
+            if self._broken is not None:
+                raise self._broken
+            if self._closing or self._terminated:
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            now = time.monotonic()
+            for unit in units:
+                if unit.not_before > now:
+                    heapq.heappush(self._held, (unit.not_before, next(self._held_seq), unit))
+                else:
+                    self._ready.append(unit)
+            self._cv.notify(len(units))
+
+    def cancel(self, owner: object) -> None:
+        with self._cv:
+            self._ready = deque(u for u in self._ready if u.sink.owner is not owner)
+            self._held = [h for h in self._held if h[2].sink.owner is not owner]
+            heapq.heapify(self._held)
+
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        with self._cv:
+            self._closing = True
+            dropped = self._take_all_queued() if cancel_pending else []
+            self._cv.notify_all()
+            threads = [s.thread for s in self._states if s.thread is not None]
+        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        if wait:
+            current = threading.current_thread()
+            for thread in threads:
+                if thread is not current:
+                    thread.join()
+
+    def terminate(self) -> None:
+        with self._cv:
+            self._terminated = self._closing = True
+            dropped = self._take_all_queued()
+            self._cv.notify_all()
+        _fail(dropped, PoolClosed("the pool was terminated before the task started"))
+        with self._watch_cv:
+            self._watch_cv.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return not (self._closing or self._terminated)
+
+    # ----------------------------------------------------------------- worker threads
+
+    def _start_thread(self) -> None:
+        state = _ThreadState()
+        thread = threading.Thread(
+            target=self._thread_main,
+            args=(state,),
+            name=f"conveyor-thread-{next(_thread_names)}",
+            daemon=True,
+        )
+        state.thread = thread
+        self._states.add(state)
+        thread.start()
+
+    def _take_all_queued(self) -> list[Unit]:
+        dropped = list(self._ready) + [h[2] for h in self._held]
+        self._ready.clear()
+        self._held.clear()
+        return dropped
+
+    def _next_unit(self, state: _ThreadState) -> Unit | None:
+        """Block until there is a unit to run; None when this thread should end."""
+        with self._cv:
+            while True:
+                if self._terminated or state.abandoned or self._broken is not None:
+                    self._states.discard(state)
+                    return None
+                now = time.monotonic()
+                while self._held and self._held[0][0] <= now:
+                    self._ready.append(heapq.heappop(self._held)[2])
+                if self._ready:
+                    return self._ready.popleft()
+                if self._closing and not self._held:
+                    self._states.discard(state)
+                    self._cv.notify_all()
+                    return None
+                wait = self._held[0][0] - now if self._held else None
+                self._cv.wait(wait)
+
+    def _thread_main(self, state: _ThreadState) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer(*self._initargs)
+            except BaseException as exc:
+                self._break(exc)
+                return
+        try:
+            while True:
+                unit = self._next_unit(state)
+                if unit is None:
+                    return
+                if unit.sink.starting(unit):
+                    self._run_unit(state, unit)
+                    if state.abandoned:
+                        return
+        except BaseException:
+            # Only an abandoned thread gets here: the watchdog's asynchronous exception arrived
+            # after the task had ended. The item was settled by the watchdog already.
+            if not state.abandoned:
+                raise
+
+    def _run_unit(self, state: _ThreadState, unit: Unit) -> None:
+        timeout = unit.timeout
+        if timeout is None:
+            started = time.perf_counter()
+            values, errors = _run_items(unit, unit.items)
+            unit.sink.deliver(unit, 0, outcomes_of(values, errors), time.perf_counter() - started)
+            return
+        for position, item in enumerate(unit.items):
+            started = time.perf_counter()
+            with state.lock:
+                state.current = (unit, position, time.monotonic() + timeout)
+            self._wake_watchdog()
+            values, errors = _run_items(unit, (item,))
+            with state.lock:
+                if state.abandoned:
+                    return  # the watchdog gave this item a TaskTimeout and re-queued the rest
+                state.current = None
+            elapsed = time.perf_counter() - started
+            unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
+
+    def _break(self, exc: BaseException) -> None:
+        error = WorkerInitError(
+            f"the pool's initializer {_describe(self._initializer)} failed in a worker thread: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        with self._cv:
+            self._broken = error
+            dropped = self._take_all_queued()
+            self._cv.notify_all()
+        _fail(dropped, error)
+
+    # ----------------------------------------------------------------- watchdog
+
+    def _wake_watchdog(self) -> None:
+        with self._watch_cv:
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watchdog_main, name="conveyor-thread-watchdog", daemon=True
+                )
+                self._watchdog.start()
+            self._watch_cv.notify()
+
+    def _watchdog_main(self) -> None:
+        while True:
+            with self._watch_cv:
+                if self._terminated or (self._closing and not self._states):
+                    return
+                nearest = min(
+                    (s.current[2] for s in list(self._states) if s.current is not None),
+                    default=None,
+                )
+                now = time.monotonic()
+                if nearest is None or nearest > now:
+                    self._watch_cv.wait(None if nearest is None else nearest - now)
+                    continue
+            for state in list(self._states):
+                self._abandon_if_late(state)
+
+    def _abandon_if_late(self, state: _ThreadState) -> None:
+        with state.lock:
+            current = state.current
+            if current is None or current[2] > time.monotonic():
+                return
+            state.abandoned = True
+            state.current = None
+        unit, position, _ = current
+        timeout = unit.timeout
+        with self._cv:
+            self._states.discard(state)
+            rest = unit.piece(position + 1) if position + 1 < len(unit.items) else None
+            if rest is not None:
+                self._ready.appendleft(rest)
+            if not (self._closing or self._terminated):
+                self._start_thread()
+            self._cv.notify()
+        error = TaskTimeout(f"task ran past its timeout of {timeout:g} s", timeout)
+        unit.sink.deliver(unit, position, errors_of(1, error), timeout or 0.0)
+        if state.thread is not None and state.thread.ident is not None:
+            _raise_in_thread(state.thread.ident, TaskTimeout)
+
+
+def _run_items(unit: Unit, items: Sequence[Any]) -> tuple[list[Any], dict[int, BaseException]]:
+    fn, mode = unit.fn, unit.mode
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    for position, item in enumerate(items):
+        try:
+            values.append(call_item(fn, mode, item))
+        except Exception as exc:
+            values.append(None)
+            errors[position] = exc
+    return values, errors
+
+
+def _fail(units: list[Unit], error: BaseException) -> None:
+    for unit in units:
+        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
+
+
+def _describe(fn: Callable[..., Any] | None) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
+
+
+def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
+    """Ask a thread to raise ``exc_type`` at its next bytecode (CPython only; a no-op elsewhere)."""
+    if sys.implementation.name != "cpython":
+        return
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+

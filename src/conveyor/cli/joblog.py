@@ -1,0 +1,115 @@
+"""The ``--joblog`` of ``conveyor run``: one SQLite row per finished job.
+
+Schema (table ``jobs``; ``start`` is Unix time, ``duration`` seconds from the start of
+the first attempt to the end of the last)::
+
+    id INTEGER PRIMARY KEY, seq INTEGER, input TEXT, command TEXT, start REAL,
+    duration REAL, exit_code INTEGER, signal INTEGER, attempts INTEGER, timed_out INTEGER
+
+``exit_code`` is the job's exit status, or -1 when a signal killed it (then ``signal``
+is that signal's number, otherwise 0). ``input`` is the job's arguments joined by TAB.
+
+Durability: the database is in WAL mode and every row is its own committed transaction,
+written when its job ends. A commit in WAL mode is in the operating system's hands when
+``record`` returns, so killing the runner (even with SIGKILL) loses no row written.
+
+Resume: a job is identified by (``seq``, ``input``). ``--resume`` skips every job that
+has a row (it finished, successfully or not); ``--resume-failed`` skips only jobs with a
+successful row (exit 0) and so runs failed jobs again. Jobs that never finished -- not
+started, or killed by Ctrl-C, ``--halt now`` or the runner's death -- have no row and
+run again in both modes. Without either option an existing log is emptied first.
+
+Thread-safety: :meth:`JobLog.record` may be called from any thread; a lock serialises
+the writes on the one connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+__all__ = ["JobLog", "JobLogError", "JobRow", "input_text"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    input TEXT NOT NULL,
+    command TEXT NOT NULL,
+    start REAL NOT NULL,
+    duration REAL NOT NULL,
+    exit_code INTEGER NOT NULL,
+    signal INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    timed_out INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+class JobLogError(RuntimeError):
+    """The job log cannot be opened or written."""
+
+
+def _text(value: str) -> str:
+    # SQLite TEXT must be valid UTF-8; undecodable input bytes become \\xNN, stably.
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def input_text(args: tuple[str, ...]) -> str:
+    """How a job's arguments are stored in the ``input`` column."""
+    return _text("\t".join(args))
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One finished job."""
+
+    seq: int
+    input: str
+    command: str
+    start: float
+    duration: float
+    exit_code: int
+    signal: int
+    attempts: int
+    timed_out: bool
+
+
+class JobLog:
+    """An open job log. ``mode`` is ``"new"``, ``"resume"`` or ``"resume-failed"``."""
+
+    def __init__(self, path: str, mode: str = "new") -> None:
+        import sqlite3  # lazy: start-up time counts, and most runs have no joblog
+
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            if mode == "new":
+                self._db.execute("DELETE FROM jobs")
+            where = "" if mode == "resume" else " WHERE exit_code = 0 AND signal = 0"
+            self._done = {(seq, text) for seq, text in
+                          self._db.execute("SELECT seq, input FROM jobs" + where)}
+        except sqlite3.Error as e:
+            raise JobLogError(f"cannot use job log {path!r}: {e}") from None
+
+    def is_done(self, seq: int, args: tuple[str, ...]) -> bool:
+        """Whether the job is to be skipped under the resume mode the log was opened with."""
+        return (seq, input_text(args)) in self._done
+
+    def record(self, row: JobRow) -> None:
+        """Append and commit one row (thread-safe)."""
+        values = (row.seq, row.input, _text(row.command), row.start, row.duration,
+                  row.exit_code, row.signal, row.attempts, int(row.timed_out))
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (seq, input, command, start, duration, exit_code, signal,"
+                " attempts, timed_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+    def close(self) -> None:
+        """Close the connection (rows are already committed)."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,240 @@
+"""Command-line options of ``conveyor run``: the parser, its help, and validation."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from conveyor.cli.inputs import Group, split_argv
+
+__all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
+
+
+class UsageError(Exception):
+    """A bad command line; the CLI prints the message and exits with 255."""
+
+
+class ErrorRaisingParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of exiting with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing usage and exiting."""
+        raise UsageError(message)
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (affinity-aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+DESCRIPTION = """\
+Run COMMAND once per input, in parallel, like GNU parallel.
+
+Inputs: the arguments after each ':::' form a group, each FILE after '::::' is a
+group of its lines ('-' is stdin); several groups make every combination (cartesian
+product, the last group varying fastest). With no group, the lines of stdin are read
+as they arrive. -0 separates inputs by NUL instead of newline."""
+
+EPILOG = """\
+replacement strings (GNU parallel's):
+  {}    the input (all of a job's arguments with several groups)
+  {.}   without extension   {/} basename   {//} dirname   {/.} basename w/o extension
+  {#}   job number (1, 2, ... in input order, also with --shuf)
+  {%}   job slot (1 .. -j)
+  {n} {n.} {n/} {n//} {n/.}   the same for the argument from input group n
+  With no replacement string in COMMAND, the arguments are appended.
+  Any other {word} is an error; write \\{word\\} or '{ word }' for literal braces.
+
+quoting (exactly):
+  COMMAND's words are joined with spaces and run by /bin/sh -c, so shell syntax in
+  COMMAND works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
+  Every substituted input is quoted with Python's shlex.quote and reaches the command
+  literally, as part of the one word it is in: spaces, quotes, ; $ ` * and newlines
+  in inputs are never interpreted (a file named 'a b; rm -rf x' never runs rm).
+  Inside '...' or "..." in COMMAND the quote is closed around the quoted value, so
+  "{}.txt" and '{}' are safe too (not tracked inside $(...) or backquotes).
+  -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
+  With no COMMAND, each input is itself a shell command, unquoted.
+
+output:
+  By default each job's stdout, then its stderr, is written whole when the job ends:
+  jobs never interleave. --line-buffer writes whole lines as they come. --tag puts
+  the job's arguments and a TAB before each line. --keep-order prints jobs in the
+  order they were started. With --retries only the last attempt's output is shown
+  (all attempts' lines with --line-buffer).
+
+exit status:
+  0 if every job succeeded, else the number of failed jobs (at most 101); 255 for
+  any other error (bad option or template, unreadable input, Ctrl-C). A job fails
+  if it exits non-zero, is killed by a signal or times out, after all retries; jobs
+  killed or never started because of --halt or Ctrl-C are not counted (nor logged).
+
+--halt WHEN,COND=N:
+  WHEN is 'now' (kill running jobs at once) or 'soon' (start no new job, let running
+  ones finish); COND is fail, success or done; N is a count or a percentage of all
+  jobs (N%). E.g. now,fail=1  soon,fail=3  now,success=1  soon,done=50%.
+  'never' is the default.
+
+processes:
+  Every job runs in its own process group (new session). --timeout, --halt now and
+  Ctrl-C (or SIGTERM/SIGHUP to conveyor) kill a job's whole group with SIGTERM, then
+  SIGKILL after 1 s. A job ends when its output is closed and its shell has exited.
+
+examples:
+  conveyor run gzip ::: *.log                       # gzip each file, -j = cores
+  find . -name '*.jpg' | conveyor run -j 50% convert {} {.}.png
+  conveyor run --tag -k 'wc -l {}' ::: *.txt        # tagged, in input order
+  conveyor run echo {1}-{2} ::: a b ::: 1 2         # a-1 a-2 b-1 b-2
+  conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
+  conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
+  conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
+  conveyor run --dry-run mv {} {.}.bak ::: a.txt b.txt   # print, run nothing
+"""
+
+
+def run_parser() -> ErrorRaisingParser:
+    """The argparse parser for ``conveyor run`` (without the ::: / :::: groups)."""
+    p = ErrorRaisingParser(
+        prog="conveyor run",
+        usage="conveyor run [options] [COMMAND ...] [::: ARG ...] [:::: FILE ...] ...",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("-j", "--jobs", metavar="N|N%", help="run N jobs at once, or N%% of the usable cores "
+      "(default: the usable cores, %(default)s here)", default=str(usable_cores()))
+    a("--timeout", metavar="SECONDS", type=float,
+      help="kill a job (its whole process group) that runs longer; it counts as failed")
+    a("--retries", metavar="N", type=int, default=0,
+      help="run a failed job again, up to N more times")
+    a("--halt", metavar="SPEC", default="never", help="stop early, see below")
+    a("-k", "--keep-order", action="store_true", help="print output in input order")
+    a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
+    a("--line-buffer", "--lb", action="store_true",
+      help="print whole lines as they come instead of whole jobs at their end")
+    a("--dry-run", action="store_true", help="print the commands, run nothing")
+    a("--progress", "--bar", action="store_true", help="show a progress bar on stderr")
+    a("--shuf", action="store_true", help="run the jobs in random order")
+    a("--delay", metavar="SECONDS", type=float, default=0.0,
+      help="wait this long between job starts")
+    a("-0", "--null", action="store_true", help="inputs are separated by NUL, not newline")
+    a("-q", "--quote", action="store_true",
+      help="quote COMMAND's words too: run it as a plain argv without shell syntax")
+    a("--joblog", metavar="FILE", help="record every finished job in this SQLite file")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="with --joblog: skip jobs the log has as finished")
+    resume.add_argument("--resume-failed", action="store_true",
+                        help="with --joblog: skip jobs the log has as succeeded, rerun failed")
+    a("command", nargs=argparse.REMAINDER, metavar="COMMAND",
+      help="the command (shell code) with replacement strings")
+    return p
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A parsed --halt spec: ``when`` 'never'/'now'/'soon', ``what`` fail/success/done."""
+
+    when: str = "never"
+    what: str = "fail"
+    count: int = 1
+    percent: float | None = None
+
+    def threshold(self, total: int | None) -> int:
+        """The number of matching jobs that triggers the halt."""
+        if self.percent is None:
+            return self.count
+        return max(1, math.ceil((total or 0) * self.percent / 100))
+
+
+_HALT = re.compile(r"(now|soon),(fail|success|done)=([0-9]+(?:\.[0-9]+)?)(%?)\Z")
+
+
+def parse_halt(spec: str) -> Halt:
+    """Parse ``never``, ``now,fail=1``, ``soon,done=30%`` (and GNU's 0/1/2 shorthands)."""
+    spec = spec.strip().lower()
+    legacy = {"0": "never", "1": "soon,fail=1", "2": "now,fail=1"}
+    spec = legacy.get(spec, spec)
+    if spec == "never":
+        return Halt()
+    m = _HALT.match(spec)
+    if not m:
+        raise UsageError(f"bad --halt spec {spec!r}: expected never, or now|soon,"
+                         "fail|success|done=N or =N% (e.g. now,fail=1)")
+    when, what, number, percent = m.groups()
+    if percent:
+        value = float(number)
+        if not 0 < value <= 100:
+            raise UsageError(f"bad --halt spec {spec!r}: percentage must be in (0, 100]")
+        return Halt(when, what, 1, value)
+    if "." in number or int(number) < 1:
+        raise UsageError(f"bad --halt spec {spec!r}: the count must be a whole number >= 1")
+    return Halt(when, what, int(number))
+
+
+def parse_jobs(text: str) -> int:
+    """``N`` or ``N%`` of the usable cores -> a number of jobs >= 1."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)(%?)\s*", text)
+    if not m:
+        raise UsageError(f"bad -j/--jobs value {text!r}: expected a number N or N%")
+    value = float(m.group(1))
+    if m.group(2):
+        if value <= 0:
+            raise UsageError(f"bad -j/--jobs value {text!r}: must be more than 0%")
+        return max(1, int(usable_cores() * value / 100))
+    if value != int(value) or value < 1:
+        raise UsageError(f"bad -j/--jobs value {text!r}: must be a whole number >= 1")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``conveyor run`` was asked to do, validated."""
+
+    command: list[str]
+    groups: list[Group]
+    jobs: int
+    timeout: float | None
+    retries: int
+    halt: Halt
+    keep_order: bool
+    tag: bool
+    line_buffer: bool
+    dry_run: bool
+    progress: bool
+    shuf: bool
+    delay: float
+    null: bool
+    quote: bool
+    joblog: str | None
+    resume: str  # "new", "resume" or "resume-failed"
+
+
+def parse_run_args(argv: Sequence[str]) -> RunConfig:
+    """Parse ``conveyor run``'s arguments; raise :class:`UsageError` if they are bad."""
+    head, groups = split_argv(argv)
+    ns = run_parser().parse_args(head)
+    command = list(ns.command)
+    if command and command[0] == "--":
+        command.pop(0)
+    if ns.timeout is not None and not (ns.timeout > 0 and math.isfinite(ns.timeout)):
+        raise UsageError(f"bad --timeout {ns.timeout}: must be a positive number of seconds")
+    if ns.retries < 0:
+        raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
+    if not (ns.delay >= 0 and math.isfinite(ns.delay)):
+        raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
+    if (ns.resume or ns.resume_failed) and not ns.joblog:
+        raise UsageError("--resume and --resume-failed need --joblog FILE")
+    return RunConfig(
+        command=command, groups=groups, jobs=parse_jobs(ns.jobs), timeout=ns.timeout,
+        retries=ns.retries, halt=parse_halt(ns.halt), keep_order=ns.keep_order, tag=ns.tag,
+        line_buffer=ns.line_buffer, dry_run=ns.dry_run, progress=ns.progress,
+        shuf=ns.shuf, delay=ns.delay, null=ns.null, quote=ns.quote, joblog=ns.joblog,
+        resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new")
