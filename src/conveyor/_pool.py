@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util  # noqa: F401  (its atexit hook must run after ours: import it first)
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -43,15 +42,26 @@ __all__ = ["Pool"]
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
+class _SubmitTimes:
+    """A moving average of how long submitted tasks run, to coalesce only short ones."""
+
+    def __init__(self) -> None:
+        self.estimate = 0.0
+
+    def observe(self, elapsed: float) -> None:
+        self.estimate += 0.2 * (elapsed - self.estimate) if self.estimate else elapsed
+
+
 class _FutureTask:
     """The sink of one ``submit``: settles its future, retrying first if asked to."""
 
-    __slots__ = ("attempts", "backend", "future", "owner", "retries", "started")
+    __slots__ = ("attempts", "backend", "future", "owner", "retries", "started", "times")
 
-    def __init__(self, backend: Backend, future: Future[Any], retries: int):
+    def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
         self.retries = retries
+        self.times = times
         self.attempts = 0
         self.started = False
         self.owner = self
@@ -68,6 +78,7 @@ class _FutureTask:
         if self.future.done():
             return
         if error is None:
+            self.times.observe(elapsed)
             self.future.set_result(values[0])
             return
         if isinstance(error, PoolClosed) and not self.started:
@@ -147,7 +158,7 @@ class Pool(Executor):
         self.workers = self._backend.workers
         _live_backends.add(self._backend)
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._backend)
-        self._submit_lock = threading.Lock()
+        self._times = _SubmitTimes()
 
     # ----------------------------------------------------------------- Executor
 
@@ -190,9 +201,9 @@ class Pool(Executor):
     ) -> Future[Any]:
         check_callable(fn)
         future: Future[Any] = Future()
-        task = _FutureTask(self._backend, future, retries)
+        task = _FutureTask(self._backend, future, retries, self._times)
         unit = Unit(fn=fn, items=[(args, kwargs)], mode=MODE_CALL, sink=task, tags=[0],
-                    timeout=timeout)
+                    timeout=timeout, estimate=self._times.estimate, coalesce=True)
         self._backend.submit([unit])
         return future
 

@@ -84,8 +84,9 @@ class Unit:
 
     ``tags`` has one entry per item and means something only to the sink (a map job puts the
     item's input position there). ``not_before`` holds a retry back until that monotonic time.
-    ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it to
-    decide which small units may share one message to a worker.
+    ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
+    for units marked ``coalesce``, to decide which small units may share one message to a worker.
+    A map job's chunks are sized to their work already and are never coalesced.
     """
 
     fn: Callable[..., Any]
@@ -96,6 +97,7 @@ class Unit:
     timeout: float | None = None
     not_before: float = 0.0
     estimate: float = 0.0
+    coalesce: bool = False
     #: what the backend made of the unit to send it (the process backend's pickled form)
     wire: Any = None
     id: int = field(default_factory=lambda: next(_unit_ids))
@@ -110,6 +112,7 @@ class Unit:
             tags=self.tags[start:stop],
             timeout=self.timeout,
             estimate=self.estimate * (len(self.items[start:stop]) / max(1, len(self.items))),
+            coalesce=self.coalesce,
         )
 
     def singles(self) -> list[Unit]:

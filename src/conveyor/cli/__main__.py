@@ -45,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo_main(args[1:])
         from conveyor.cli.options import UsageError
 
+        if not args:
+            _top_parser().print_help(sys.stderr)
+            return EXIT_ERROR
         try:
-            _top_parser().parse_args(args or ["--help"])
+            _top_parser().parse_args(args)
         except UsageError as e:
             print(f"conveyor: error: {e}", file=sys.stderr)
         return EXIT_ERROR

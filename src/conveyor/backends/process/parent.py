@@ -402,9 +402,9 @@ class ProcessBackend(Backend):
             units = [first]
             count, expected = len(first.items), first.estimate
             stream = first.timeout is not None
-            while self._pending and len(units) < min(share, MAX_BATCH_UNITS):
+            while first.coalesce and self._pending and len(units) < min(share, MAX_BATCH_UNITS):
                 nxt = self._pending[0]
-                if (nxt.timeout is not None) != stream:
+                if not nxt.coalesce or (nxt.timeout is not None) != stream:
                     break
                 if expected + nxt.estimate > COALESCE_SECONDS:
                     break

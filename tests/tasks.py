@@ -1,0 +1,60 @@
+"""Module-level task functions for the tests (importable by worker processes by name)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def where(_: object = None) -> tuple[int, int]:
+    """(pid, thread id) of the worker that ran it."""
+    return os.getpid(), threading.get_ident()
+
+
+def slow_identity(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Counted:
+    """Counts how often it is unpickled in this process."""
+
+    loads = 0
+
+    def __init__(self, payload: bytes = b""):
+        self.payload = payload
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_counted, (self.payload,))
+
+    def __call__(self, x: int) -> int:
+        return Counted.loads
+
+
+def _rebuild_counted(payload: bytes) -> Counted:
+    Counted.loads += 1
+    return Counted(payload)
