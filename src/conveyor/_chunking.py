@@ -34,7 +34,11 @@ class Chunker:
 
     def __init__(self, chunksize: int | str, workers: int, total: int | None):
         self.fixed = chunksize if isinstance(chunksize, int) else None
-        self.per_item: float | None = None  # seconds, moving average
+        self.per_item: float | None = None  # seconds
+        # Decaying sums of measured items and seconds: per_item is their ratio, so a chunk of
+        # 10,000 items outweighs the one-item chunks measured first, and old samples fade.
+        self._items = 0.0
+        self._seconds = 0.0
         cap = MAX_CHUNK
         if total is not None:
             cap = min(cap, max(1, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
@@ -44,12 +48,9 @@ class Chunker:
         """Record that ``items`` items took ``elapsed`` seconds of run time in a worker."""
         if items <= 0 or elapsed < 0:
             return
-        sample = elapsed / items
-        if self.per_item is None:
-            self.per_item = sample
-        else:
-            weight = min(0.5, items / 1000 + 0.1)
-            self.per_item += weight * (sample - self.per_item)
+        self._items = self._items * 0.5 + items
+        self._seconds = self._seconds * 0.5 + elapsed
+        self.per_item = self._seconds / self._items
 
     def next_size(self) -> int:
         """The size of the next chunk."""

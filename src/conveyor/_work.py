@@ -30,6 +30,7 @@ __all__ = [
     "call_item",
     "errors_of",
     "outcomes_of",
+    "run_items",
 ]
 
 #: ``fn(*args, **kwargs)``, item = ``(args, kwargs)`` (``submit``)
@@ -59,6 +60,34 @@ def call_item(fn: Callable[..., Any], mode: int, item: Any) -> Any:
         return fn(*item)
     args, kwargs = item
     return fn(*args, **kwargs)
+
+
+def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
+    """Apply ``fn`` to each item; an exception settles that item and the loop goes on.
+
+    The happy path is one tight loop per mode (no per-item call of :func:`call_item`), which
+    matters for chunks of thousands of tiny items.
+    """
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    append = values.append
+    rest = items
+    while True:
+        try:
+            if mode == MODE_MAP:
+                for item in rest:
+                    append(fn(item))
+            elif mode == MODE_STAR:
+                for item in rest:
+                    append(fn(*item))
+            else:
+                for args, kwargs in rest:
+                    append(fn(*args, **kwargs))
+            return values, errors
+        except BaseException as exc:  # a task's SystemExit is its failure, not the worker's
+            errors[len(values)] = exc
+            append(None)
+            rest = items[len(values) :]
 
 
 class Sink(Protocol):

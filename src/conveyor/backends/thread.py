@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
-from .._work import Unit, call_item, errors_of, outcomes_of
+from .._work import Unit, errors_of, outcomes_of, run_items
 from .base import Backend
 
 __all__ = ["ThreadBackend"]
@@ -205,7 +205,7 @@ class ThreadBackend(Backend):
         timeout = unit.timeout
         if timeout is None:
             started = time.perf_counter()
-            values, errors = _run_items(unit, unit.items)
+            values, errors = run_items(unit.fn, unit.mode, unit.items)
             unit.sink.deliver(unit, 0, outcomes_of(values, errors), time.perf_counter() - started)
             return
         for position, item in enumerate(unit.items):
@@ -213,7 +213,7 @@ class ThreadBackend(Backend):
             with state.lock:
                 state.current = (unit, position, time.monotonic() + timeout)
             self._wake_watchdog()
-            values, errors = _run_items(unit, (item,))
+            values, errors = run_items(unit.fn, unit.mode, [item])
             with state.lock:
                 if state.abandoned:
                     return  # the watchdog gave this item a TaskTimeout and re-queued the rest
@@ -281,19 +281,6 @@ class ThreadBackend(Backend):
         unit.sink.deliver(unit, position, errors_of(1, error), timeout or 0.0)
         if state.thread is not None and state.thread.ident is not None:
             _raise_in_thread(state.thread.ident, TaskTimeout)
-
-
-def _run_items(unit: Unit, items: Sequence[Any]) -> tuple[list[Any], dict[int, BaseException]]:
-    fn, mode = unit.fn, unit.mode
-    values: list[Any] = []
-    errors: dict[int, BaseException] = {}
-    for position, item in enumerate(items):
-        try:
-            values.append(call_item(fn, mode, item))
-        except Exception as exc:
-            values.append(None)
-            errors[position] = exc
-    return values, errors
 
 
 def _fail(units: list[Unit], error: BaseException) -> None:

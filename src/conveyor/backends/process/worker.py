@@ -38,7 +38,7 @@ from typing import Any
 import cloudpickle
 
 from ..._errors import TaskTimeout, format_exception_text
-from ..._work import call_item
+from ..._work import call_item, run_items
 from .protocol import DONE, FN_CACHE_SIZE, INIT_FAILED, ITEM, RUN, STOP, decode, encode
 
 __all__ = ["worker_main"]
@@ -206,14 +206,8 @@ def _serve(conn: Connection, report_memory: bool) -> None:
                     rss = _resident_bytes() if report_memory else 0
                     _send(conn, (ITEM, unit_id, pos, blob, perf_counter() - item_started, rss))
                 continue
-            values: list[Any] = []
-            errors = {}
-            for pos, item in enumerate(items):
-                try:
-                    values.append(call_item(fn, mode, item))
-                except BaseException as exc:
-                    values.append(None)
-                    errors[pos] = exc
+            started = perf_counter()
+            values, errors = run_items(fn, mode, items)
             done.append((unit_id, _dump_outcomes(values, errors), perf_counter() - started))
         if done:
             _send(conn, (DONE, done, _resident_bytes() if report_memory else 0))
