@@ -8,7 +8,7 @@ exit. A call with an ``initializer`` gets a pool of its own, closed when the cal
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -26,8 +26,6 @@ _defaults_lock = threading.Lock()
 def _default_pool(backend: str, workers: int | None, start_method: str | None) -> Pool:
     backend = check_backend(backend)
     workers = check_workers(workers)
-    if backend == "auto":
-        backend = "process"
     key = (backend, workers, start_method)
     with _defaults_lock:
         pool = _defaults.get(key)
@@ -48,7 +46,7 @@ def _run(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     options: dict[str, Any],
-) -> Iterator[list[Any]]:
+) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own."""
     if initializer is None:
         pool = _default_pool(backend, workers, start_method)
@@ -59,9 +57,13 @@ def _run(
             job = pool._job(fn, iterable, (), ordered=ordered, mode=mode, **options)
         yield from job.batches()
         return
-    backend = "process" if backend == "auto" else backend
-    with Pool(workers=workers, backend=backend, start_method=start_method,
-              initializer=initializer, initargs=initargs) as own:
+    with Pool(
+        workers=workers,
+        backend=backend,
+        start_method=start_method,
+        initializer=initializer,
+        initargs=initargs,
+    ) as own:
         yield from own._job(fn, iterable, (), ordered=ordered, mode=mode, **options).batches()
 
 
@@ -80,6 +82,7 @@ def map(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
+    explain: bool = False,
 ) -> list[Any]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
@@ -93,6 +96,8 @@ def map(
       item's place, or ``"skip"`` the item.
     * ``progress=True``: a tqdm bar (or a dict of tqdm options).
     * ``initializer(*initargs)`` runs once in each worker (such a call gets its own pool).
+    * ``explain=True``: print what ``backend="auto"`` measured and chose (it is also logged at
+      INFO on the ``conveyor`` logger).
 
     Example::
 
@@ -100,11 +105,27 @@ def map(
         >>> conveyor.map(lambda x: x * x, range(5))
         [0, 1, 4, 9, 16]
     """
-    options = dict(chunksize=chunksize, timeout=timeout, retries=retries, on_error=on_error,
-                   progress=progress)
+    options = dict(
+        chunksize=chunksize,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+        explain=explain,
+    )
     out: list[Any] = []
-    for values in _run(fn, iterable, MODE_MAP, ordered, workers, backend, start_method,
-                       initializer, initargs, options):
+    for values in _run(
+        fn,
+        iterable,
+        MODE_MAP,
+        ordered,
+        workers,
+        backend,
+        start_method,
+        initializer,
+        initargs,
+        options,
+    ):
         out.extend(values)
     return out
 
@@ -137,7 +158,9 @@ def imap(fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> Ite
     return _iterate(fn, iterable, MODE_MAP, **options)
 
 
-def imap_unordered(fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> Iterator[Any]:
+def imap_unordered(
+    fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
+) -> Iterator[Any]:
     """Like :func:`imap`, yielding results as they finish.
 
     Example::
@@ -150,7 +173,7 @@ def imap_unordered(fn: Callable[..., Any], iterable: Iterable[Any], **options: A
 
 
 _CALL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "ordered")
-_JOB_OPTIONS = ("chunksize", "timeout", "retries", "on_error", "progress")
+_JOB_OPTIONS = ("chunksize", "timeout", "retries", "on_error", "progress", "explain")
 
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -165,22 +188,36 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return call, job
 
 
-def _batches(fn: Callable[..., Any], iterable: Iterable[Any], mode: int,
-             **options: Any) -> Iterator[list[Any]]:
+def _batches(
+    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
+) -> Generator[list[Any], None, None]:
     call, job = _split(options)
-    return _run(fn, iterable, mode, call.get("ordered", True), call.get("workers"),
-                call.get("backend", "auto"), call.get("start_method"), call.get("initializer"),
-                call.get("initargs", ()), job)
+    return _run(
+        fn,
+        iterable,
+        mode,
+        call.get("ordered", True),
+        call.get("workers"),
+        call.get("backend", "auto"),
+        call.get("start_method"),
+        call.get("initializer"),
+        call.get("initargs", ()),
+        job,
+    )
 
 
-def _collect(fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any) -> list[Any]:
+def _collect(
+    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
+) -> list[Any]:
     out: list[Any] = []
     for values in _batches(fn, iterable, mode, **options):
         out.extend(values)
     return out
 
 
-def _iterate(fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any) -> Iterator[Any]:
+def _iterate(
+    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
+) -> Iterator[Any]:
     batches = _batches(fn, iterable, mode, **options)
     try:
         for values in batches:
@@ -189,7 +226,9 @@ def _iterate(fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **optio
         batches.close()
 
 
-def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None) -> Iterator[Future[Any]]:
+def as_completed(
+    futures: Iterable[Future[Any]], timeout: float | None = None
+) -> Iterator[Future[Any]]:
     """Yield futures as they finish (``concurrent.futures.as_completed``).
 
     With conveyor's pools, a task that must not run past a deadline should be given
@@ -205,5 +244,3 @@ def as_completed(futures: Iterable[Future[Any]], timeout: float | None = None) -
     from concurrent.futures import as_completed as _as_completed
 
     return _as_completed(futures, timeout=timeout)
-
-

@@ -1,4 +1,4 @@
-"""How many CPUs this process may really use: affinity mask and cgroup quota, not the machine's total."""
+"""How many CPUs this process may really use: affinity and cgroup quota, not the machine's total."""
 
 from __future__ import annotations
 

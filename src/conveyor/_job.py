@@ -36,7 +36,7 @@ from typing import Any
 from ._chunking import Chunker
 from ._errors import Failure, PoolClosed, traceback_text
 from ._progress import Progress
-from ._work import Loader, Unit
+from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
 
 __all__ = ["MapJob"]
@@ -111,6 +111,8 @@ class MapJob:
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         on_interrupt: Callable[[], None] | None = None,
+        head: tuple[list[Any], Outcomes] | None = None,
+        total: int | None = None,
     ):
         self.backend = backend
         self.fn = fn
@@ -123,7 +125,8 @@ class MapJob:
         self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
             queue.SimpleQueue()
         )
-        total = _length(iterable)
+        if total is None:
+            total = _length(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
         self._next_index = 0
         self._chunker = Chunker(chunksize, backend.workers, total)
@@ -136,6 +139,16 @@ class MapJob:
         self._raise: BaseException | None = None
         self._progress = Progress(progress, total, getattr(fn, "__name__", "conveyor"))
         self._on_interrupt = on_interrupt
+        if head is not None and head[0]:
+            self._settle_head(*head)
+
+    def _settle_head(self, items: list[Any], outcomes: Outcomes) -> None:
+        """Take outcomes already known for the first items (backend="auto" measured them)."""
+        chunk = _Chunk(self, 0, items)
+        self._next_index = len(items)
+        self._unemitted = len(items)
+        unit = Unit(fn=self.fn, items=items, mode=self.mode, sink=chunk, tags=range(len(items)))
+        self.events.put((chunk, unit, 0, lambda: outcomes, 0.0))
 
     # ----------------------------------------------------------------- consuming
 
@@ -211,7 +224,9 @@ class MapJob:
 
     # ----------------------------------------------------------------- outcomes
 
-    def _handle(self, chunk: _Chunk, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+    def _handle(
+        self, chunk: _Chunk, unit: Unit, start: int, loader: Loader, elapsed: float
+    ) -> None:
         values, errors = loader()
         count = len(values)
         first = unit.tags[start] - chunk.start

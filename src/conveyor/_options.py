@@ -16,7 +16,7 @@ def check_callable(fn: Any, what: str = "fn") -> Callable[..., Any]:
     """Raise TypeError unless ``fn`` is callable."""
     if not callable(fn):
         raise TypeError(f"{what} must be callable, got {fn!r} (of type {type(fn).__name__})")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def check_workers(workers: Any) -> int | None:
@@ -31,7 +31,9 @@ def check_workers(workers: Any) -> int | None:
 def check_backend(backend: Any) -> str:
     """``backend`` must be one of :data:`BACKENDS`."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        raise ValueError(
+            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+        )
     return str(backend)
 
 
@@ -47,12 +49,16 @@ def check_options(
     if chunksize != "auto" and (
         isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral) or chunksize < 1
     ):
-        raise ValueError(f'chunksize must be "auto" or a whole number of at least 1, got {chunksize!r}')
+        raise ValueError(
+            f'chunksize must be "auto" or a whole number of at least 1, got {chunksize!r}'
+        )
     check_timeout(timeout)
     if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
         raise ValueError(f"retries must be a whole number of at least 0, got {retries!r}")
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {on_error!r}")
+        raise ValueError(
+            f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {on_error!r}"
+        )
     if not isinstance(ordered, bool):
         raise TypeError(f"ordered must be True or False, got {ordered!r}")
 
@@ -61,6 +67,6 @@ def check_timeout(timeout: Any) -> float | None:
     """``timeout`` must be None or a positive number of seconds."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)

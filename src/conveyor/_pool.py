@@ -23,6 +23,7 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
+import itertools
 import multiprocessing.util  # noqa: F401  (its atexit hook must run after ours: import it first)
 import time
 import weakref
@@ -31,7 +32,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from ._cpus import usable_cpus
-from ._errors import PoolClosed
+from ._errors import PoolClosed, TaskTimeout, WorkerCrashed
 from ._job import MapJob, retry_backoff
 from ._options import check_backend, check_callable, check_options, check_timeout, check_workers
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
@@ -141,13 +142,18 @@ class Pool(Executor):
             ("max_tasks_per_worker", max_tasks_per_worker),
             ("max_memory_per_worker", max_memory_per_worker),
         ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a whole number of at least 1 or None, got {value!r}")
-        if backend == "auto":
-            backend = "process"  # the measuring choice is made per map call (see _api.py)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(
+                    f"{name} must be a whole number of at least 1 or None, got {value!r}"
+                )
         self.backend_name = backend
+        self._requested_workers = workers
+        self._threads: Backend | None = None  # backend="auto": made when first chosen
+        self._inline: Backend | None = None
         self._backend = _make_backend(
-            backend,
+            "process" if backend == "auto" else backend,
             workers,
             start_method=start_method,
             initializer=initializer,
@@ -202,8 +208,16 @@ class Pool(Executor):
         check_callable(fn)
         future: Future[Any] = Future()
         task = _FutureTask(self._backend, future, retries, self._times)
-        unit = Unit(fn=fn, items=[(args, kwargs)], mode=MODE_CALL, sink=task, tags=[0],
-                    timeout=timeout, estimate=self._times.estimate, coalesce=True)
+        unit = Unit(
+            fn=fn,
+            items=[(args, kwargs)],
+            mode=MODE_CALL,
+            sink=task,
+            tags=[0],
+            timeout=timeout,
+            estimate=self._times.estimate,
+            coalesce=True,
+        )
         self._backend.submit([unit])
         return future
 
@@ -230,11 +244,17 @@ class Pool(Executor):
             ...     pool.map(pow, [2, 3], [5, 2])
             [32, 9]
         """
-        return self._job(fn, iterable, iterables, ordered, chunksize, timeout, retries,
-                         on_error, progress).collect()
+        return self._job(
+            fn, iterable, iterables, ordered, chunksize, timeout, retries, on_error, progress
+        ).collect()
 
-    def imap(self, fn: Callable[..., Any], iterable: Iterable[Any], *iterables: Iterable[Any],
-             **options: Any) -> Iterator[Any]:
+    def imap(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        **options: Any,
+    ) -> Iterator[Any]:
         """Lazily yield ``fn(x)`` for each ``x``, in input order; takes input as it goes.
 
         Example::
@@ -247,8 +267,13 @@ class Pool(Executor):
         options.setdefault("ordered", True)
         return iter(self._job(fn, iterable, iterables, **_job_options(options)))
 
-    def imap_unordered(self, fn: Callable[..., Any], iterable: Iterable[Any],
-                       *iterables: Iterable[Any], **options: Any) -> Iterator[Any]:
+    def imap_unordered(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        **options: Any,
+    ) -> Iterator[Any]:
         """Like :meth:`imap`, but yields results as they finish.
 
         Example::
@@ -260,8 +285,9 @@ class Pool(Executor):
         options["ordered"] = False
         return iter(self._job(fn, iterable, iterables, **_job_options(options)))
 
-    def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                **options: Any) -> list[Any]:
+    def starmap(
+        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any
+    ) -> list[Any]:
         """``[fn(*args) for args in iterable]`` on the pool's workers, as a list.
 
         Example::
@@ -285,19 +311,151 @@ class Pool(Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         mode: int = MODE_MAP,
+        explain: bool = False,
     ) -> MapJob:
         check_callable(fn)
-        check_options(chunksize=chunksize, timeout=timeout, retries=retries, on_error=on_error,
-                      ordered=ordered)
+        check_options(
+            chunksize=chunksize,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+            ordered=ordered,
+        )
         if not self._backend.alive:
             raise PoolClosed("cannot submit to a pool that was shut down")
         if iterables:
             iterable, mode = zip(iterable, *iterables), MODE_STAR
         _check_iterable(iterable)
-        return MapJob(
-            self._backend, fn, iterable, mode=mode, ordered=ordered, chunksize=chunksize,
-            timeout=check_timeout(timeout), retries=retries, on_error=on_error, progress=progress,
+        timeout = check_timeout(timeout)
+        options: dict[str, Any] = dict(
+            mode=mode,
+            ordered=ordered,
+            chunksize=chunksize,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
         )
+        if self.backend_name != "auto":
+            return MapJob(self._backend, fn, iterable, **options)
+        return self._auto_job(fn, iterable, mode, timeout, explain, options)
+
+    def _auto_job(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        mode: int,
+        timeout: float | None,
+        explain: bool,
+        options: dict[str, Any],
+    ) -> MapJob:
+        """backend="auto": measure (see _auto.py), choose, and run the rest on the choice."""
+        from . import _auto
+
+        total = _length(iterable)
+        rest = iter(iterable)
+        head: list[Any] = []
+        done, outcomes = 0, None
+        measurement = _auto.remembered(fn, mode)
+        if measurement is not None:
+            choice = _auto.choose(measurement, total, timeout)
+        else:
+            head = list(itertools.islice(rest, _auto.PROBE_ITEMS))
+            if not head:
+                return MapJob(self._backend, fn, head, **options)
+            forced, done, outcomes, measurement = self._probe(fn, mode, head, timeout)
+            if measurement is not None:
+                _auto.remember(fn, mode, measurement)
+                remaining = None if total is None else total - done
+                choice = _auto.choose(measurement, remaining, timeout)
+            else:
+                assert forced is not None
+                choice = forced
+        _auto.report(choice, fn, explain)
+        backend = self._backend_for(choice.backend)
+        return MapJob(
+            backend,
+            fn,
+            itertools.chain(head[done:], rest),
+            total=total,
+            head=(head[:done], outcomes) if outcomes is not None else None,
+            **options,
+        )
+
+    def _probe(
+        self, fn: Callable[..., Any], mode: int, head: list[Any], timeout: float | None
+    ) -> tuple[Any, int, Any, Any]:
+        """Run the probe in a worker.
+
+        Returns (a choice forced by how it failed, or None; how many items it ran; their
+        outcomes; the measurement, or None when it failed).
+        """
+        from . import _auto
+
+        future: Future[Any] = Future()
+        task = _FutureTask(self._backend, future, 0, self._times)
+        unit = Unit(
+            fn=_auto.probe,
+            items=[((fn, mode, head), {})],
+            mode=MODE_CALL,
+            sink=task,
+            tags=[0],
+            timeout=None if timeout is None else 3 * timeout,
+        )
+        try:
+            self._backend.submit([unit])
+        except TypeError:
+            return (
+                _auto.Choice(
+                    "thread",
+                    "the function or its arguments cannot be pickled, and threads need no pickling",
+                ),
+                0,
+                None,
+                None,
+            )
+        try:
+            done, outcomes, measurement = future.result()
+        except KeyboardInterrupt:
+            self._backend.interrupt(task)
+            raise
+        except TaskTimeout:
+            return (
+                _auto.Choice(
+                    "process", "measuring it ran past its timeout; processes can stop such tasks"
+                ),
+                0,
+                None,
+                None,
+            )
+        except WorkerCrashed:
+            return (
+                _auto.Choice(
+                    "process", "measuring it crashed its worker; processes isolate such tasks"
+                ),
+                0,
+                None,
+                None,
+            )
+        except Exception:
+            # The probe itself failed (the items failed in ways the job will report itself).
+            return _auto.Choice("process", "it could not be measured"), 0, None, None
+        return None, done, outcomes, measurement
+
+    def _backend_for(self, name: str) -> Backend:
+        if name == "process":
+            return self._backend
+        if name == "inline":
+            if self._inline is None:
+                from .backends.inline import InlineBackend
+
+                self._inline = InlineBackend()
+            return self._inline
+        if self._threads is None:
+            self._threads = _make_backend("thread", self._requested_workers)
+            _live_backends.add(self._threads)
+            weakref.finalize(self, _shutdown_quietly, self._threads)
+        return self._threads
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted (or cancel what has not started).
@@ -306,7 +464,8 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.shutdown()
         """
-        self._backend.shutdown(wait=wait, cancel_pending=cancel_futures)
+        for backend in self._all_backends():
+            backend.shutdown(wait=wait, cancel_pending=cancel_futures)
 
     def terminate(self) -> None:
         """Stop at once: kill the workers; what had not finished fails with PoolClosed.
@@ -315,7 +474,11 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.terminate()
         """
-        self._backend.terminate()
+        for backend in self._all_backends():
+            backend.terminate()
+
+    def _all_backends(self) -> list[Backend]:
+        return [b for b in (self._backend, self._threads) if b is not None]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
@@ -350,27 +513,36 @@ class _PoolOptions:
         options.setdefault("retries", self._retries)
         return options
 
-    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], *iterables: Iterable[Any],
-            **options: Any) -> list[Any]:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        **options: Any,
+    ) -> list[Any]:
         """``Pool.map`` with this view's timeout and retries as defaults."""
         return self._pool.map(fn, iterable, *iterables, **self._with_defaults(options))
 
-    def imap(self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> Iterator[Any]:
+    def imap(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
+    ) -> Iterator[Any]:
         """``Pool.imap`` with this view's timeout and retries as defaults."""
         return self._pool.imap(fn, iterable, **self._with_defaults(options))
 
-    def imap_unordered(self, fn: Callable[..., Any], iterable: Iterable[Any],
-                       **options: Any) -> Iterator[Any]:
+    def imap_unordered(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
+    ) -> Iterator[Any]:
         """``Pool.imap_unordered`` with this view's timeout and retries as defaults."""
         return self._pool.imap_unordered(fn, iterable, **self._with_defaults(options))
 
-    def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                **options: Any) -> list[Any]:
+    def starmap(
+        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any
+    ) -> list[Any]:
         """``Pool.starmap`` with this view's timeout and retries as defaults."""
         return self._pool.starmap(fn, iterable, **self._with_defaults(options))
 
 
-_JOB_OPTIONS = ("ordered", "chunksize", "timeout", "retries", "on_error", "progress")
+_JOB_OPTIONS = ("ordered", "chunksize", "timeout", "retries", "on_error", "progress", "explain")
 
 
 def _job_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -380,6 +552,13 @@ def _job_options(options: dict[str, Any]) -> dict[str, Any]:
             f"unexpected option {unknown[0]!r}; the options are {', '.join(_JOB_OPTIONS)}"
         )
     return options
+
+
+def _length(iterable: Any) -> int | None:
+    try:
+        return len(iterable)
+    except Exception:
+        return None
 
 
 def _check_iterable(iterable: Any) -> None:

@@ -4,22 +4,39 @@ Functions go through cloudpickle, so lambdas, closures, ``functools.partial`` an
 into ``__main__`` or a notebook all work. Arguments and results go through the standard pickler
 first (it is the fastest for plain data) and through cloudpickle only when that fails.
 
+Everything is pickled with protocol 5. Buffers of at least :data:`conveyor._shm.THRESHOLD` bytes
+(numpy arrays, ``bytearray``, ``memoryview``, ``bytes`` passed directly as an argument or
+returned as a result, anything that hands pickle a ``PickleBuffer``) are taken out of band and
+copied once into a shared-memory :class:`~conveyor._shm.Segment`; the receiver's objects are views
+of that segment. A :class:`Payload` is the pickle stream plus that segment.
+
 When something cannot be sent, the error names it: which argument of which item, its type and
 its repr, and suggests ``backend="thread"``, which needs no pickling at all.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import reprlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 
-from ._work import MODE_CALL, MODE_STAR
+from . import _shm
+from ._work import MODE_CALL, MODE_MAP, MODE_STAR
 
-__all__ = ["dumps", "dumps_callable", "dumps_items", "loads"]
+__all__ = [
+    "Payload",
+    "dumps",
+    "dumps_callable",
+    "dumps_items",
+    "dumps_payload",
+    "loads",
+    "loads_payload",
+]
 
 PROTOCOL = 5
 _repr = reprlib.Repr()
@@ -28,19 +45,151 @@ _repr.maxother = 60
 
 loads = pickle.loads
 
+#: The standard pickler refers to functions and classes by module and name. Worker processes
+#: never import the parent's ``__main__`` (see backends/process/spawning.py), so a stream naming
+#: it is made again with cloudpickle, which sends such objects by value. (A plain string
+#: "__main__" in the data only costs that slower path.)
+_MAIN = b"__main__"
+
 
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj``: the standard pickler, or cloudpickle for what it cannot handle."""
     try:
         return pickle.dumps(obj, PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(obj, PROTOCOL)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(obj, PROTOCOL)
 
 
-def dumps_callable(fn: Callable[..., Any], what: str = "function") -> bytes:
-    """Pickle a callable with cloudpickle, or raise a TypeError that names it."""
+@dataclass(eq=False)
+class Payload:
+    """A pickle stream and the shared-memory segment holding its out-of-band buffers."""
+
+    data: bytes
+    segment: _shm.Segment | None = None
+    spans: list[tuple[int, int]] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Close the sender's descriptor of the segment (receivers keep their views)."""
+        if self.segment is not None:
+            self.segment.close()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) + (self.segment.size if self.segment is not None else 0)
+
+
+class _Buffers:
+    """A buffer_callback keeping large buffers out of band, small ones in the stream."""
+
+    def __init__(self) -> None:
+        self.large: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < _shm.THRESHOLD:
+            return True  # in band
+        self.large.append(raw)
+        return False
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, plus memoryview (sent as a buffer, rebuilt as a memoryview)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            if obj.c_contiguous:
+                return _memoryview_of, (pickle.PickleBuffer(obj),)
+            return _memoryview_of, (obj.tobytes(),)
+        return super().reducer_override(obj)
+
+
+def _memoryview_of(buffer: Any) -> memoryview:
+    return memoryview(buffer)
+
+
+class _SharedBytes:
+    """Wraps a large ``bytes`` so it travels as an out-of-band buffer (pickle cannot do that)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes):
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return bytes, (pickle.PickleBuffer(self.value),)
+
+
+def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
+    stream = io.BytesIO()
+    _Pickler(stream, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return stream.getvalue()
+
+
+def dumps_payload(obj: Any, cloud: bool = False) -> Payload:
+    """Pickle ``obj`` (with cloudpickle when ``cloud`` or when the standard pickler fails)."""
+    buffers = _Buffers() if _shm.AVAILABLE else None
+    data = None
+    if not cloud:
+        try:
+            data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffers)
+        except Exception:
+            pass
+        if data is not None and _MAIN in data:
+            data = None  # refers to __main__ by name, which workers never import
+        if data is None and buffers is not None:
+            buffers.large.clear()
+    if data is None:
+        data = _cloudpickle_dumps(obj, buffers)
+    if buffers is None or not buffers.large:
+        return Payload(data)
+    segment, spans = _shm.Segment.from_buffers(buffers.large)
+    return Payload(data, segment, spans)
+
+
+def loads_payload(data: bytes, segment: _shm.Segment | None, spans: list[tuple[int, int]]) -> Any:
+    """Unpickle a payload; its out-of-band buffers become views of ``segment``."""
+    if segment is None:
+        return pickle.loads(data)
+    return pickle.loads(data, buffers=[segment.view(offset, length) for offset, length in spans])
+
+
+def share_large_bytes(values: list[Any], mode: int, stream_size: int) -> list[Any] | None:
+    """``values`` with large top-level ``bytes`` wrapped to travel out of band, or None.
+
+    Only looked for when the in-band stream came out large for its number of items, so a chunk
+    of many small items never pays for the scan.
+    """
+    if not _shm.AVAILABLE or stream_size < _shm.THRESHOLD or not values:
+        return None
+    if stream_size / len(values) < _shm.THRESHOLD / 4:
+        return None
+    changed = False
+    out = []
+    for value in values:
+        if mode == MODE_MAP:
+            new = _wrap(value)
+        elif mode == MODE_STAR and isinstance(value, tuple):
+            new = tuple(_wrap(v) for v in value)
+        elif mode == MODE_CALL:
+            args, kwargs = value
+            new = (tuple(_wrap(v) for v in args), {k: _wrap(v) for k, v in kwargs.items()})
+        else:
+            new = value
+        changed = changed or new is not value
+        out.append(new)
+    return out if changed else None
+
+
+def _wrap(value: Any) -> Any:
+    if type(value) is bytes and len(value) >= _shm.THRESHOLD:
+        return _SharedBytes(value)
+    return value
+
+
+def dumps_callable(fn: Any, what: str = "function") -> bytes:
+    """Pickle a callable in band (for what travels without shared memory)."""
     try:
-        return cloudpickle.dumps(fn, PROTOCOL)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(fn, PROTOCOL)
     except Exception as exc:
         raise TypeError(
             f"cannot send the {what} {_describe(fn)} to a worker process: "
@@ -49,15 +198,44 @@ def dumps_callable(fn: Callable[..., Any], what: str = "function") -> bytes:
 
 
 def dumps_items(items: list[Any], mode: int, first_index: int = 0) -> bytes:
-    """Pickle a chunk of items, or raise a TypeError naming the first item that cannot be sent."""
+    """Pickle a chunk of items in band, or raise a TypeError naming the item that cannot be sent."""
     try:
-        return pickle.dumps(items, PROTOCOL)
+        data = pickle.dumps(items, PROTOCOL)
+        if _MAIN not in data:
+            return data
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(items, PROTOCOL)  # type: ignore[no-any-return]
+        return cloudpickle.dumps(items, PROTOCOL)
     except Exception as exc:
         raise _unsendable(items, mode, first_index, exc) from exc
+
+
+def callable_payload(fn: Any, what: str = "function") -> Payload:
+    """Pickle a callable with cloudpickle, or raise a TypeError that names it.
+
+    Large buffers it holds (a partial or closure over a big array) go to shared memory once.
+    """
+    try:
+        return dumps_payload(fn, cloud=True)
+    except Exception as exc:
+        raise TypeError(
+            f"cannot send the {what} {_describe(fn)} to a worker process: "
+            f"{type(exc).__name__}: {exc}. {_HINT}"
+        ) from exc
+
+
+def items_payload(items: list[Any], mode: int, first_index: int = 0) -> Payload:
+    """Pickle a chunk of items, or raise a TypeError naming the first item that cannot be sent."""
+    try:
+        payload = dumps_payload(items)
+    except Exception as exc:
+        raise _unsendable(items, mode, first_index, exc) from exc
+    wrapped = share_large_bytes(items, mode, len(payload.data))
+    if wrapped is not None:
+        payload.release()
+        payload = dumps_payload(wrapped)
+    return payload
 
 
 _HINT = 'Use backend="thread" to run it without pickling.'

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,7 +96,10 @@ class Sink(Protocol):
     ``owner`` groups sinks for cancelling: a map job gives all its chunks' sinks itself as owner.
     """
 
-    owner: object
+    @property
+    def owner(self) -> object:
+        """The object whose units can be cancelled together."""
+        ...
 
     def starting(self, unit: Unit) -> bool:
         """Called once just before a unit (or a piece of it) is run; False drops it unrun."""
@@ -122,7 +125,7 @@ class Unit:
     items: list[Any]
     mode: int
     sink: Sink
-    tags: list[Any]
+    tags: Sequence[Any]
     timeout: float | None = None
     not_before: float = 0.0
     estimate: float = 0.0

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from .._work import Unit
 
@@ -54,9 +53,6 @@ class Backend(abc.ABC):
         stays usable. Threads cannot be stopped, so the thread backend only cancels.
         """
         self.cancel(owner)
-
-    def check_callable(self, fn: Callable[..., Any]) -> None:
-        """Raise a clear error now if ``fn`` cannot run on this backend."""
 
     @property
     def alive(self) -> bool:

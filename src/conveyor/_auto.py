@@ -1,0 +1,206 @@
+"""``backend="auto"``: measure the first items, then choose inline, threads or processes.
+
+Data flow::
+
+    caller thread                                 one worker process of the pool
+    -------------                                 ------------------------------
+    take the first PROBE_ITEMS items  --------->  _probe: run item 0, timing wall and CPU time;
+                                                  tiny: run more, up to PROBE_SECONDS;
+                                                  CPU-bound and long enough: run items 1 and 2
+                                                  at once in two threads (does it scale?)
+    decide (below), then run the rest  <--------  outcomes of the items it ran + measurements
+    on the chosen backend; the probed
+    items' outcomes are kept, not re-run
+
+The probe runs in a worker process, never in the caller, so a function that crashes, hangs or
+exits cannot take the caller down while it is being measured. The rules, in order:
+
+1. The whole call is expected to take under :data:`INLINE_SECONDS` and has no timeout: run it
+   inline in the caller's thread; dispatching would cost more than it saves.
+2. The function spends less than half its wall time on the CPU (it waits: I/O, sleeps): threads.
+3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
+4. Two items at once in two threads took less than 1.5x one item (the work releases the GIL,
+   as numpy does): threads.
+5. Otherwise (Python code holding the GIL): processes.
+
+A measurement is remembered per function (by its code object) for the rest of the program, so
+later calls choose at once. Unpicklable functions or arguments go to threads; a probe that
+crashes or times out chooses processes, which isolate and stop such work.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._work import Outcomes, run_items
+
+__all__ = ["Choice", "Measurement", "choose", "probe"]
+
+log = logging.getLogger("conveyor")
+
+PROBE_ITEMS = 64
+PROBE_SECONDS = 0.005
+INLINE_SECONDS = 0.05
+CPU_BOUND_SHARE = 0.5
+SCALING_LIMIT = 1.5
+#: below this per-item time the pair test says nothing useful
+PAIR_MIN_SECONDS = 0.002
+
+_measurements: OrderedDict[Any, Measurement] = OrderedDict()
+_measurements_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What the probe saw: seconds per item of wall and CPU time, and of two items at once."""
+
+    wall: float
+    cpu: float
+    pair_wall: float | None = None
+
+    def describe(self) -> str:
+        share = min(100.0, 100 * self.cpu / max(self.wall, 1e-9))
+        text = f"{_seconds(self.wall)} per item, CPU {share:.0f}% of that"
+        if self.pair_wall is not None:
+            text += (
+                f"; two at once in threads took {_seconds(self.pair_wall)} "
+                f"({self.pair_wall / max(self.wall, 1e-9):.1f}x one)"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend chosen (``"inline"``, ``"thread"`` or ``"process"``) and why."""
+
+    backend: str
+    reason: str
+    measurement: Measurement | None = None
+
+    def explain(self, fn: Callable[..., Any]) -> str:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        measured = f" (measured: {self.measurement.describe()})" if self.measurement else ""
+        return (
+            f"conveyor: backend='auto' chose {self.backend!r} for {name}: {self.reason}{measured}"
+        )
+
+
+def function_key(fn: Callable[..., Any]) -> Any:
+    """What identifies "the same function" across calls: its code object where it has one."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    inner = getattr(inner, "__func__", inner)  # bound methods
+    return getattr(inner, "__code__", None) or type(inner)
+
+
+def remembered(fn: Callable[..., Any], mode: int) -> Measurement | None:
+    with _measurements_lock:
+        return _measurements.get((function_key(fn), mode))
+
+
+def remember(fn: Callable[..., Any], mode: int, measurement: Measurement) -> None:
+    with _measurements_lock:
+        _measurements[(function_key(fn), mode)] = measurement
+        while len(_measurements) > 256:
+            _measurements.popitem(last=False)
+
+
+def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Outcomes, Measurement]:
+    """Run in a worker: measure ``fn`` on the first items.
+
+    Returns how many items it ran, their outcomes, and the measurement.
+    """
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    values, errors = run_items(fn, mode, items[:1])
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+    done = 1
+    if wall < PROBE_SECONDS:
+        # Tiny: time a run of them for a per-item figure above the clock's resolution.
+        while done < len(items) and time.perf_counter() - started < PROBE_SECONDS:
+            more_values, more_errors = run_items(fn, mode, items[done : done + 16])
+            values.extend(more_values)
+            errors.update({done + k: e for k, e in more_errors.items()})
+            done += len(more_values)
+        wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+        return done, (values, errors), Measurement(wall / done, cpu / done)
+    pair_wall = None
+    if len(items) >= 3 and cpu / wall >= CPU_BOUND_SHARE and wall >= PAIR_MIN_SECONDS:
+        results: list[Outcomes] = [([], {}), ([], {})]
+
+        def run(slot: int) -> None:
+            results[slot] = run_items(fn, mode, items[1 + slot : 2 + slot])
+
+        threads = [threading.Thread(target=run, args=(slot,)) for slot in (0, 1)]
+        pair_started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pair_wall = time.perf_counter() - pair_started
+        for slot in (0, 1):
+            values.extend(results[slot][0])
+            errors.update({1 + slot + k: e for k, e in results[slot][1].items()})
+        done = 3
+    return done, (values, errors), Measurement(wall, cpu, pair_wall)
+
+
+def choose(
+    measurement: Measurement,
+    remaining: int | None,
+    timeout: float | None,
+) -> Choice:
+    """Apply the rules of the module docstring to a measurement."""
+    if remaining == 0:
+        return Choice("inline", "measuring it ran every item already", measurement)
+    if timeout is None and remaining is not None:
+        expected = measurement.wall * remaining
+        if expected <= INLINE_SECONDS:
+            return Choice(
+                "inline",
+                f"the rest of the call should take about {_seconds(expected)} in this thread, "
+                f"less than sending it to workers would cost",
+                measurement,
+            )
+    if measurement.cpu < CPU_BOUND_SHARE * measurement.wall:
+        return Choice(
+            "thread", "it mostly waits (I/O or sleep), so threads overlap well", measurement
+        )
+    gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)()
+    if not gil_enabled:
+        return Choice(
+            "thread",
+            "this Python is free-threaded, so threads run CPU work in parallel",
+            measurement,
+        )
+    if (
+        measurement.pair_wall is not None
+        and measurement.pair_wall < SCALING_LIMIT * measurement.wall
+    ):
+        return Choice(
+            "thread", "it releases the GIL (two items ran in parallel in threads)", measurement
+        )
+    return Choice(
+        "process", "it is CPU-bound Python holding the GIL, so threads would not scale", measurement
+    )
+
+
+def report(choice: Choice, fn: Callable[..., Any], explain: bool) -> None:
+    """Log the choice at INFO, and print it to stderr when ``explain`` is set."""
+    text = choice.explain(fn)
+    log.info(text)
+    if explain:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _seconds(value: float) -> str:
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.1f} ms"
+    return f"{value * 1e6:.1f} us"
