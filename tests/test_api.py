@@ -21,8 +21,17 @@ from conveyor._cpus import usable_cpus
 
 def test_public_names_are_exactly_the_designed_ones() -> None:
     assert sorted(conveyor.__all__) == sorted(
-        ["map", "imap", "imap_unordered", "starmap", "Pool", "as_completed", "Failure",
-         "TaskTimeout", "WorkerCrashed"]
+        [
+            "map",
+            "imap",
+            "imap_unordered",
+            "starmap",
+            "Pool",
+            "as_completed",
+            "Failure",
+            "TaskTimeout",
+            "WorkerCrashed",
+        ]
     )
 
 
@@ -60,8 +69,9 @@ def test_imap_unordered_gives_every_result(backend: str) -> None:
 def test_unordered_map_returns_completion_order(backend: str) -> None:
     # the long first item finishes last
     delays = [0.5] + [0.0] * 20
-    out = conveyor.map(tasks.slow_identity, delays, backend=backend, workers=2, ordered=False,
-                       chunksize=1)
+    out = conveyor.map(
+        tasks.slow_identity, delays, backend=backend, workers=2, ordered=False, chunksize=1
+    )
     assert sorted(out) == sorted(delays)
     assert out[-1] == 0.5
 
@@ -74,8 +84,7 @@ def test_imap_over_an_infinite_generator_takes_input_only_as_needed(backend: str
             taken.append(i)
             yield i
 
-    for result in conveyor.imap(tasks.square, numbers(), backend=backend, workers=2,
-                                chunksize=10):
+    for result in conveyor.imap(tasks.square, numbers(), backend=backend, workers=2, chunksize=10):
         if result >= 100 * 100:
             break
     # bounded look-ahead: a few chunks per worker, not the whole (infinite) input
@@ -126,23 +135,27 @@ def test_functions_from_an_unguarded_main_script(tmp_path) -> None:
     # A script with no `if __name__ == "__main__":` guard, defining its function in __main__:
     # the classic spawn pitfall. conveyor's workers never re-run the script.
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import conveyor
         print("script body ran")
         def cube(x):
             return x ** 3
         print(conveyor.map(cube, range(5), backend="process", workers=2))
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["script body ran", "[0, 1, 8, 27, 64]"]
 
 
 def test_functions_typed_into_an_interactive_session() -> None:
     session = "import conveyor\ndef f(x): return -x\n\nprint(conveyor.map(f, [1, 2], backend='process'))\n"
-    out = subprocess.run([sys.executable, "-i", "-q"], input=session, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-i", "-q"], input=session, capture_output=True, text=True, timeout=120
+    )
     assert "[-1, -2]" in out.stdout, out.stderr
 
 
@@ -304,24 +317,32 @@ def test_cancelled_future_never_runs(tmp_path) -> None:
 def test_run_in_executor_from_asyncio(pool: conveyor.Pool) -> None:
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(*(loop.run_in_executor(pool, tasks.square, i)
-                                           for i in range(10))))
+        return list(
+            await asyncio.gather(*(loop.run_in_executor(pool, tasks.square, i) for i in range(10)))
+        )
 
     assert asyncio.run(main()) == [i * i for i in range(10)]
 
 
 def test_initializer_runs_once_per_worker(backend: str, tmp_path) -> None:
     log = tmp_path / "init.log"
-    with conveyor.Pool(workers=2, backend=backend, initializer=_append_line,
-                       initargs=(str(log),)) as pool:
+    with conveyor.Pool(
+        workers=2, backend=backend, initializer=_append_line, initargs=(str(log),)
+    ) as pool:
         pool.map(tasks.square, range(200), chunksize=1)
     assert len(log.read_text().splitlines()) == 2
 
 
 def test_one_shot_initializer(tmp_path) -> None:
     log = tmp_path / "init.log"
-    out = conveyor.map(tasks.square, range(10), backend="process", workers=2,
-                       initializer=_append_line, initargs=(str(log),))
+    out = conveyor.map(
+        tasks.square,
+        range(10),
+        backend="process",
+        workers=2,
+        initializer=_append_line,
+        initargs=(str(log),),
+    )
     assert out == [x * x for x in range(10)]
     assert len(log.read_text().splitlines()) == 2
 

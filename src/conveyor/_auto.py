@@ -15,9 +15,10 @@ Data flow::
 The probe runs in a worker process, never in the caller, so a function that crashes, hangs or
 exits cannot take the caller down while it is being measured. The rules, in order:
 
-1. The whole call is expected to take under :data:`INLINE_SECONDS` and has no timeout: run it
-   inline in the caller's thread; dispatching would cost more than it saves.
-2. The function spends less than half its wall time on the CPU (it waits: I/O, sleeps): threads.
+1. The function spends less than half its wall time on the CPU (it waits: I/O, sleeps): threads.
+2. It is CPU work, there is no timeout, and spreading the rest of the call over the workers
+   would save less than :data:`INLINE_SAVING` (what dispatching costs, measured on tiny items):
+   run it inline in the caller's thread.
 3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
 4. Two items at once in two threads took less than 1.5x one item (the work releases the GIL,
    as numpy does): threads.
@@ -47,7 +48,7 @@ log = logging.getLogger("conveyor")
 
 PROBE_ITEMS = 64
 PROBE_SECONDS = 0.005
-INLINE_SECONDS = 0.05
+INLINE_SAVING = 0.025
 CPU_BOUND_SHARE = 0.5
 SCALING_LIMIT = 1.5
 #: below this per-item time the pair test says nothing useful
@@ -154,23 +155,24 @@ def choose(
     measurement: Measurement,
     remaining: int | None,
     timeout: float | None,
+    workers: int,
 ) -> Choice:
     """Apply the rules of the module docstring to a measurement."""
     if remaining == 0:
         return Choice("inline", "measuring it ran every item already", measurement)
-    if timeout is None and remaining is not None:
-        expected = measurement.wall * remaining
-        if expected <= INLINE_SECONDS:
-            return Choice(
-                "inline",
-                f"the rest of the call should take about {_seconds(expected)} in this thread, "
-                f"less than sending it to workers would cost",
-                measurement,
-            )
     if measurement.cpu < CPU_BOUND_SHARE * measurement.wall:
         return Choice(
             "thread", "it mostly waits (I/O or sleep), so threads overlap well", measurement
         )
+    if timeout is None and remaining is not None:
+        expected = measurement.wall * remaining
+        if expected * (1 - 1 / max(1, workers)) <= INLINE_SAVING:
+            return Choice(
+                "inline",
+                f"the rest of the call should take about {_seconds(expected)} in this thread; "
+                f"spreading it over {workers} workers would save less than dispatching costs",
+                measurement,
+            )
     gil_enabled = getattr(sys, "_is_gil_enabled", lambda: True)()
     if not gil_enabled:
         return Choice(

@@ -358,7 +358,7 @@ class Pool(Executor):
         done, outcomes = 0, None
         measurement = _auto.remembered(fn, mode)
         if measurement is not None:
-            choice = _auto.choose(measurement, total, timeout)
+            choice = _auto.choose(measurement, total, timeout, self.workers)
         else:
             head = list(itertools.islice(rest, _auto.PROBE_ITEMS))
             if not head:
@@ -367,7 +367,7 @@ class Pool(Executor):
             if measurement is not None:
                 _auto.remember(fn, mode, measurement)
                 remaining = None if total is None else total - done
-                choice = _auto.choose(measurement, remaining, timeout)
+                choice = _auto.choose(measurement, remaining, timeout, self.workers)
             else:
                 assert forced is not None
                 choice = forced
