@@ -13,10 +13,11 @@ import traceback
 from concurrent.futures import Executor, Future
 
 import pytest
-import tasks
 
 import conveyor
 from conveyor._cpus import usable_cpus
+
+import tasks
 
 
 def test_public_names_are_exactly_the_designed_ones() -> None:
@@ -152,7 +153,10 @@ def test_functions_from_an_unguarded_main_script(tmp_path) -> None:
 
 
 def test_functions_typed_into_an_interactive_session() -> None:
-    session = "import conveyor\ndef f(x): return -x\n\nprint(conveyor.map(f, [1, 2], backend='process'))\n"
+    session = (
+        "import conveyor\ndef f(x): return -x\n\n"
+        "print(conveyor.map(f, [1, 2], backend='process'))\n"
+    )
     out = subprocess.run(
         [sys.executable, "-i", "-q"], input=session, capture_output=True, text=True, timeout=120
     )
@@ -191,9 +195,11 @@ def test_unpicklable_argument_is_named_before_anything_runs(tmp_path) -> None:
         conveyor.map(tasks.add, [lock], backend="process", workers=2)
     message = str(info.value)
     assert "lock" in message and 'backend="thread"' in message
-    with conveyor.Pool(workers=2, backend="process") as pool:
-        with pytest.raises(TypeError, match="keyword argument 'b'"):
-            pool.submit(tasks.add, 1, b=lock)
+    with (
+        conveyor.Pool(workers=2, backend="process") as pool,
+        pytest.raises(TypeError, match="keyword argument 'b'"),
+    ):
+        pool.submit(tasks.add, 1, b=lock)
     # the same works on threads
     assert conveyor.map(lambda lk: lk.locked(), [lock], backend="thread") == [False]
 
@@ -348,9 +354,11 @@ def test_one_shot_initializer(tmp_path) -> None:
 
 
 def test_failing_initializer_is_reported_not_hung(backend: str) -> None:
-    with conveyor.Pool(workers=2, backend=backend, initializer=int, initargs=("x",)) as pool:
-        with pytest.raises(RuntimeError, match="initializer"):
-            pool.submit(tasks.square, 2).result(timeout=60)
+    with (
+        conveyor.Pool(workers=2, backend=backend, initializer=int, initargs=("x",)) as pool,
+        pytest.raises(RuntimeError, match="initializer"),
+    ):
+        pool.submit(tasks.square, 2).result(timeout=60)
 
 
 def _append_line(path: str) -> None:
