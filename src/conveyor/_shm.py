@@ -45,7 +45,6 @@ THRESHOLD = 256 * 1024
 _ALIGN = 64
 #: descriptors passed in one sendmsg (the kernel's SCM_MAX_FD is 253)
 _MAX_FDS = 250
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class Segment:
@@ -85,14 +84,17 @@ class Segment:
             raise
         return cls(fd, max(offset, 1)), spans
 
+    @classmethod
+    def adopt(cls, fd: int) -> Segment:
+        """Take ownership of a descriptor received from another process."""
+        return cls(fd, os.fstat(fd).st_size)
+
     def view(self, offset: int, length: int) -> memoryview:
         """A writable, copy-on-write view of part of the segment (mapped on first use)."""
         if self._mapping is None:
+            # Not MAP_POPULATE: populating a writable private mapping copies every page.
             self._mapping = mmap.mmap(
-                self.fd,
-                self.size,
-                flags=mmap.MAP_PRIVATE | _POPULATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                self.fd, self.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
             )
         return memoryview(self._mapping)[offset : offset + length]
 

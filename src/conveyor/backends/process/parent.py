@@ -42,6 +42,7 @@ import itertools
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections import OrderedDict, deque
@@ -52,10 +53,23 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
-from ..._serialize import dumps_callable, dumps_items
+from ... import _shm
+from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
-from .protocol import DONE, FN_CACHE_SIZE, INIT_FAILED, ITEM, RUN, STOP, decode_outcomes, encode
+from ..._shm import Segment
+from .protocol import (
+    DONE,
+    FN_CACHE_SIZE,
+    INIT_FAILED,
+    ITEM,
+    RUN,
+    STOP,
+    WirePayload,
+    decode_outcomes,
+    encode,
+    to_wire,
+)
 from .spawning import get_context, start_worker
 from .worker import worker_main
 
@@ -80,20 +94,32 @@ def hard_deadline_grace(timeout: float) -> float:
 
 @dataclass(eq=False)
 class _Wire:
-    """A unit's pickled form, made once in the caller's thread."""
+    """A unit's pickled form, made once in the caller's thread.
+
+    Large buffers of the function (cached, so once per pool) and of the items sit in
+    shared-memory segments (see :mod:`conveyor._shm`); the item segment's descriptor is closed
+    when the unit is dropped, the function's when the function leaves the cache.
+    """
 
     fn_key: int
-    fn_blob: bytes
-    items_blob: bytes
+    fn: Payload
+    items: Payload
 
 
 class _Worker:
     """The dispatcher's record of one worker process. Touched only by the dispatcher thread."""
 
-    def __init__(self, process: BaseProcess, conn: Connection, lifeline: Connection):
+    def __init__(
+        self,
+        process: BaseProcess,
+        conn: Connection,
+        lifeline: Connection,
+        fd_sock: socket.socket | None,
+    ):
         self.process = process
         self.conn = conn
         self.lifeline = lifeline  # never written; closing it (or our death) tells the worker to go
+        self.fd_sock = fd_sock  # descriptors of shared-memory segments travel here
         self.pid = process.pid
         self.sentinel = process.sentinel
         self.fn_keys: OrderedDict[int, None] = OrderedDict()
@@ -108,6 +134,13 @@ class _Worker:
         self.killed_for_timeout = False
         self.cancelled_owner: object | None = None
         self.reaped = threading.Event()
+
+    def close_channels(self) -> None:
+        """Close our ends of the pipe, the lifeline and the fd socket."""
+        self.conn.close()
+        self.lifeline.close()
+        if self.fd_sock is not None:
+            self.fd_sock.close()
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (itself and what its tasks started)."""
@@ -136,16 +169,16 @@ class _FunctionCache:
     def __init__(self, size: int = 256):
         self._size = size
         self._lock = threading.Lock()
-        self._by_id: OrderedDict[int, tuple[Callable[..., Any], int, bytes]] = OrderedDict()
+        self._by_id: OrderedDict[int, tuple[Callable[..., Any], int, Payload]] = OrderedDict()
         self._keys = itertools.count(1)
 
-    def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
+    def get(self, fn: Callable[..., Any]) -> tuple[int, Payload]:
         with self._lock:
             entry = self._by_id.get(id(fn))
             if entry is not None and entry[0] is fn:
                 self._by_id.move_to_end(id(fn))
                 return entry[1], entry[2]
-        blob = dumps_callable(fn)
+        blob = callable_payload(fn)
         with self._lock:
             key = next(self._keys)
             self._by_id[id(fn)] = (fn, key, blob)
@@ -217,9 +250,9 @@ class ProcessBackend(Backend):
     def submit(self, units: Sequence[Unit]) -> None:
         for unit in units:
             if unit.wire is None:
-                key, fn_blob = self._functions.get(unit.fn)
+                key, fn_payload = self._functions.get(unit.fn)
                 first = unit.tags[0] if unit.tags and isinstance(unit.tags[0], int) else 0
-                unit.wire = _Wire(key, fn_blob, dumps_items(unit.items, unit.mode, first))
+                unit.wire = _Wire(key, fn_payload, items_payload(unit.items, unit.mode, first))
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -424,26 +457,30 @@ class ProcessBackend(Backend):
             return
         stream = units[0].timeout is not None
         wire_units = []
+        fds: list[int] = []
         for unit in units:
             wire = self._wire_of(unit)
+            fn_wire = None
             if wire.fn_key in worker.fn_keys:
                 worker.fn_keys.move_to_end(wire.fn_key)
-                fn_blob = None
             else:
-                fn_blob = wire.fn_blob
+                fn_wire = to_wire(wire.fn, fds)
                 worker.fn_keys[wire.fn_key] = None
                 while len(worker.fn_keys) > FN_CACHE_SIZE:
                     worker.fn_keys.popitem(last=False)
             wire_units.append(
-                (unit.id, wire.fn_key, fn_blob, unit.mode, unit.timeout, len(unit.items),
-                 wire.items_blob)
+                (unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items),
+                 to_wire(wire.items, fds))
             )
         worker.batch = units
         worker.stream = stream
         worker.unit_index = worker.item_index = 0
         worker.deadline = self._deadline_for(units[0]) if stream else None
         try:
-            worker.conn.send_bytes(encode((RUN, stream, wire_units)))
+            if fds:
+                assert worker.fd_sock is not None
+                _shm.send_fds(worker.fd_sock, fds)
+            worker.conn.send_bytes(encode((RUN, len(fds), stream, wire_units)))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
 
@@ -462,29 +499,44 @@ class ProcessBackend(Backend):
                 message = _decode_message(conn.recv_bytes())
                 worker.spoke = True
                 kind = message[0]
-                if kind == DONE:
-                    self._on_done(worker, message[1], message[2])
-                elif kind == ITEM:
-                    self._on_item(worker, *message[1:])
-                elif kind == INIT_FAILED:
+                if kind == INIT_FAILED:
                     self._on_init_failed(message[1])
+                    continue
+                segments = _receive_segments(worker, message[1])
+                if kind == DONE:
+                    self._on_done(worker, segments, message[2], message[3])
+                elif kind == ITEM:
+                    self._on_item(worker, segments, *message[2:])
         except (EOFError, OSError):
             pass  # it died; the sentinel says so
 
-    def _on_done(self, worker: _Worker, parts: list[tuple[int, bytes, float]], rss: int) -> None:
+    def _on_done(
+        self,
+        worker: _Worker,
+        segments: list[Segment],
+        parts: list[tuple[int, WirePayload, float]],
+        rss: int,
+    ) -> None:
         batch = worker.batch or []
-        for unit, (unit_id, blob, elapsed) in zip(batch, parts):
+        for unit, (unit_id, payload, elapsed) in zip(batch, parts):
             assert unit.id == unit_id, "a worker answered for a unit it was not sent"
-            _deliver(unit, 0, len(unit.items), blob, elapsed)
+            _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
         self._batch_finished(worker, rss)
 
     def _on_item(
-        self, worker: _Worker, unit_id: int, position: int, blob: bytes, elapsed: float, rss: int
+        self,
+        worker: _Worker,
+        segments: list[Segment],
+        unit_id: int,
+        position: int,
+        payload: WirePayload,
+        elapsed: float,
+        rss: int,
     ) -> None:
         batch = worker.batch or []
         unit = batch[worker.unit_index]
         assert unit.id == unit_id and position == worker.item_index
-        _deliver(unit, position, 1, blob, elapsed)
+        _deliver(unit, position, 1, payload, segments, elapsed)
         worker.item_index += 1
         if worker.item_index == len(unit.items):
             worker.unit_index += 1
@@ -549,8 +601,7 @@ class ProcessBackend(Backend):
         exitcode = worker.process.exitcode
         _kill_group(worker.pid, None)  # children its task left behind
         del self._workers[worker.sentinel]
-        for conn in (worker.conn, worker.lifeline):
-            conn.close()
+        worker.close_channels()
         batch, worker.batch = worker.batch, None
         if batch:
             self._settle_lost_batch(worker, batch, exitcode)
@@ -607,8 +658,8 @@ class ProcessBackend(Backend):
     def _wire_of(self, unit: Unit) -> _Wire:
         """The unit's pickled form, made now for pieces split off a unit."""
         if unit.wire is None:
-            key, fn_blob = self._functions.get(unit.fn)
-            unit.wire = _Wire(key, fn_blob, dumps_items(unit.items, unit.mode))
+            key, fn_payload = self._functions.get(unit.fn)
+            unit.wire = _Wire(key, fn_payload, items_payload(unit.items, unit.mode))
         return unit.wire  # type: ignore[no-any-return]
 
     # ----------------------------------------------------------------- workers
@@ -616,17 +667,20 @@ class ProcessBackend(Backend):
     def _start_worker(self) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
+        fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
         try:
             process = start_worker(
                 self._ctx,
                 worker_main,
-                (child_conn, lifeline_r, self._init_blob, self._max_memory is not None),
+                (child_conn, lifeline_r, fd_child, self._init_blob, self._max_memory is not None),
                 f"conveyor-worker-{next(_worker_numbers)}",
             )
         finally:
             child_conn.close()
             lifeline_r.close()
-        worker = _Worker(process, parent_conn, lifeline_w)
+            if fd_child is not None:
+                fd_child.close()
+        worker = _Worker(process, parent_conn, lifeline_w, fd_parent)
         with self._lock:
             self._workers[worker.sentinel] = worker
 
@@ -658,8 +712,7 @@ class ProcessBackend(Backend):
         for worker in workers:
             worker.process.join(5.0)
             _kill_group(worker.pid, None)
-            for conn in (worker.conn, worker.lifeline):
-                conn.close()
+            worker.close_channels()
             worker.reaped.set()
         error = self._broken or PoolClosed("the pool was terminated before the task finished")
         _fail(dropped, error)
@@ -674,16 +727,35 @@ def _decode_message(data: bytes) -> tuple[Any, ...]:
     return decode(data)  # type: ignore[no-any-return]
 
 
-def _deliver(unit: Unit, start: int, count: int, blob: bytes, elapsed: float) -> None:
-    unit.sink.deliver(unit, start, _loader(blob, count), elapsed)
+def _receive_segments(worker: _Worker, count: int) -> list[Segment]:
+    """The shared-memory segments a worker sent ahead of its message."""
+    if not count:
+        return []
+    assert worker.fd_sock is not None
+    return [Segment.adopt(fd) for fd in _shm.recv_fds(worker.fd_sock, count)]
 
 
-def _loader(blob: bytes, count: int) -> Loader:
-    """Unpickle outcomes when the sink asks; an unpicklable blob fails each of its items."""
+def _deliver(
+    unit: Unit,
+    start: int,
+    count: int,
+    payload: WirePayload,
+    segments: list[Segment],
+    elapsed: float,
+) -> None:
+    unit.sink.deliver(unit, start, _loader(payload, segments, count), elapsed)
+
+
+def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader:
+    """Unpickle outcomes when the sink asks; an unpicklable payload fails each of its items.
+
+    The segments are kept alive by this closure only: once the sink has loaded (or dropped)
+    the outcomes, their descriptors close, and the memory lives on in the results' views.
+    """
 
     def load() -> Outcomes:
         try:
-            return decode_outcomes(blob)
+            return decode_outcomes(payload, segments)
         except Exception as exc:
             error = RuntimeError(f"the task's result could not be unpickled here: {exc!r}")
             error.__cause__ = exc

@@ -4,14 +4,18 @@ Data flow::
 
     dispatcher thread (parent)                            worker process
     --------------------------                            --------------
-    RUN  (stream, [unit, ...])  ------ pipe ------>       run each unit's items in order
+    fds of shared-memory segments -- fd socket -->        (one socket per worker, beside the pipe)
+    RUN  (nfds, stream, [unit...]) -- pipe ------>        run each unit's items in order
                                 <----- pipe -------       DONE (per unit results) once the batch
                                                           is finished, or, for a streamed batch
                                                           (units with a timeout), ITEM per item
     STOP                        ------ pipe ------>       exit
                                 <----- pipe -------       INIT_FAILED (traceback) and exit
 
-A unit on the wire is ``(unit_id, fn_key, fn_blob or None, mode, timeout, count, items_blob)``. The
+A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items)`` where ``fn``
+and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``: the segment
+index points into the descriptors sent on the worker's fd socket just before the message (their
+number, ``nfds``, is the message's second field; likewise for DONE and ITEM going back). The
 function travels once per worker: the parent sends ``fn_blob`` only when the worker's function
 cache does not hold ``fn_key``. Both sides keep that cache as an LRU of :data:`FN_CACHE_SIZE`
 entries and update it in the same order (the parent replays what it sent), so they always agree
@@ -28,9 +32,24 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from ..._serialize import Payload, loads_payload
+from ..._shm import Segment
 from ..._work import Outcomes
 
-__all__ = ["DONE", "FN_CACHE_SIZE", "INIT_FAILED", "ITEM", "RUN", "STOP", "decode", "encode"]
+__all__ = [
+    "DONE",
+    "FN_CACHE_SIZE",
+    "INIT_FAILED",
+    "ITEM",
+    "RUN",
+    "STOP",
+    "WirePayload",
+    "decode",
+    "decode_outcomes",
+    "encode",
+    "from_wire",
+    "to_wire",
+]
 
 RUN = 1
 STOP = 2
@@ -49,9 +68,28 @@ def encode(message: tuple[Any, ...]) -> bytes:
 decode = pickle.loads
 
 
-def decode_outcomes(blob: bytes) -> Outcomes:
-    """The ``(values, errors)`` of a DONE or ITEM blob, with remote tracebacks attached."""
+#: a payload on the wire: (pickle stream, index of its segment among the message's fds or -1,
+#: the (offset, length) of each out-of-band buffer in that segment)
+WirePayload = tuple[bytes, int, list[tuple[int, int]]]
+
+
+def to_wire(payload: Payload, fds: list[int]) -> WirePayload:
+    """The wire form of ``payload``, adding its segment's descriptor to ``fds``."""
+    if payload.segment is None:
+        return (payload.data, -1, [])
+    fds.append(payload.segment.fd)
+    return (payload.data, len(fds) - 1, payload.spans)
+
+
+def from_wire(wire: WirePayload, segments: list[Segment]) -> Any:
+    """Unpickle a wire payload; out-of-band buffers become views of the received segments."""
+    data, index, spans = wire
+    return loads_payload(data, segments[index] if index >= 0 else None, spans)
+
+
+def decode_outcomes(wire: WirePayload, segments: list[Segment]) -> Outcomes:
+    """The ``(values, errors)`` of a DONE or ITEM payload, with remote tracebacks attached."""
     from ..._errors import attach_remote_traceback
 
-    values, errors = pickle.loads(blob)
+    values, errors = from_wire(wire, segments)
     return values, {pos: attach_remote_traceback(exc, tb) for pos, (exc, tb) in errors.items()}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -37,9 +38,24 @@ from typing import Any
 
 import cloudpickle
 
+from ... import _shm
 from ..._errors import TaskTimeout, format_exception_text
-from ..._work import call_item, run_items
-from .protocol import DONE, FN_CACHE_SIZE, INIT_FAILED, ITEM, RUN, STOP, decode, encode
+from ..._serialize import Payload, dumps_payload, share_large_bytes
+from ..._shm import Segment
+from ..._work import MODE_MAP, call_item, run_items
+from .protocol import (
+    DONE,
+    FN_CACHE_SIZE,
+    INIT_FAILED,
+    ITEM,
+    RUN,
+    STOP,
+    WirePayload,
+    decode,
+    encode,
+    from_wire,
+    to_wire,
+)
 
 __all__ = ["worker_main"]
 
@@ -94,16 +110,19 @@ def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
         return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"), tb
 
 
-def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> bytes:
+def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Payload:
+    """Pickle outcomes; large result buffers go to shared memory (see conveyor._shm)."""
     wire_errors = {pos: _picklable_error(exc) for pos, exc in errors.items()}
     try:
-        return pickle.dumps((values, wire_errors), pickle.HIGHEST_PROTOCOL)
+        payload = dumps_payload((values, wire_errors))
     except Exception:
-        pass
-    try:
-        return cloudpickle.dumps((values, wire_errors), pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
-    except Exception:
-        pass
+        payload = None
+    if payload is not None:
+        shared = share_large_bytes(values, MODE_MAP, len(payload.data))
+        if shared is None:
+            return payload
+        payload.release()
+        return dumps_payload((shared, wire_errors))
     # Find the results that cannot be sent and turn each into an error naming its type.
     safe: list[Any] = []
     for pos, value in enumerate(values):
@@ -117,7 +136,7 @@ def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> bytes
                 f" cannot be sent back from the worker process: {type(exc).__name__}: {exc}"
             )
             wire_errors[pos] = (error, "")
-    return cloudpickle.dumps((safe, wire_errors), pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+    return dumps_payload((safe, wire_errors), cloud=True)
 
 
 def _resident_bytes() -> int:
@@ -144,9 +163,41 @@ def _watch_lifeline(lifeline: Connection) -> None:
     os._exit(0)
 
 
+class _Channel:
+    """The worker's end of its pipe and of its fd socket, for sending outcomes."""
+
+    def __init__(self, conn: Connection, fd_sock: socket.socket | None):
+        self.conn = conn
+        self.fd_sock = fd_sock
+
+    def receive(self) -> tuple[tuple[Any, ...], list[Segment]]:
+        message = decode(self.conn.recv_bytes())
+        count = message[1] if message[0] == RUN else 0
+        segments = []
+        if count:
+            assert self.fd_sock is not None
+            segments = [Segment.adopt(fd) for fd in _shm.recv_fds(self.fd_sock, count)]
+        return message, segments
+
+    def send(self, kind: int, payloads: list[Payload], *fields: Any) -> None:
+        """Send ``(kind, nfds, *fields)``; the payloads' segments go ahead on the fd socket."""
+        fds = [p.segment.fd for p in payloads if p.segment is not None]
+        try:
+            if fds:
+                assert self.fd_sock is not None
+                _shm.send_fds(self.fd_sock, fds)
+            self.conn.send_bytes(encode((kind, len(fds), *fields)))
+        except OSError:
+            os._exit(0)  # the parent is gone
+        finally:
+            for payload in payloads:
+                payload.release()  # the parent holds its own descriptors now
+
+
 def worker_main(
     conn: Connection,
     lifeline: Connection,
+    fd_sock: socket.socket | None,
     init_blob: bytes | None,
     report_memory: bool,
 ) -> None:
@@ -165,70 +216,76 @@ def worker_main(
         except BaseException as exc:
             conn.send_bytes(encode((INIT_FAILED, format_exception_text(exc))))
             return
-    _serve(conn, report_memory)
+    _serve(_Channel(conn, fd_sock), report_memory)
 
 
-def _serve(conn: Connection, report_memory: bool) -> None:
+def _serve(channel: _Channel, report_memory: bool) -> None:
     alarm = _Alarm()
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
     perf_counter = time.perf_counter
     while True:
         try:
-            message = decode(conn.recv_bytes())
+            message, segments = channel.receive()
         except (EOFError, OSError):
             return
         if message[0] == STOP:
             return
         assert message[0] == RUN
-        _, stream, units = message
-        done = []
-        for unit_id, key, fn_blob, mode, timeout, count, items_blob in units:
-            started = perf_counter()
+        _, _, stream, units = message
+        done: list[tuple[int, Payload, float]] = []
+        for unit_id, key, fn_wire, mode, timeout, count, items_wire in units:
             try:
-                fn = _function(functions, key, fn_blob)
-                items = pickle.loads(items_blob)
+                fn = _function(functions, key, fn_wire, segments)
+                items = from_wire(items_wire, segments)
             except BaseException as exc:
                 # Every item of the unit gets the loading error (a module missing here, say).
                 if stream:
                     for pos in range(count):
-                        _send(conn, (ITEM, unit_id, pos, _dump_outcomes([None], {0: exc}), 0.0, 0))
+                        payload = _dump_outcomes([None], {0: exc})
+                        channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0)
                 else:
-                    blob = _dump_outcomes([None] * count, dict.fromkeys(range(count), exc))
-                    done.append((unit_id, blob, perf_counter() - started))
+                    payload = _dump_outcomes([None] * count, dict.fromkeys(range(count), exc))
+                    done.append((unit_id, payload, 0.0))
                 continue
             if stream:
                 for pos, item in enumerate(items):
                     item_started = perf_counter()
                     try:
-                        blob = _dump_outcomes([alarm.run(fn, mode, item, timeout)], {})
+                        payload = _dump_outcomes([alarm.run(fn, mode, item, timeout)], {})
                     except BaseException as exc:
-                        blob = _dump_outcomes([None], {0: exc})
+                        payload = _dump_outcomes([None], {0: exc})
+                    elapsed = perf_counter() - item_started
                     rss = _resident_bytes() if report_memory else 0
-                    _send(conn, (ITEM, unit_id, pos, blob, perf_counter() - item_started, rss))
+                    fds: list[int] = []
+                    wire = to_wire(payload, fds)
+                    channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss)
                 continue
             started = perf_counter()
             values, errors = run_items(fn, mode, items)
-            done.append((unit_id, _dump_outcomes(values, errors), perf_counter() - started))
+            elapsed = perf_counter() - started
+            done.append((unit_id, _dump_outcomes(values, errors), elapsed))
+            del items, values  # let views of shared memory go as soon as they can
+        for segment in segments:
+            segment.close()  # mapped where used; the descriptors are not needed any more
         if done:
-            _send(conn, (DONE, done, _resident_bytes() if report_memory else 0))
-
-
-def _send(conn: Connection, message: tuple[Any, ...]) -> None:
-    try:
-        conn.send_bytes(encode(message))
-    except (BrokenPipeError, OSError):
-        os._exit(0)  # the parent is gone
+            fds = []
+            parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done]
+            rss = _resident_bytes() if report_memory else 0
+            channel.send(DONE, [payload for _, payload, _ in done], parts, rss)
 
 
 def _function(
-    cache: OrderedDict[int, Callable[..., Any]], key: int, blob: bytes | None
+    cache: OrderedDict[int, Callable[..., Any]],
+    key: int,
+    wire: WirePayload | None,
+    segments: list[Segment],
 ) -> Callable[..., Any]:
     """The function for ``key``, kept as an LRU replayed identically by the parent."""
-    if blob is None:
+    if wire is None:
         cache.move_to_end(key)
         return cache[key]
     try:
-        fn = cloudpickle.loads(blob)
+        fn = from_wire(wire, segments)
     finally:
         # Even when loading fails the parent counts the key as sent; keep the caches in step.
         cache[key] = _unloadable
