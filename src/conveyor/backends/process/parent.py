@@ -348,13 +348,8 @@ class ProcessBackend(Backend):
 
     def _dispatch_loop(self) -> None:
         while True:
-            with self._lock:
-                if self._stop_now:
-                    return
-                self._release_held()
-                batches = self._take_batches()
-            for worker, units in batches:
-                self._send(worker, units)
+            if not self._assign_work():
+                return
             if self._closing and self._drained():
                 self._stop_workers()
                 return
@@ -370,6 +365,21 @@ class ProcessBackend(Backend):
                 if worker is not None:
                     self._on_death(worker)
             self._enforce_deadlines()
+
+    def _assign_work(self) -> bool:
+        """Send batches to idle workers; False when the pool must stop now.
+
+        A method of its own so that no local variable of the loop keeps a unit (and its
+        shared-memory segment) alive while the dispatcher waits.
+        """
+        with self._lock:
+            if self._stop_now:
+                return False
+            self._release_held()
+            batches = self._take_batches()
+        for worker, units in batches:
+            self._send(worker, units)
+        return True
 
     def _waitables(self) -> list[Any]:
         objs: list[Any] = [self._wake_r]
@@ -520,6 +530,7 @@ class ProcessBackend(Backend):
         batch = worker.batch or []
         for unit, (unit_id, payload, elapsed) in zip(batch, parts):
             assert unit.id == unit_id, "a worker answered for a unit it was not sent"
+            _release(unit)
             _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
         self._batch_finished(worker, rss)
 
@@ -536,6 +547,8 @@ class ProcessBackend(Backend):
         batch = worker.batch or []
         unit = batch[worker.unit_index]
         assert unit.id == unit_id and position == worker.item_index
+        if position + 1 == len(unit.items):
+            _release(unit)
         _deliver(unit, position, 1, payload, segments, elapsed)
         worker.item_index += 1
         if worker.item_index == len(unit.items):
@@ -602,9 +615,12 @@ class ProcessBackend(Backend):
         _kill_group(worker.pid, None)  # children its task left behind
         del self._workers[worker.sentinel]
         worker.close_channels()
-        batch, worker.batch = worker.batch, None
-        if batch:
-            self._settle_lost_batch(worker, batch, exitcode)
+        # Replace first, so re-queued work finds a worker; settle last, so nothing here still
+        # holds the lost units (and their shared memory) once their outcomes are out.
+        if not self._stop_now and (not self._closing or not self._drained()):
+            self._start_worker()
+        if worker.batch:
+            self._settle_lost_batch(worker, exitcode)
         elif not worker.retiring and not worker.spoke and not self._closing:
             self._startup_deaths += 1
             if self._startup_deaths >= MAX_STARTUP_DEATHS:
@@ -616,10 +632,9 @@ class ProcessBackend(Backend):
                     )
                 )
         worker.reaped.set()
-        if not self._stop_now and (not self._closing or not self._drained()):
-            self._start_worker()
 
-    def _settle_lost_batch(self, worker: _Worker, batch: list[Unit], exitcode: int | None) -> None:
+    def _settle_lost_batch(self, worker: _Worker, exitcode: int | None) -> None:
+        batch, worker.batch = worker.batch or [], None
         cancelled = worker.cancelled_owner
         if cancelled is not None:
             batch = [u for u in batch if u.sink.owner is not cancelled]
@@ -637,16 +652,21 @@ class ProcessBackend(Backend):
                 )
             else:
                 error = WorkerCrashed.for_exit(worker.pid, exitcode)
-            unit.sink.deliver(unit, position, errors_of(1, error), 0.0)
             rest = [unit.piece(position + 1)] if position + 1 < len(unit.items) else []
             self._requeue(rest + batch[worker.unit_index + 1 :])
+            _release(unit)
+            unit.sink.deliver(unit, position, errors_of(1, error), 0.0)
             return
         if sum(len(u.items) for u in batch) == 1:
             unit = batch[0]
-            unit.sink.deliver(unit, 0, errors_of(1, WorkerCrashed.for_exit(worker.pid, exitcode)), 0.0)
+            _release(unit)
+            crashed = WorkerCrashed.for_exit(worker.pid, exitcode)
+            unit.sink.deliver(unit, 0, errors_of(1, crashed), 0.0)
             return
         # Several items could be to blame: run each alone to find the one that kills.
         self._requeue([single for unit in batch for single in unit.singles()])
+        for unit in batch:
+            _release(unit)
 
     def _requeue(self, units: list[Unit]) -> None:
         """Put units back at the front of the queue, in order (pieces are pickled anew)."""
@@ -725,6 +745,13 @@ def _decode_message(data: bytes) -> tuple[Any, ...]:
     from .protocol import decode
 
     return decode(data)  # type: ignore[no-any-return]
+
+
+def _release(unit: Unit) -> None:
+    """Close our descriptor of a settled unit's item segment (retries are pickled anew)."""
+    wire: _Wire | None = unit.wire
+    if wire is not None:
+        wire.items.release()
 
 
 def _receive_segments(worker: _Worker, count: int) -> list[Segment]:

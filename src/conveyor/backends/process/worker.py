@@ -222,7 +222,6 @@ def worker_main(
 def _serve(channel: _Channel, report_memory: bool) -> None:
     alarm = _Alarm()
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-    perf_counter = time.perf_counter
     while True:
         try:
             message, segments = channel.receive()
@@ -233,45 +232,62 @@ def _serve(channel: _Channel, report_memory: bool) -> None:
         assert message[0] == RUN
         _, _, stream, units = message
         done: list[tuple[int, Payload, float]] = []
-        for unit_id, key, fn_wire, mode, timeout, count, items_wire in units:
-            try:
-                fn = _function(functions, key, fn_wire, segments)
-                items = from_wire(items_wire, segments)
-            except BaseException as exc:
-                # Every item of the unit gets the loading error (a module missing here, say).
-                if stream:
-                    for pos in range(count):
-                        payload = _dump_outcomes([None], {0: exc})
-                        channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0)
-                else:
-                    payload = _dump_outcomes([None] * count, dict.fromkeys(range(count), exc))
-                    done.append((unit_id, payload, 0.0))
-                continue
-            if stream:
-                for pos, item in enumerate(items):
-                    item_started = perf_counter()
-                    try:
-                        payload = _dump_outcomes([alarm.run(fn, mode, item, timeout)], {})
-                    except BaseException as exc:
-                        payload = _dump_outcomes([None], {0: exc})
-                    elapsed = perf_counter() - item_started
-                    rss = _resident_bytes() if report_memory else 0
-                    fds: list[int] = []
-                    wire = to_wire(payload, fds)
-                    channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss)
-                continue
-            started = perf_counter()
-            values, errors = run_items(fn, mode, items)
-            elapsed = perf_counter() - started
-            done.append((unit_id, _dump_outcomes(values, errors), elapsed))
-            del items, values  # let views of shared memory go as soon as they can
+        for unit in units:
+            part = _run_unit(channel, alarm, functions, segments, stream, unit, report_memory)
+            if part is not None:
+                done.append(part)
         for segment in segments:
             segment.close()  # mapped where used; the descriptors are not needed any more
+        del segments, message, units  # no local may keep a view of shared memory alive
         if done:
-            fds = []
+            fds: list[int] = []
             parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done]
             rss = _resident_bytes() if report_memory else 0
             channel.send(DONE, [payload for _, payload, _ in done], parts, rss)
+
+
+def _run_unit(
+    channel: _Channel,
+    alarm: _Alarm,
+    functions: OrderedDict[int, Callable[..., Any]],
+    segments: list[Segment],
+    stream: bool,
+    unit: tuple[Any, ...],
+    report_memory: bool,
+) -> tuple[int, Payload, float] | None:
+    """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
+
+    A function of its own so that the items, and any view of shared memory they hold, are
+    released when it returns, before the worker waits for its next batch.
+    """
+    unit_id, key, fn_wire, mode, timeout, count, items_wire = unit
+    perf_counter = time.perf_counter
+    try:
+        fn = _function(functions, key, fn_wire, segments)
+        items = from_wire(items_wire, segments)
+    except BaseException as exc:
+        # Every item of the unit gets the loading error (a module missing here, say).
+        if not stream:
+            return unit_id, _dump_outcomes([None] * count, dict.fromkeys(range(count), exc)), 0.0
+        for pos in range(count):
+            payload = _dump_outcomes([None], {0: exc})
+            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0)
+        return None
+    if not stream:
+        started = perf_counter()
+        values, errors = run_items(fn, mode, items)
+        elapsed = perf_counter() - started
+        return unit_id, _dump_outcomes(values, errors), elapsed
+    for pos, item in enumerate(items):
+        item_started = perf_counter()
+        try:
+            payload = _dump_outcomes([alarm.run(fn, mode, item, timeout)], {})
+        except BaseException as exc:
+            payload = _dump_outcomes([None], {0: exc})
+        elapsed = perf_counter() - item_started
+        rss = _resident_bytes() if report_memory else 0
+        channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), elapsed, rss)
+    return None
 
 
 def _function(

@@ -1,0 +1,199 @@
+"""Large data: buffers travel through shared memory, are views on the other side, never leak."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import conveyor
+from conveyor import _shm
+
+np = pytest.importorskip("numpy")
+pytestmark = pytest.mark.skipif(not _shm.AVAILABLE, reason="memory files are Linux-only")
+
+MB = 1 << 20
+
+
+def mapping_of(address: int) -> str:
+    """The /proc/self/maps path of the mapping holding ``address`` in this process."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            if low <= address < high:
+                return " ".join(fields[5:])
+    return ""
+
+
+def where_is(array) -> str:
+    return mapping_of(array.__array_interface__["data"][0])
+
+
+def total(array) -> float:
+    return float(array.sum())
+
+
+def block_sum(data, bounds: tuple[int, int]) -> tuple[float, str, int]:
+    low, high = bounds
+    return float(data[low:high].sum()), where_is(data), data.__array_interface__["data"][0]
+
+
+def make_array(n: int):
+    return np.arange(n, dtype=np.float64)
+
+
+def echo(value):
+    return value
+
+
+def memfd_fds() -> list[str]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:conveyor"):
+            found.append(target)
+    return found
+
+
+@pytest.fixture
+def pool():
+    with conveyor.Pool(workers=2, backend="process") as p:
+        yield p
+
+
+def test_an_array_argument_is_a_view_of_shared_memory_in_the_worker(pool) -> None:
+    data = np.random.default_rng(0).random(4 * MB // 8)
+    halves = np.array_split(data, 2)
+    places = pool.map(where_is, halves)
+    assert all(place.startswith("/memfd:conveyor") for place in places), places
+    assert pool.map(total, halves) == pytest.approx([h.sum() for h in halves])
+
+
+def test_small_arrays_stay_in_the_pipe(pool) -> None:
+    assert not pool.map(where_is, [np.ones(10)])[0].startswith("/memfd:")
+
+
+def test_a_result_array_is_a_view_of_shared_memory_here(pool) -> None:
+    result = pool.submit(make_array, 2 * MB).result()
+    assert where_is(result).startswith("/memfd:conveyor")
+    assert result[-1] == 2 * MB - 1
+    result[0] = 42.0  # writable: copy-on-write, private to us
+
+
+def test_bytes_bytearray_and_memoryview_round_trip(pool) -> None:
+    blob = os.urandom(MB)
+    values = [blob, bytearray(blob), memoryview(blob)]
+    back = pool.map(echo, values, chunksize=1)
+    assert back[0] == blob and type(back[0]) is bytes
+    assert back[1] == bytearray(blob) and type(back[1]) is bytearray
+    assert bytes(back[2]) == blob
+
+
+def test_a_captured_array_is_shared_once_per_pool(pool) -> None:
+    data = np.arange(8 * MB // 8, dtype=np.float64)
+    summer = functools.partial(block_sum, data)
+    bounds = [(i * len(data) // 8, (i + 1) * len(data) // 8) for i in range(8)]
+    first = pool.map(summer, bounds, chunksize=1)
+    second = pool.map(summer, bounds, chunksize=1)
+    assert sum(r[0] for r in first) == pytest.approx(data.sum())
+    assert all(r[1].startswith("/memfd:conveyor") for r in first + second)
+    # every task of both calls saw the array at the address it was first mapped at in its
+    # worker: at most one mapping per worker, not one per task or per call
+    assert len({r[2] for r in first + second}) <= 2
+    # the pool holds one descriptor for the cached function's segment, nothing per task
+    assert len(memfd_fds()) == 1
+
+
+def test_no_descriptor_is_left_after_tasks_and_shutdown() -> None:
+    before = memfd_fds()
+    with conveyor.Pool(workers=2, backend="process") as p:
+        results = p.map(make_array, [MB] * 4, chunksize=1)
+        p.map(total, results)
+        del results
+        assert memfd_fds() == before
+    assert memfd_fds() == before
+
+
+@pytest.mark.parametrize("fault", ["raise", "timeout", "hard_timeout", "crash"])
+def test_no_descriptor_or_mapping_is_left_after_a_fault(pool, fault: str) -> None:
+    data = np.ones(2 * MB)
+    task = {
+        "raise": _raise,
+        "timeout": _sleep,
+        "hard_timeout": _sleep_deaf_to_alarm,
+        "crash": _sigkill_self,
+    }[fault]
+    before = memfd_fds()
+    out = pool.map(task, [data], timeout=1.0, on_error="return")
+    assert isinstance(out[0], conveyor.Failure)
+    del out
+    assert memfd_fds() == before
+    # the workers hold no mapping of it either once they moved on
+    maps = pool.map(_memfd_mappings, range(4), chunksize=1)
+    assert not any(maps), maps
+
+
+def _raise(_):
+    raise ValueError("fails")
+
+
+def _sleep(_):
+    import time
+
+    time.sleep(60)
+
+
+def _sleep_deaf_to_alarm(_):
+    import signal
+    import time
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(60)
+
+
+def _sigkill_self(_):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _memfd_mappings(_: int) -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "/memfd:conveyor" in line]
+
+
+def test_dev_shm_is_untouched(pool) -> None:
+    before = set(os.listdir("/dev/shm"))
+    pool.map(total, np.array_split(np.ones(4 * MB), 4))
+    pool.map(make_array, [MB] * 2)
+    assert set(os.listdir("/dev/shm")) == before
+
+
+def test_the_parent_does_not_hold_a_copy() -> None:
+    # In a fresh interpreter: summing slices of a 400 MB array on the process backend must not
+    # raise the parent's peak resident memory by anything like the array's size.
+    script = textwrap.dedent("""
+        import resource, numpy as np, conveyor
+        data = np.ones(50_000_000)  # 400 MB
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            sums = pool.map(float, [s.sum() for s in []])  # start-up
+            sums = pool.map(np.sum, np.array_split(data, 8), chunksize=1)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert abs(sum(sums) - 50_000_000) < 1
+        print((after - before) // 1024)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    grew_mb = int(out.stdout.strip())
+    assert grew_mb < 100, f"the parent's peak RSS grew by {grew_mb} MB"
