@@ -16,7 +16,7 @@ The probe runs in a worker process, never in the caller, so a function that cras
 exits cannot take the caller down while it is being measured. The rules, in order:
 
 1. The function spends less than half its wall time on the CPU (it waits: I/O, sleeps): threads.
-2. It is CPU work, there is no timeout, and spreading the rest of the call over the workers
+2. It is CPU work, there is no timeout nor initializer, and spreading the rest of the call over the workers
    would save less than :data:`INLINE_SAVING` (what dispatching costs, measured on tiny items):
    run it inline in the caller's thread.
 3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
@@ -156,15 +156,19 @@ def choose(
     remaining: int | None,
     timeout: float | None,
     workers: int,
+    inline_ok: bool = True,
 ) -> Choice:
-    """Apply the rules of the module docstring to a measurement."""
+    """Apply the rules of the module docstring to a measurement.
+
+    ``inline_ok`` is False when the pool has an initializer: the caller's thread never ran it.
+    """
     if remaining == 0:
         return Choice("inline", "measuring it ran every item already", measurement)
     if measurement.cpu < CPU_BOUND_SHARE * measurement.wall:
         return Choice(
             "thread", "it mostly waits (I/O or sleep), so threads overlap well", measurement
         )
-    if timeout is None and remaining is not None:
+    if inline_ok and timeout is None and remaining is not None:
         expected = measurement.wall * remaining
         if expected * (1 - 1 / max(1, workers)) <= INLINE_SAVING:
             return Choice(

@@ -150,6 +150,7 @@ class Pool(Executor):
                 )
         self.backend_name = backend
         self._requested_workers = workers
+        self._initializer = (initializer, initargs)
         self._threads: Backend | None = None  # backend="auto": made when first chosen
         self._inline: Backend | None = None
         self._backend = _make_backend(
@@ -353,12 +354,13 @@ class Pool(Executor):
         from . import _auto
 
         total = _length(iterable)
+        inline_ok = self._initializer[0] is None
         rest = iter(iterable)
         head: list[Any] = []
         done, outcomes = 0, None
         measurement = _auto.remembered(fn, mode)
         if measurement is not None:
-            choice = _auto.choose(measurement, total, timeout, self.workers)
+            choice = _auto.choose(measurement, total, timeout, self.workers, inline_ok)
         else:
             head = list(itertools.islice(rest, _auto.PROBE_ITEMS))
             if not head:
@@ -367,7 +369,7 @@ class Pool(Executor):
             if measurement is not None:
                 _auto.remember(fn, mode, measurement)
                 remaining = None if total is None else total - done
-                choice = _auto.choose(measurement, remaining, timeout, self.workers)
+                choice = _auto.choose(measurement, remaining, timeout, self.workers, inline_ok)
             else:
                 assert forced is not None
                 choice = forced
@@ -452,7 +454,10 @@ class Pool(Executor):
                 self._inline = InlineBackend()
             return self._inline
         if self._threads is None:
-            self._threads = _make_backend("thread", self._requested_workers)
+            initializer, initargs = self._initializer
+            self._threads = _make_backend(
+                "thread", self._requested_workers, initializer=initializer, initargs=initargs
+            )
             _live_backends.add(self._threads)
             weakref.finalize(self, _shutdown_quietly, self._threads)
         return self._threads
