@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import subprocess
 import sys
@@ -101,15 +102,22 @@ def test_a_captured_array_is_shared_once_per_pool(pool) -> None:
     data = np.arange(8 * MB // 8, dtype=np.float64)
     summer = functools.partial(block_sum, data)
     bounds = [(i * len(data) // 8, (i + 1) * len(data) // 8) for i in range(8)]
+    before = len(memfd_fds())
     first = pool.map(summer, bounds, chunksize=1)
+    after_first = len(memfd_fds())
     second = pool.map(summer, bounds, chunksize=1)
     assert sum(r[0] for r in first) == pytest.approx(data.sum())
     assert all(r[1].startswith("/memfd:conveyor") for r in first + second)
     # every task of both calls saw the array at the address it was first mapped at in its
     # worker: at most one mapping per worker, not one per task or per call
     assert len({r[2] for r in first + second}) <= 2
-    # the pool holds one descriptor for the cached function's segment, nothing per task
-    assert len(memfd_fds()) == 1
+    # the pool holds one descriptor for the cached function's segment, nothing per task or call
+    assert after_first == before + 1
+    assert len(memfd_fds()) == after_first
+
+
+def busy_segments(pool) -> int:
+    return pool._backend._segments.counts()[0]
 
 
 def test_no_descriptor_is_left_after_tasks_and_shutdown() -> None:
@@ -118,7 +126,8 @@ def test_no_descriptor_is_left_after_tasks_and_shutdown() -> None:
         results = p.map(make_array, [MB] * 4, chunksize=1)
         p.map(total, results)
         del results
-        assert memfd_fds() == before
+        # argument segments are kept for reuse, but none is held once the tasks are done
+        assert busy_segments(p) == 0
     assert memfd_fds() == before
 
 
@@ -131,14 +140,25 @@ def test_no_descriptor_or_mapping_is_left_after_a_fault(pool, fault: str) -> Non
         "hard_timeout": _sleep_deaf_to_alarm,
         "crash": _sigkill_self,
     }[fault]
-    before = memfd_fds()
     out = pool.map(task, [data], timeout=1.0, on_error="return")
     assert isinstance(out[0], conveyor.Failure)
     del out
-    assert memfd_fds() == before
-    # the workers hold no mapping of it either once they moved on
-    maps = pool.map(_memfd_mappings, range(4), chunksize=1)
-    assert not any(maps), maps
+    # every segment is free again: no unit and no worker holds it
+    assert busy_segments(pool) == 0
+    # and once the pool is gone, so is every descriptor and every worker's mapping
+    pids = pool._backend.worker_pids()
+    pool.shutdown()
+    gc.collect()  # results of earlier tests that were in reference cycles
+    assert memfd_fds() == []
+    assert not any(os.path.exists(f"/proc/{pid}") and _maps_of(pid) for pid in pids)
+
+
+def _maps_of(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return [line for line in f if "/memfd:conveyor" in line]
+    except OSError:
+        return []
 
 
 def _raise(_):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import pickle
 import reprlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,15 +62,21 @@ def dumps(obj: Any) -> bytes:
 
 @dataclass(eq=False)
 class Payload:
-    """A pickle stream and the shared-memory segment holding its out-of-band buffers."""
+    """A pickle stream and the shared-memory segment holding its out-of-band buffers.
+
+    ``hold`` is set when the segment came from a :class:`~conveyor._shm.SegmentPool`.
+    """
 
     data: bytes
-    segment: _shm.Segment | None = None
+    segment: _shm.Segment | _shm.PooledSegment | None = None
     spans: list[tuple[int, int]] = field(default_factory=list)
+    hold: _shm.Hold | None = None
 
     def release(self) -> None:
-        """Close the sender's descriptor of the segment (receivers keep their views)."""
-        if self.segment is not None:
+        """Give up the sender's use of the segment (receivers keep their views)."""
+        if self.hold is not None:
+            self.hold.release()
+        elif isinstance(self.segment, _shm.Segment):
             self.segment.close()
 
     @property
@@ -125,8 +131,11 @@ def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
     return stream.getvalue()
 
 
-def dumps_payload(obj: Any, cloud: bool = False) -> Payload:
-    """Pickle ``obj`` (with cloudpickle when ``cloud`` or when the standard pickler fails)."""
+def dumps_payload(obj: Any, cloud: bool = False, pool: _shm.SegmentPool | None = None) -> Payload:
+    """Pickle ``obj`` (with cloudpickle when ``cloud`` or when the standard pickler fails).
+
+    Large buffers go to a segment of ``pool`` when given, else to a segment of their own.
+    """
     buffers = _Buffers() if _shm.AVAILABLE else None
     data = None
     if not cloud:
@@ -142,15 +151,31 @@ def dumps_payload(obj: Any, cloud: bool = False) -> Payload:
         data = _cloudpickle_dumps(obj, buffers)
     if buffers is None or not buffers.large:
         return Payload(data)
+    if pool is not None:
+        pooled, spans, hold = pool.write(buffers.large)
+        return Payload(data, pooled, spans, hold)
     segment, spans = _shm.Segment.from_buffers(buffers.large)
     return Payload(data, segment, spans)
 
 
-def loads_payload(data: bytes, segment: _shm.Segment | None, spans: list[tuple[int, int]]) -> Any:
-    """Unpickle a payload; its out-of-band buffers become views of ``segment``."""
+def loads_payload(
+    data: bytes,
+    segment: _shm.Segment | None,
+    spans: list[tuple[int, int]],
+    pool_id: int = -1,
+    mappings: _shm.WorkerMappings | None = None,
+) -> Any:
+    """Unpickle a payload; its out-of-band buffers become views of ``segment``.
+
+    A pooled segment (``pool_id`` >= 0) is viewed through the worker's kept ``mappings``.
+    """
     if segment is None:
         return pickle.loads(data)
-    return pickle.loads(data, buffers=[segment.view(offset, length) for offset, length in spans])
+    if pool_id >= 0 and mappings is not None:
+        views = [mappings.view(pool_id, segment, offset, length) for offset, length in spans]
+    else:
+        views = [segment.view(offset, length) for offset, length in spans]
+    return pickle.loads(data, buffers=views)
 
 
 def share_large_bytes(values: list[Any], mode: int, stream_size: int) -> list[Any] | None:
@@ -225,16 +250,18 @@ def callable_payload(fn: Any, what: str = "function") -> Payload:
         ) from exc
 
 
-def items_payload(items: list[Any], mode: int, first_index: int = 0) -> Payload:
+def items_payload(
+    items: list[Any], mode: int, first_index: int = 0, pool: _shm.SegmentPool | None = None
+) -> Payload:
     """Pickle a chunk of items, or raise a TypeError naming the first item that cannot be sent."""
     try:
-        payload = dumps_payload(items)
+        payload = dumps_payload(items, pool=pool)
     except Exception as exc:
         raise _unsendable(items, mode, first_index, exc) from exc
     wrapped = share_large_bytes(items, mode, len(payload.data))
     if wrapped is not None:
         payload.release()
-        payload = dumps_payload(wrapped)
+        payload = dumps_payload(wrapped, pool=pool)
     return payload
 
 

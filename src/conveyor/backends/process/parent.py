@@ -133,7 +133,19 @@ class _Worker:
         self.spoke = False  # sent any message at all
         self.killed_for_timeout = False
         self.cancelled_owner: object | None = None
+        self.holds: dict[int, list[_shm.Hold]] = {}  # pooled segments it may still view
+        self.mapped: set[int] = set()  # pooled segments it keeps mapped
+        self.to_forget: list[int] = []  # closed pooled segments it must unmap
         self.reaped = threading.Event()
+
+    def release_holds(self, pool_ids: list[int] | None = None) -> None:
+        """Release its holds on pooled segments it reported free (all of them: it died)."""
+        for pool_id in list(self.holds) if pool_ids is None else pool_ids:
+            holds = self.holds.get(pool_id)
+            if holds:
+                holds.pop().release()
+                if not holds:
+                    del self.holds[pool_id]
 
     def close_channels(self) -> None:
         """Close our ends of the pipe, the lifeline and the fd socket."""
@@ -172,6 +184,13 @@ class _FunctionCache:
         self._by_id: OrderedDict[int, tuple[Callable[..., Any], int, Payload]] = OrderedDict()
         self._keys = itertools.count(1)
 
+    def clear(self) -> None:
+        """Forget every function, giving up their shared-memory segments."""
+        with self._lock:
+            entries, self._by_id = list(self._by_id.values()), OrderedDict()
+        for _, _, payload in entries:
+            payload.release()
+
     def get(self, fn: Callable[..., Any]) -> tuple[int, Payload]:
         with self._lock:
             entry = self._by_id.get(id(fn))
@@ -183,6 +202,7 @@ class _FunctionCache:
             key = next(self._keys)
             self._by_id[id(fn)] = (fn, key, blob)
             while len(self._by_id) > self._size:
+                # units still queued may share the payload: it closes when the last one goes
                 self._by_id.popitem(last=False)
         return key, blob
 
@@ -219,6 +239,7 @@ class ProcessBackend(Backend):
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_memory_per_worker
         self._functions = _FunctionCache()
+        self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
 
         self._lock = threading.Lock()
         self._pending: deque[Unit] = deque()
@@ -252,7 +273,8 @@ class ProcessBackend(Backend):
             if unit.wire is None:
                 key, fn_payload = self._functions.get(unit.fn)
                 first = unit.tags[0] if unit.tags and isinstance(unit.tags[0], int) else 0
-                unit.wire = _Wire(key, fn_payload, items_payload(unit.items, unit.mode, first))
+                items = items_payload(unit.items, unit.mode, first, self._segments)
+                unit.wire = _Wire(key, fn_payload, items)
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -372,6 +394,12 @@ class ProcessBackend(Backend):
         A method of its own so that no local variable of the loop keeps a unit (and its
         shared-memory segment) alive while the dispatcher waits.
         """
+        if self._segments is not None:
+            for pool_id in self._segments.forgotten():
+                for worker in self._workers.values():
+                    if pool_id in worker.mapped:
+                        worker.mapped.discard(pool_id)
+                        worker.to_forget.append(pool_id)
         with self._lock:
             if self._stop_now:
                 return False
@@ -482,6 +510,11 @@ class ProcessBackend(Backend):
                 (unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items),
                  to_wire(wire.items, fds))
             )
+            pooled = wire.items.segment
+            if isinstance(pooled, _shm.PooledSegment) and self._segments is not None:
+                worker.holds.setdefault(pooled.pool_id, []).append(self._segments.hold(pooled))
+                worker.mapped.add(pooled.pool_id)
+        forget, worker.to_forget = worker.to_forget, []
         worker.batch = units
         worker.stream = stream
         worker.unit_index = worker.item_index = 0
@@ -490,7 +523,7 @@ class ProcessBackend(Backend):
             if fds:
                 assert worker.fd_sock is not None
                 _shm.send_fds(worker.fd_sock, fds)
-            worker.conn.send_bytes(encode((RUN, len(fds), stream, wire_units)))
+            worker.conn.send_bytes(encode((RUN, len(fds), stream, wire_units, forget)))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
 
@@ -514,9 +547,11 @@ class ProcessBackend(Backend):
                     continue
                 segments = _receive_segments(worker, message[1])
                 if kind == DONE:
+                    worker.release_holds(message[4])
                     self._on_done(worker, segments, message[2], message[3])
                 elif kind == ITEM:
-                    self._on_item(worker, segments, *message[2:])
+                    worker.release_holds(message[7])
+                    self._on_item(worker, segments, *message[2:7])
         except (EOFError, OSError):
             pass  # it died; the sentinel says so
 
@@ -615,6 +650,7 @@ class ProcessBackend(Backend):
         _kill_group(worker.pid, None)  # children its task left behind
         del self._workers[worker.sentinel]
         worker.close_channels()
+        worker.release_holds()  # its mappings died with it
         # Replace first, so re-queued work finds a worker; settle last, so nothing here still
         # holds the lost units (and their shared memory) once their outcomes are out.
         if not self._stop_now and (not self._closing or not self._drained()):
@@ -679,7 +715,8 @@ class ProcessBackend(Backend):
         """The unit's pickled form, made now for pieces split off a unit."""
         if unit.wire is None:
             key, fn_payload = self._functions.get(unit.fn)
-            unit.wire = _Wire(key, fn_payload, items_payload(unit.items, unit.mode))
+            items = items_payload(unit.items, unit.mode, pool=self._segments)
+            unit.wire = _Wire(key, fn_payload, items)
         return unit.wire  # type: ignore[no-any-return]
 
     # ----------------------------------------------------------------- workers
@@ -736,6 +773,11 @@ class ProcessBackend(Backend):
             worker.reaped.set()
         error = self._broken or PoolClosed("the pool was terminated before the task finished")
         _fail(dropped, error)
+        for worker in workers:
+            worker.release_holds()
+        if self._segments is not None:
+            self._segments.close()
+        self._functions.clear()  # a captured 1 GB array must not outlive the pool
         self._finished.set()
         self._wake_r.close()
         self._wake_w.close()

@@ -5,7 +5,7 @@ Data flow::
     dispatcher thread (parent)                            worker process
     --------------------------                            --------------
     fds of shared-memory segments -- fd socket -->        (one socket per worker, beside the pipe)
-    RUN  (nfds, stream, [unit...]) -- pipe ------>        run each unit's items in order
+    RUN  (nfds, stream, [unit...], forget) -- pipe -->    run each unit's items in order
                                 <----- pipe -------       DONE (per unit results) once the batch
                                                           is finished, or, for a streamed batch
                                                           (units with a timeout), ITEM per item
@@ -15,7 +15,9 @@ Data flow::
 A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items)`` where ``fn``
 and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``: the segment
 index points into the descriptors sent on the worker's fd socket just before the message (their
-number, ``nfds``, is the message's second field; likewise for DONE and ITEM going back). The
+number, ``nfds``, is the message's second field; likewise for DONE and ITEM going back). DONE
+and ITEM end with the pool ids of pooled argument segments of which the worker holds no view any
+more, RUN with the ids of pooled segments the parent closed (see :mod:`conveyor._shm`). The
 function travels once per worker: the parent sends ``fn_blob`` only when the worker's function
 cache does not hold ``fn_key``. Both sides keep that cache as an LRU of :data:`FN_CACHE_SIZE`
 entries and update it in the same order (the parent replays what it sent), so they always agree
@@ -33,7 +35,7 @@ import pickle
 from typing import Any
 
 from ..._serialize import Payload, loads_payload
-from ..._shm import Segment
+from ..._shm import Segment, WorkerMappings
 from ..._work import Outcomes
 
 __all__ = [
@@ -57,6 +59,7 @@ DONE = 3
 ITEM = 4
 INIT_FAILED = 5
 
+
 FN_CACHE_SIZE = 64
 
 
@@ -69,22 +72,25 @@ decode = pickle.loads
 
 
 #: a payload on the wire: (pickle stream, index of its segment among the message's fds or -1,
-#: the (offset, length) of each out-of-band buffer in that segment)
-WirePayload = tuple[bytes, int, list[tuple[int, int]]]
+#: the (offset, length) of each out-of-band buffer in that segment, the segment's pool id or -1)
+WirePayload = tuple[bytes, int, list[tuple[int, int]], int]
 
 
 def to_wire(payload: Payload, fds: list[int]) -> WirePayload:
     """The wire form of ``payload``, adding its segment's descriptor to ``fds``."""
     if payload.segment is None:
-        return (payload.data, -1, [])
+        return (payload.data, -1, [], -1)
     fds.append(payload.segment.fd)
-    return (payload.data, len(fds) - 1, payload.spans)
+    return (payload.data, len(fds) - 1, payload.spans, payload.segment.pool_id)
 
 
-def from_wire(wire: WirePayload, segments: list[Segment]) -> Any:
+def from_wire(
+    wire: WirePayload, segments: list[Segment], mappings: WorkerMappings | None = None
+) -> Any:
     """Unpickle a wire payload; out-of-band buffers become views of the received segments."""
-    data, index, spans = wire
-    return loads_payload(data, segments[index] if index >= 0 else None, spans)
+    data, index, spans, pool_id = wire
+    segment = segments[index] if index >= 0 else None
+    return loads_payload(data, segment, spans, pool_id, mappings)
 
 
 def decode_outcomes(wire: WirePayload, segments: list[Segment]) -> Outcomes:

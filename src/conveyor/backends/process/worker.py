@@ -41,7 +41,7 @@ import cloudpickle
 from ... import _shm
 from ..._errors import TaskTimeout, format_exception_text
 from ..._serialize import Payload, dumps_payload, share_large_bytes
-from ..._shm import Segment
+from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
 from .protocol import (
     DONE,
@@ -222,6 +222,7 @@ def worker_main(
 def _serve(channel: _Channel, report_memory: bool) -> None:
     alarm = _Alarm()
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+    mappings = WorkerMappings()
     while True:
         try:
             message, segments = channel.receive()
@@ -230,10 +231,13 @@ def _serve(channel: _Channel, report_memory: bool) -> None:
         if message[0] == STOP:
             return
         assert message[0] == RUN
-        _, _, stream, units = message
+        _, _, stream, units, forget = message
+        mappings.forget(forget)
         done: list[tuple[int, Payload, float]] = []
         for unit in units:
-            part = _run_unit(channel, alarm, functions, segments, stream, unit, report_memory)
+            part = _run_unit(
+                channel, alarm, functions, mappings, segments, stream, unit, report_memory
+            )
             if part is not None:
                 done.append(part)
         for segment in segments:
@@ -243,13 +247,15 @@ def _serve(channel: _Channel, report_memory: bool) -> None:
             fds: list[int] = []
             parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done]
             rss = _resident_bytes() if report_memory else 0
-            channel.send(DONE, [payload for _, payload, _ in done], parts, rss)
+            released = mappings.released()
+            channel.send(DONE, [payload for _, payload, _ in done], parts, rss, released)
 
 
 def _run_unit(
     channel: _Channel,
     alarm: _Alarm,
     functions: OrderedDict[int, Callable[..., Any]],
+    mappings: WorkerMappings,
     segments: list[Segment],
     stream: bool,
     unit: tuple[Any, ...],
@@ -264,29 +270,35 @@ def _run_unit(
     perf_counter = time.perf_counter
     try:
         fn = _function(functions, key, fn_wire, segments)
-        items = from_wire(items_wire, segments)
+        items = from_wire(items_wire, segments, mappings)
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
         if not stream:
             return unit_id, _dump_outcomes([None] * count, dict.fromkeys(range(count), exc)), 0.0
         for pos in range(count):
             payload = _dump_outcomes([None], {0: exc})
-            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0)
+            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [])
         return None
     if not stream:
         started = perf_counter()
         values, errors = run_items(fn, mode, items)
         elapsed = perf_counter() - started
         return unit_id, _dump_outcomes(values, errors), elapsed
-    for pos, item in enumerate(items):
+    last = len(items) - 1
+    for pos in range(len(items)):
         item_started = perf_counter()
         try:
-            payload = _dump_outcomes([alarm.run(fn, mode, item, timeout)], {})
+            payload = _dump_outcomes([alarm.run(fn, mode, items[pos], timeout)], {})
         except BaseException as exc:
             payload = _dump_outcomes([None], {0: exc})
         elapsed = perf_counter() - item_started
         rss = _resident_bytes() if report_memory else 0
-        channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), elapsed, rss)
+        released: list[int] = []
+        if pos == last:
+            items = None  # let go of the views first, so their release rides on this message
+            released = mappings.released()
+        wire = to_wire(payload, [])
+        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released)
     return None
 
 
