@@ -52,6 +52,11 @@ class Chunker:
         self._seconds = self._seconds * 0.5 + elapsed
         self.per_item = self._seconds / self._items
 
+    @property
+    def measured(self) -> bool:
+        """Whether sizes come from a measurement (or are fixed) rather than the first guess."""
+        return self.fixed is not None or self.per_item is not None
+
     def next_size(self) -> int:
         """The size of the next chunk."""
         if self.fixed is not None:

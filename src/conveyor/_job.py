@@ -191,7 +191,10 @@ class MapJob:
         """Take input and submit chunks while fewer than the in-flight bound are out."""
         while self._input is not None and self._raise is None:
             size = self._chunker.next_size()
-            if self._unemitted + size > size * self._chunks_in_flight and self._unemitted:
+            # Until the first measurement, one single-item chunk per worker: the measurement
+            # arrives after one round trip and the next chunks are sized by it.
+            limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
+            if self._unemitted + size > size * limit and self._unemitted:
                 return
             items = list(itertools.islice(self._input, size))
             if len(items) < size:
