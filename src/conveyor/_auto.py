@@ -15,13 +15,13 @@ Data flow::
 The probe runs in a worker process, never in the caller, so a function that crashes, hangs or
 exits cannot take the caller down while it is being measured. The rules, in order:
 
-1. The function spends less than half its wall time on the CPU (it waits: I/O, sleeps): threads.
-2. It is CPU work, there is no timeout nor initializer, and spreading the rest of the call over the workers
-   would save less than :data:`INLINE_SAVING` (what dispatching costs, measured on tiny items):
-   run it inline in the caller's thread.
+1. The function spends less than 30% of its wall time on the CPU (it waits: I/O, sleeps): threads.
+2. It is CPU work, there is no timeout nor initializer, and spreading the rest of the call over
+   the workers would save less than :data:`INLINE_SAVING` (what dispatching costs, measured on
+   tiny items): run it inline in the caller's thread.
 3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
-4. Two items at once in two threads took less than 1.5x one item (the work releases the GIL,
-   as numpy does): threads.
+4. Two items at once in two threads kept at least 1.25 CPUs busy (the work releases the GIL, as
+   numpy and hashlib do): threads.
 5. Otherwise (Python code holding the GIL): processes.
 
 A measurement is remembered per function (by its code object) for the rest of the program, so
@@ -49,8 +49,11 @@ log = logging.getLogger("conveyor")
 PROBE_ITEMS = 64
 PROBE_SECONDS = 0.005
 INLINE_SAVING = 0.025
-CPU_BOUND_SHARE = 0.5
-SCALING_LIMIT = 1.5
+CPU_BOUND_SHARE = 0.3
+#: CPUs two threads must keep busy together to count as running in parallel. Threads holding
+#: the GIL take turns and never exceed 1.0 whatever the machine's load; so a loaded machine can
+#: only make GIL-releasing work look GIL-bound (processes: slower, still right), never the reverse.
+SCALING_LIMIT = 1.25
 #: below this per-item time the pair test says nothing useful
 PAIR_MIN_SECONDS = 0.002
 
@@ -60,19 +63,21 @@ _measurements_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Measurement:
-    """What the probe saw: seconds per item of wall and CPU time, and of two items at once."""
+    """What the probe saw, per item: seconds of wall and CPU time; and for two items at once in
+    two threads, their wall time and how many CPUs they kept busy (their CPU time over it)."""
 
     wall: float
     cpu: float
     pair_wall: float | None = None
+    pair_parallelism: float | None = None
 
     def describe(self) -> str:
         share = min(100.0, 100 * self.cpu / max(self.wall, 1e-9))
         text = f"{_seconds(self.wall)} per item, CPU {share:.0f}% of that"
-        if self.pair_wall is not None:
+        if self.pair_wall is not None and self.pair_parallelism is not None:
             text += (
-                f"; two at once in threads took {_seconds(self.pair_wall)} "
-                f"({self.pair_wall / max(self.wall, 1e-9):.1f}x one)"
+                f"; two at once in threads took {_seconds(self.pair_wall)} and kept "
+                f"{self.pair_parallelism:.1f} CPUs busy"
             )
         return text
 
@@ -130,12 +135,14 @@ def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Out
             done += len(more_values)
         wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
         return done, (values, errors), Measurement(wall / done, cpu / done)
-    pair_wall = None
     if len(items) >= 3 and cpu / wall >= CPU_BOUND_SHARE and wall >= PAIR_MIN_SECONDS:
         results: list[Outcomes] = [([], {}), ([], {})]
+        cpu_used = [0.0, 0.0]
 
         def run(slot: int) -> None:
+            started = time.thread_time()
             results[slot] = run_items(fn, mode, items[1 + slot : 2 + slot])
+            cpu_used[slot] = time.thread_time() - started
 
         threads = [threading.Thread(target=run, args=(slot,)) for slot in (0, 1)]
         pair_started = time.perf_counter()
@@ -144,11 +151,13 @@ def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Out
         for thread in threads:
             thread.join()
         pair_wall = time.perf_counter() - pair_started
+        parallelism = sum(cpu_used) / max(pair_wall, 1e-9)
         for slot in (0, 1):
             values.extend(results[slot][0])
             errors.update({1 + slot + k: e for k, e in results[slot][1].items()})
         done = 3
-    return done, (values, errors), Measurement(wall, cpu, pair_wall)
+        return done, (values, errors), Measurement(wall, cpu, pair_wall, parallelism)
+    return done, (values, errors), Measurement(wall, cpu)
 
 
 def choose(
@@ -184,10 +193,7 @@ def choose(
             "this Python is free-threaded, so threads run CPU work in parallel",
             measurement,
         )
-    if (
-        measurement.pair_wall is not None
-        and measurement.pair_wall < SCALING_LIMIT * measurement.wall
-    ):
+    if measurement.pair_parallelism is not None and measurement.pair_parallelism >= SCALING_LIMIT:
         return Choice(
             "thread", "it releases the GIL (two items ran in parallel in threads)", measurement
         )
