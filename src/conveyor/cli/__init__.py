@@ -5,5 +5,5 @@ Modules, each with one job: ``__main__`` (entry point, subcommand dispatch), ``o
 (run's argparse parser and validation), ``inputs`` (::: / :::: / stdin), ``templates``
 (replacement strings and quoting), ``process`` (one job in its own process group),
 ``output`` (grouped / line-buffered / ordered output), ``joblog`` (SQLite log, resume),
-``run`` (the scheduler), ``demo``.
+``run`` (the scheduler), ``errors`` (what exits with 255), ``demo``.
 """

@@ -21,12 +21,19 @@ def _top_parser() -> argparse.ArgumentParser:
     parser = ErrorRaisingParser(
         prog="conveyor",
         description="Run Python functions and shell commands in parallel.",
-        epilog="Run 'conveyor run --help' for the command runner's options.")
+        epilog="Run 'conveyor run --help' for the command runner's options.",
+    )
     sub = parser.add_subparsers(dest="subcommand", metavar="{run,demo}")
-    sub.add_parser("run", add_help=False,
-                   help="run a shell command once per input, in parallel (GNU parallel-like)")
-    sub.add_parser("demo", add_help=False,
-                   help="count primes serially, in threads and in processes; compare times")
+    sub.add_parser(
+        "run",
+        add_help=False,
+        help="run a shell command once per input, in parallel (GNU parallel-like)",
+    )
+    sub.add_parser(
+        "demo",
+        add_help=False,
+        help="count primes serially, in threads and in processes; compare times",
+    )
     return parser
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+
+from conveyor.cli.errors import CliError
 
 __all__ = ["Group", "InputError", "Inputs", "open_inputs", "read_records", "split_argv"]
 
@@ -23,7 +23,7 @@ ARGS_SEP = ":::"
 FILES_SEP = "::::"
 
 
-class InputError(ValueError):
+class InputError(CliError):
     """An input source that cannot be read, or a malformed input specification."""
 
 
@@ -60,9 +60,9 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[Group]]:
     return head, groups
 
 
-def read_records(stream: BinaryIO, separator: bytes) -> Iterator[str]:
-    """Yield the records of a binary stream as soon as each one is complete."""
-    read = getattr(stream, "read1", stream.read)
+def read_records(read: Callable[[int], bytes], separator: bytes) -> Iterator[str]:
+    """Yield the records read by ``read(n)`` (returning b"" at the end) as soon as each
+    one is complete."""
     pending = b""
     while True:
         chunk = read(65536)
@@ -86,8 +86,13 @@ class Inputs:
     total: int | None
 
 
-def _stdin() -> BinaryIO:
-    return sys.stdin.buffer
+def _read_stdin(size: int) -> bytes:
+    # os.read on fd 0, not sys.stdin: no buffer lock is held while blocked in a read,
+    # so the reading thread can be abandoned at exit (see run._ReadAhead).
+    try:
+        return os.read(0, size)
+    except OSError:  # stdin closed or not readable: no input
+        return b""
 
 
 def open_inputs(groups: Sequence[Group], *, null: bool, materialize: bool = False) -> Inputs:
@@ -95,7 +100,7 @@ def open_inputs(groups: Sequence[Group], *, null: bool, materialize: bool = Fals
     and return the jobs. stdin alone is read lazily unless ``materialize``."""
     separator = b"\0" if null else b"\n"
     if not groups:
-        lazy = ((value,) for value in read_records(_stdin(), separator))
+        lazy = ((value,) for value in read_records(_read_stdin, separator))
         if materialize:
             values = list(lazy)
             return Inputs(values, 1, len(values))
@@ -107,10 +112,10 @@ def open_inputs(groups: Sequence[Group], *, null: bool, materialize: bool = Fals
             continue
         try:
             if group.path == "-":
-                columns.append(list(read_records(_stdin(), separator)))
+                columns.append(list(read_records(_read_stdin, separator)))
             else:
                 with open(group.path, "rb") as f:
-                    columns.append(list(read_records(f, separator)))
+                    columns.append(list(read_records(f.read1, separator)))
         except OSError as e:
             raise InputError(f"cannot read input file {group.path!r}: {e.strerror}") from None
     total = 1

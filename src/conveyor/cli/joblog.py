@@ -19,6 +19,15 @@ successful row (exit 0) and so runs failed jobs again. Jobs that never finished 
 started, or killed by Ctrl-C, ``--halt now`` or the runner's death -- have no row and
 run again in both modes. Without either option an existing log is emptied first.
 
+What "exactly once" rests on: a row is committed right after its job was reaped, and
+resume skips exactly the jobs with a row. So after the runner and its jobs are killed
+together (machine crash, container stop, a killed process tree), resume runs every job
+that had not finished and none that had. Two windows remain, as with any job log: a job
+that ended in the instant between its exit and its row's commit runs again; and since
+jobs run in their own sessions, a SIGKILL of the runner alone leaves its running jobs
+going on as orphans, and resume starts them again. Jobs that must never run twice should
+be idempotent.
+
 Thread-safety: :meth:`JobLog.record` may be called from any thread; a lock serialises
 the writes on the one connection.
 """
@@ -27,6 +36,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+
+from conveyor.cli.errors import CliError
 
 __all__ = ["JobLog", "JobLogError", "JobRow", "input_text"]
 
@@ -46,7 +57,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
-class JobLogError(RuntimeError):
+class JobLogError(CliError):
     """The job log cannot be opened or written."""
 
 
@@ -83,16 +94,18 @@ class JobLog:
 
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=30)
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             if mode == "new":
                 self._db.execute("DELETE FROM jobs")
             where = "" if mode == "resume" else " WHERE exit_code = 0 AND signal = 0"
-            self._done = {(seq, text) for seq, text in
-                          self._db.execute("SELECT seq, input FROM jobs" + where)}
+            self._done = {
+                (seq, text) for seq, text in self._db.execute("SELECT seq, input FROM jobs" + where)
+            }
         except sqlite3.Error as e:
             raise JobLogError(f"cannot use job log {path!r}: {e}") from None
 
@@ -102,12 +115,23 @@ class JobLog:
 
     def record(self, row: JobRow) -> None:
         """Append and commit one row (thread-safe)."""
-        values = (row.seq, row.input, _text(row.command), row.start, row.duration,
-                  row.exit_code, row.signal, row.attempts, int(row.timed_out))
+        values = (
+            row.seq,
+            row.input,
+            _text(row.command),
+            row.start,
+            row.duration,
+            row.exit_code,
+            row.signal,
+            row.attempts,
+            int(row.timed_out),
+        )
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (seq, input, command, start, duration, exit_code, signal,"
-                " attempts, timed_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                " attempts, timed_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
 
     def close(self) -> None:
         """Close the connection (rows are already committed)."""

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
+from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
 
-class UsageError(Exception):
+class UsageError(CliError):
     """A bad command line; the CLI prints the message and exits with 255."""
 
 
@@ -83,10 +84,21 @@ exit status:
   jobs (N%). E.g. now,fail=1  soon,fail=3  now,success=1  soon,done=50%.
   'never' is the default.
 
+job log (--joblog FILE: SQLite, table 'jobs', one row per finished job, committed
+as it ends, so even a SIGKILLed run loses no written row):
+  columns seq, input, command, start (Unix time), duration, exit_code (-1 if a signal
+  killed the job), signal, attempts, timed_out. --resume skips the jobs the log has
+  as finished (succeeded or failed); --resume-failed skips only the succeeded ones,
+  so failed ones run again. A job is known by its number and input. Jobs that never
+  finished (killed by Ctrl-C, --halt now, or the runner's own death) have no row and
+  run again. Without --resume/--resume-failed an existing log is emptied first.
+
 processes:
-  Every job runs in its own process group (new session). --timeout, --halt now and
-  Ctrl-C (or SIGTERM/SIGHUP to conveyor) kill a job's whole group with SIGTERM, then
-  SIGKILL after 1 s. A job ends when its output is closed and its shell has exited.
+  Every job runs in its own process group (new session), stdin from /dev/null.
+  --timeout, --halt now and Ctrl-C (or SIGTERM/SIGHUP to conveyor) kill a job's
+  whole group with SIGTERM, then SIGKILL after 1 s. A job ends when its output is
+  closed and its shell has exited; a process it left in the background with its
+  output redirected elsewhere is not killed, as in a shell.
 
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
@@ -105,36 +117,74 @@ def run_parser() -> ErrorRaisingParser:
     p = ErrorRaisingParser(
         prog="conveyor run",
         usage="conveyor run [options] [COMMAND ...] [::: ARG ...] [:::: FILE ...] ...",
-        description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a = p.add_argument
-    a("-j", "--jobs", metavar="N|N%", help="run N jobs at once, or N%% of the usable cores "
-      "(default: the usable cores, %(default)s here)", default=str(usable_cores()))
-    a("--timeout", metavar="SECONDS", type=float,
-      help="kill a job (its whole process group) that runs longer; it counts as failed")
-    a("--retries", metavar="N", type=int, default=0,
-      help="run a failed job again, up to N more times")
+    a(
+        "-j",
+        "--jobs",
+        metavar="N|N%",
+        help="run N jobs at once, or N%% of the usable cores "
+        "(default: the usable cores, %(default)s here)",
+        default=str(usable_cores()),
+    )
+    a(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help="kill a job (its whole process group) that runs longer; it counts as failed",
+    )
+    a(
+        "--retries",
+        metavar="N",
+        type=int,
+        default=0,
+        help="run a failed job again, up to N more times",
+    )
     a("--halt", metavar="SPEC", default="never", help="stop early, see below")
     a("-k", "--keep-order", action="store_true", help="print output in input order")
     a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
-    a("--line-buffer", "--lb", action="store_true",
-      help="print whole lines as they come instead of whole jobs at their end")
+    a(
+        "--line-buffer",
+        "--lb",
+        action="store_true",
+        help="print whole lines as they come instead of whole jobs at their end",
+    )
     a("--dry-run", action="store_true", help="print the commands, run nothing")
     a("--progress", "--bar", action="store_true", help="show a progress bar on stderr")
     a("--shuf", action="store_true", help="run the jobs in random order")
-    a("--delay", metavar="SECONDS", type=float, default=0.0,
-      help="wait this long between job starts")
+    a(
+        "--delay",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="wait this long between job starts",
+    )
     a("-0", "--null", action="store_true", help="inputs are separated by NUL, not newline")
-    a("-q", "--quote", action="store_true",
-      help="quote COMMAND's words too: run it as a plain argv without shell syntax")
+    a(
+        "-q",
+        "--quote",
+        action="store_true",
+        help="quote COMMAND's words too: run it as a plain argv without shell syntax",
+    )
     a("--joblog", metavar="FILE", help="record every finished job in this SQLite file")
     resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_true",
-                        help="with --joblog: skip jobs the log has as finished")
-    resume.add_argument("--resume-failed", action="store_true",
-                        help="with --joblog: skip jobs the log has as succeeded, rerun failed")
-    a("command", nargs=argparse.REMAINDER, metavar="COMMAND",
-      help="the command (shell code) with replacement strings")
+    resume.add_argument(
+        "--resume", action="store_true", help="with --joblog: skip jobs the log has as finished"
+    )
+    resume.add_argument(
+        "--resume-failed",
+        action="store_true",
+        help="with --joblog: skip jobs the log has as succeeded, rerun failed",
+    )
+    a(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="the command (shell code) with replacement strings",
+    )
     return p
 
 
@@ -166,8 +216,10 @@ def parse_halt(spec: str) -> Halt:
         return Halt()
     m = _HALT.match(spec)
     if not m:
-        raise UsageError(f"bad --halt spec {spec!r}: expected never, or now|soon,"
-                         "fail|success|done=N or =N% (e.g. now,fail=1)")
+        raise UsageError(
+            f"bad --halt spec {spec!r}: expected never, or now|soon,"
+            "fail|success|done=N or =N% (e.g. now,fail=1)"
+        )
     when, what, number, percent = m.groups()
     if percent:
         value = float(number)
@@ -233,8 +285,21 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     return RunConfig(
-        command=command, groups=groups, jobs=parse_jobs(ns.jobs), timeout=ns.timeout,
-        retries=ns.retries, halt=parse_halt(ns.halt), keep_order=ns.keep_order, tag=ns.tag,
-        line_buffer=ns.line_buffer, dry_run=ns.dry_run, progress=ns.progress,
-        shuf=ns.shuf, delay=ns.delay, null=ns.null, quote=ns.quote, joblog=ns.joblog,
-        resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new")
+        command=command,
+        groups=groups,
+        jobs=parse_jobs(ns.jobs),
+        timeout=ns.timeout,
+        retries=ns.retries,
+        halt=parse_halt(ns.halt),
+        keep_order=ns.keep_order,
+        tag=ns.tag,
+        line_buffer=ns.line_buffer,
+        dry_run=ns.dry_run,
+        progress=ns.progress,
+        shuf=ns.shuf,
+        delay=ns.delay,
+        null=ns.null,
+        quote=ns.quote,
+        joblog=ns.joblog,
+        resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",
+    )

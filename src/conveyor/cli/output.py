@@ -26,23 +26,39 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import BinaryIO
 
-__all__ = ["LineSink", "Output", "tag_lines"]
+__all__ = ["Chunk", "LineSink", "Output", "tag_lines", "tag_pieces"]
 
-Chunk = tuple[int, bytes]  # (1 = stdout or 2 = stderr, data)
+# (1 = stdout or 2 = stderr, the data: bytes, or pieces of bytes to be read once)
+Chunk = tuple[int, "bytes | Iterable[bytes]"]
+
+
+def tag_pieces(tag: bytes, pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """Prefix every line (including a final partial line) of the output that arrives
+    in ``pieces`` with ``tag``; a line may span pieces."""
+    at_line_start = True
+    for piece in pieces:
+        if not piece:
+            continue
+        lines = piece.split(b"\n")
+        last = lines.pop()
+        out = [(tag if at_line_start or i else b"") + line + b"\n" for i, line in enumerate(lines)]
+        if lines:
+            at_line_start = True
+        if last:
+            out.append((tag if at_line_start else b"") + last)
+            at_line_start = False
+        yield b"".join(out)
 
 
 def tag_lines(tag: bytes, data: bytes) -> bytes:
     """Prefix every line of ``data`` (including a final partial line) with ``tag``."""
     if not tag or not data:
         return data
-    lines = data.split(b"\n")
-    last = lines.pop()
-    tagged = b"".join(tag + line + b"\n" for line in lines)
-    return tagged + tag + last if last else tagged
+    return b"".join(tag_pieces(tag, [data]))
 
 
 class _Pending:
@@ -56,9 +72,15 @@ class _Pending:
 class Output:
     """Serialises job output onto ``stdout``/``stderr`` (see the module docstring)."""
 
-    def __init__(self, stdout: BinaryIO, stderr: BinaryIO, *, keep_order: bool,
-                 around_write: Callable[[], AbstractContextManager[object]] | None = None,
-                 on_broken: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        *,
+        keep_order: bool,
+        around_write: Callable[[], AbstractContextManager[object]] | None = None,
+        on_broken: Callable[[], None] | None = None,
+    ) -> None:
         self._files = {1: stdout, 2: stderr}
         self._keep_order = keep_order
         self._around_write = around_write or contextlib.nullcontext
@@ -97,16 +119,22 @@ class Output:
                 self._head += 1
 
     def _write(self, chunks: list[Chunk]) -> None:
-        # Called with self._lock held.
+        # Called with self._lock held: this is what keeps units from interleaving.
         if self.broken or not any(data for _, data in chunks):
             return
         try:
             with self._around_write():
                 for stream in (1, 2):
                     f = self._files[stream]
-                    data = b"".join(d for s, d in chunks if s == stream)
-                    if data:
-                        f.write(data)
+                    wrote = False
+                    for s, data in chunks:
+                        if s != stream:
+                            continue
+                        for piece in [data] if isinstance(data, bytes) else data:
+                            if piece:
+                                f.write(piece)
+                                wrote = True
+                    if wrote:
                         f.flush()
         except BrokenPipeError:
             self.broken = True
@@ -131,7 +159,7 @@ class LineSink:
         if cut:
             self._output.emit(self._order, stream, tag_lines(self._tag, data[:cut]))
 
-    def rest(self) -> list[Chunk]:
+    def rest(self) -> list[tuple[int, bytes]]:
         """The unterminated last lines, to be written when the job ends."""
         rest = [(s, tag_lines(self._tag, d)) for s, d in self._partial.items() if d]
         self._partial = {1: b"", 2: b""}

@@ -1,60 +1,72 @@
-"""``conveyor run``: schedule one shell command per input on conveyor's thread pool.
+"""``conveyor run``: run one shell command per input on conveyor's thread pool.
 
 Data flow::
 
-    main thread                              executor threads (conveyor.Pool, thread backend)
-    -----------                              ------------------------------------------------
-    inputs -> skip resumed -> (shuffle)
-    for each job:
-      slot = slots.acquire()  <-------------------------------------- slots.release(slot)
-      (--delay since the last start)                                          ^
-      command = template.render(args, seq, slot)                              |
-      executor.submit(_run_job) --------> attempts: process.run_command ------+
-                                          counters, --halt: stop / no_new
-                                          joblog.record (one commit per job)
-                                          output.finish (grouped / ordered)
-    slots.wait_idle(); executor.shutdown()
+    main thread            dispatcher thread       executor threads: -j worker loops
+    -----------            -----------------       (conveyor.Pool, thread backend)
+    parse, read inputs,
+    skip resumed, shuffle
+    start dispatcher ----> submit one loop per  --> loop n (= job slot n), until no job:
+                           slot, wait for them        source.take(): next job, its order
+    wait (poll on a                                   number, --delay; none after a halt
+    pipe + signal wakeup)                             (stdin: via an input thread+queue)
+      Ctrl-C/TERM/HUP:                                render the command ({%} = n)
+      stop.set() --------------------------------->   attempts: process.run_command
+                                                      counters, --halt: stop / no_new
+    <---- done: exit status                           joblog.record (commit per job)
+                                                      output.finish (grouped / ordered)
 
-Why an executor thread per running job: a job's thread only blocks in ``poll()`` on the
-job's pipes and pidfd, so N threads for ``-j N`` cost little, and the same
-``Executor.submit`` interface runs on conveyor's own pool. Measured on 2 cores with
-1,000 ``true`` jobs, this design is within a few percent of ``xargs -P`` (see
-``benchmarks/bench_cli.py``); spawning the shell dominates, so a hand-written event loop
-would not be faster. For the same reason every job runs under ``/bin/sh -c`` (exec'ing
-simple commands directly measured only ~10% faster and is not equivalent for shell
-builtins such as ``echo``).
+Why worker loops on the executor: a loop's thread blocks only in ``poll()`` on its
+job's pipes and pidfd, so -j threads cost little, and the loop that finishes a job takes
+the next one itself -- no hand-off through a dispatcher per job, which measured ~80 us
+of CPU a job more (one executor task per job, ~0.35 ms parent CPU a job, against ~0.27
+now; the child ``sh`` itself costs ~0.6 ms). Spawning dominates what is left, so an
+event loop would not be faster. Measured against ``xargs -P`` on 2 cores with 1,000
+``true`` jobs (``benchmarks/bench_cli.py``), the whole run including the interpreter's
+start-up takes 0.9-1.1x xargs' time on a quiet machine (up to ~1.4x under load), and
+4.3-4.6x less than GNU parallel's. Every job runs under ``/bin/sh -c``: exec'ing
+simple commands directly saves nothing measurable (one exec either way: ``sh`` with its
+builtin ``true``, or ``/usr/bin/true``) and is not equivalent for builtins such as
+``echo``.
 
 Guarantees, and where they are kept:
 
-* At most ``-j`` jobs run at once: a job is only submitted holding a slot, and its
-  thread releases the slot as its very last step (``_run_job``'s ``finally``).
+* At most ``-j`` jobs run at once: there are at most -j worker loops, each running one
+  job at a time (``_dispatch``).
+* Each job is taken once, orders have no gaps, --delay spaces starts (``_JobSource``).
 * ``--halt now`` and Ctrl-C set the StopSignal, which every running job polls on, so
-  each kills its own process group; no new job starts once it is set (checked before
-  every submit and again by the job before every attempt).
+  each kills its own process group; no new job starts once ``no_new`` is set (checked
+  by ``_JobSource.take`` and again by the job before every attempt).
+* Signals are handled in the main thread, which holds none of our locks (it only waits
+  for the dispatcher), so an interrupt can never leave a lock held.
 * Counters and the halt decision change only under ``self._lock``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+import queue
 import random
+import select
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.cli.inputs import InputError, open_inputs
-from conveyor.cli.joblog import JobLog, JobLogError, JobRow, input_text
+from conveyor.cli.errors import CliError
+from conveyor.cli.inputs import Inputs, open_inputs
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
-from conveyor.cli.output import LineSink, Output, tag_lines
+from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.process import Completed, StopSignal, run_command
-from conveyor.cli.templates import Template, TemplateError, compile_template
+from conveyor.cli.templates import Template, compile_template
+
+if TYPE_CHECKING:
+    from conveyor.cli.joblog import JobLog
 
 __all__ = ["main", "run"]
 
@@ -63,47 +75,130 @@ EXIT_ERROR = 255
 
 
 def _make_executor(workers: int) -> Executor:
-    """The pool that runs the jobs: ``conveyor.Pool(backend="thread")`` when available."""
-    pool_class = getattr(importlib.import_module("conveyor"), "Pool", None)
-    if pool_class is None:  # the engine is not there yet: the standard thread pool
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="conveyor-run")
-    executor: Executor = pool_class(workers=workers, backend="thread")
-    return executor
+    """The pool that runs the jobs: conveyor's own, on its thread backend, used only
+    through the plain ``concurrent.futures.Executor`` interface (submit, shutdown)."""
+    from conveyor import Pool  # already imported with the package; no extra start-up
+
+    return Pool(workers=workers, backend="thread")
 
 
-class _Slots:
-    """Job slots 1..n for ``{%}``: the lowest free one is handed out first."""
+class _JobSource:
+    """Hands out the jobs to the worker loops, one at a time, in order (any thread).
 
-    def __init__(self, n: int) -> None:
-        self._n = n
-        self._free = list(range(1, n + 1))  # kept sorted, so _free[0] is the lowest
-        self._cond = threading.Condition()
+    Guarantees, kept under ``self._lock``: each job is taken exactly once; ``order``
+    numbers the taken jobs 0, 1, 2, ... with no gap (what --keep-order relies on); with
+    --delay, consecutive starts are at least ``delay`` apart (a taker waits holding the
+    lock); nothing is taken once ``no_new`` is set.
+    """
 
-    def acquire(self, cancelled: Callable[[], bool]) -> int | None:
-        """Block for a free slot; None once ``cancelled()`` is true (checked on wake)."""
-        with self._cond:
-            while not self._free and not cancelled():
-                self._cond.wait()
-            return None if cancelled() else self._free.pop(0)
+    def __init__(
+        self, jobs: Iterable[tuple[int, tuple[str, ...]]], delay: float, no_new: threading.Event
+    ) -> None:
+        self._jobs = iter(jobs)
+        self._delay = delay
+        self._no_new = no_new
+        self._lock = threading.Lock()
+        self._order = 0
+        self._last_start: float | None = None
 
-    def release(self, slot: int) -> None:
-        """Give a slot back (idempotent)."""
-        with self._cond:
-            if slot not in self._free:
-                self._free.append(slot)
-                self._free.sort()
-            self._cond.notify_all()
+    def take(self) -> tuple[int, int, tuple[str, ...]] | None:
+        """The next job as (order, seq, args), or None when there is none to start."""
+        with self._lock:
+            if self._no_new.is_set():
+                return None
+            item = next(self._jobs, None)
+            if item is None or self._no_new.is_set():
+                return None
+            if self._delay and self._last_start is not None:
+                pause = self._last_start + self._delay - time.monotonic()
+                if pause > 0 and self._no_new.wait(pause):
+                    return None
+            self._last_start = time.monotonic()
+            order = self._order
+            self._order += 1
+            return (order, *item)
 
-    def wake(self) -> None:
-        """Make a blocked :meth:`acquire` re-check its ``cancelled``."""
-        with self._cond:
-            self._cond.notify_all()
 
-    def wait_idle(self) -> None:
-        """Block until every slot is free, i.e. no job is running."""
-        with self._cond:
-            while len(self._free) < self._n:
-                self._cond.wait()
+class _ReadAhead:
+    """Pull a blocking iterator (lazy stdin) on a daemon thread, so that the worker
+    loops wait on a queue they can be woken from (``--halt now`` while stdin is still
+    open) instead of in a read.
+
+    Guarantee: at most ``size`` items are read ahead. The thread reads with ``os.read``
+    (no interpreter-level lock held while blocked), so abandoning it at exit is safe.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[Any], size: int) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(size)
+        self._error: BaseException | None = None
+        threading.Thread(
+            target=self._pump, args=(items,), name="conveyor-run-input", daemon=True
+        ).start()
+
+    def _pump(self, items: Iterable[Any]) -> None:
+        try:
+            for item in items:
+                self._queue.put(item)
+        except BaseException as e:  # re-raised by __iter__ in the consuming thread
+            self._error = e
+        finally:
+            self._queue.put(self._END)
+
+    def interrupt(self) -> None:
+        """End the iteration early (any thread). If the queue is full, the consumer is
+        not blocked and checks its own stop flag before using the next item."""
+        try:
+            self._queue.put_nowait(self._END)
+        except queue.Full:
+            pass
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+
+class _SignalWakeup:
+    """Wait for a file descriptor in the main thread, woken by any signal.
+
+    ``signal.set_wakeup_fd`` makes the interpreter's C-level handler write to a pipe
+    whichever thread the kernel delivered the signal to; select() on that pipe returns,
+    and the Python-level handler then runs in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous: int | None = None
+        try:
+            self._previous = signal.set_wakeup_fd(self._write)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            pass
+
+    def wait_readable(self, fd: int) -> None:
+        """Block until ``fd`` is readable; signal handlers run (and may raise) meanwhile."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._read, select.POLLIN)
+        while True:
+            ready = {ready_fd for ready_fd, _ in poller.poll()}
+            if self._read in ready:
+                os.read(self._read, 4096)  # the signal's handler runs right after this
+            if fd in ready:
+                return
+
+    def close(self) -> None:
+        """Restore the previous wakeup fd and close the pipe."""
+        if self._previous is not None:
+            signal.set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
 
 
 @dataclass
@@ -118,15 +213,16 @@ class _Job:
 class _Runner:
     """One ``conveyor run``: the state shared by the main and the executor threads."""
 
-    def __init__(self, config: RunConfig, template: Template, total: int | None,
-                 joblog: JobLog | None) -> None:
+    def __init__(
+        self, config: RunConfig, template: Template, total: int | None, joblog: JobLog | None
+    ) -> None:
         self.config = config
         self.template = template
         self.total = total
         self.joblog = joblog
         self.stop = StopSignal()  # kill running jobs, start no more
-        self.no_new = threading.Event()  # start no more jobs (--halt soon)
-        self.slots = _Slots(config.jobs)
+        self.no_new = threading.Event()  # start no more jobs (set along with stop too)
+        self.read_ahead: _ReadAhead | None = None
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
         self.errors: list[BaseException] = []
@@ -135,64 +231,106 @@ class _Runner:
         if config.progress:
             from tqdm import tqdm  # lazy: only --progress pays for it
 
-            self.progress = tqdm(total=total, unit="job", file=sys.stderr,
-                                 dynamic_ncols=True)
+            self.progress = tqdm(total=total, unit="job", file=sys.stderr, dynamic_ncols=True)
+
             def around() -> AbstractContextManager[object]:
-                return tqdm.external_write_mode(file=sys.stderr)  # type: ignore[no-any-return]
-        self.output = Output(sys.stdout.buffer, sys.stderr.buffer,
-                             keep_order=config.keep_order, around_write=around,
-                             on_broken=self._halt_now)
+                return tqdm.external_write_mode(file=sys.stderr)
+
+        self.output = Output(
+            sys.stdout.buffer,
+            sys.stderr.buffer,
+            keep_order=config.keep_order,
+            around_write=around,
+            on_broken=self._halt_now,
+        )
 
     def _halt_now(self) -> None:
         self.stop.set()
-        self.slots.wake()
+        self._halt_soon()
 
-    def _cancelled(self) -> bool:
-        return self.stop.is_set() or self.no_new.is_set()
+    def _halt_soon(self) -> None:
+        self.no_new.set()
+        if self.read_ahead is not None:
+            self.read_ahead.interrupt()
 
-    def dispatch(self, jobs: Iterable[tuple[int, tuple[str, ...]]]) -> None:
-        """Start the jobs as slots free up (main thread). Returns when all have ended."""
-        executor = _make_executor(self.config.jobs)
-        in_hand: int | None = None
+    def run(self, jobs: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+        """Run every job (call from the main thread); returns when all have ended.
+
+        Raises KeyboardInterrupt after Ctrl-C (or SIGTERM/SIGHUP, see ``main``), once
+        every running job has been killed.
+        """
+        # The main thread only waits for the dispatcher thread, in poll() on a pipe. A
+        # signal handler that raises (KeyboardInterrupt) can then only interrupt that
+        # wait, never code holding a lock (an exception raised inside a ``with lock:``
+        # can leave the lock held and deadlock the shutdown). The kernel may deliver the
+        # signal to any thread, which would not wake a blocked main thread: the wakeup
+        # fd (written by the interpreter's C-level handler) makes the poll() return so
+        # that the Python-level handler runs. Not Thread.join(): on Python 3.11 an
+        # interrupted join() marks the thread as ended.
+        done_read, done_write = os.pipe()
+        wakeup = _SignalWakeup()
+
+        def dispatch() -> None:
+            try:
+                self._dispatch(jobs)
+            finally:
+                os.write(done_write, b"x")
+
+        threading.Thread(target=dispatch, name="conveyor-run-dispatch").start()
         try:
-            last_start = None
-            for order, (seq, args) in enumerate(jobs):
-                in_hand = self.slots.acquire(self._cancelled)
-                if in_hand is None:
-                    break
-                if self.config.delay and last_start is not None:
-                    pause = last_start + self.config.delay - time.monotonic()
-                    if pause > 0 and self.stop.wait(pause):
-                        break
-                    if self._cancelled():
-                        break
-                last_start = time.monotonic()
-                job = _Job(seq, args, order, in_hand,
-                           self.template.render(args, seq, in_hand))
-                future = executor.submit(self._run_job, job)
-                in_hand = None
-                future.add_done_callback(self._check_future)
-            if in_hand is not None:
-                self.slots.release(in_hand)
-                in_hand = None
-            self.slots.wait_idle()
+            wakeup.wait_readable(done_read)
         except KeyboardInterrupt:
+            # Guarantee: Ctrl-C kills every running job's group. stop wakes every job's
+            # poll(); each job kills its own group (TERM, then KILL after GRACE).
+            _ignore_interrupts()  # one Ctrl-C is enough; more must not cut this short
             self._halt_now()
-            if in_hand is not None:
-                self.slots.release(in_hand)
-            _uninterrupted(self.slots.wait_idle)
+            _uninterrupted(lambda: wakeup.wait_readable(done_read))
             raise
         finally:
-            _uninterrupted(lambda: executor.shutdown(wait=True))
+            wakeup.close()
+            os.close(done_read)
+            os.close(done_write)
             if self.progress is not None:
                 self.progress.close()
 
-    def _check_future(self, future: Future[None]) -> None:
-        exc = future.exception()
-        if exc is not None:  # _run_job never raises; this is a bug, so stop everything
-            with self._lock:
-                self.errors.append(exc)
-            self._halt_now()
+    def _dispatch(self, jobs: Iterable[tuple[int, tuple[str, ...]]]) -> None:
+        """Run one worker loop per job slot on the executor; return when all ended."""
+        try:
+            if self.total is None:  # input still arriving (stdin): read it on the side
+                self.read_ahead = _ReadAhead(jobs, self.config.jobs)
+                jobs = self.read_ahead
+            source = _JobSource(jobs, self.config.delay, self.no_new)
+            loops = self.config.jobs if self.total is None else min(self.config.jobs, self.total)
+            executor = _make_executor(max(1, loops))
+        except BaseException as e:
+            self._fail(e)
+            return
+        try:
+            # Guarantee: at most -j jobs at once -- there are -j loops (fewer if there
+            # are fewer jobs), each running one job at a time; loop n is job slot n.
+            futures = [executor.submit(self._worker, source, slot) for slot in range(1, loops + 1)]
+            for future in futures:
+                exc = future.exception()  # waits; _worker never raises but for bugs
+                if exc is not None:
+                    self._fail(exc)
+        except BaseException as e:  # e.g. a failing submit: stop everything
+            self._fail(e)
+        finally:
+            executor.shutdown(wait=True)
+
+    def _worker(self, source: _JobSource, slot: int) -> None:
+        """One job slot: take the next job, run it, repeat (an executor thread)."""
+        try:
+            while (item := source.take()) is not None:
+                order, seq, args = item
+                self._run_job(_Job(seq, args, order, slot, self.template.render(args, seq, slot)))
+        except BaseException as e:  # e.g. reading stdin failed
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            self.errors.append(error)
+        self._halt_now()
 
     def _run_job(self, job: _Job) -> None:
         finished = False
@@ -205,49 +343,61 @@ class _Runner:
                 self.output.finish(job.order, self._chunks(job, result))
                 finished = True
         except BaseException as e:
-            with self._lock:
-                self.errors.append(e)
-            self._halt_now()
+            self._fail(e)
         finally:
+            # Guarantee: finish() exactly once per taken order number, or --keep-order
+            # would wait forever.
             if not finished:
                 self.output.finish(job.order, [])
-            self.slots.release(job.slot)
 
     def _attempts(self, job: _Job) -> tuple[Completed | None, int]:
         result: Completed | None = None
         attempts = 0
-        first_start = time.time()
-        while not self.stop.is_set():
+        first_start, t0 = time.time(), time.monotonic()
+        while not self.stop.is_set():  # no (re)start once a stop was requested
             attempts += 1
-            sink = LineSink(self.output, job.order, self._tag(job)) \
-                if self.config.line_buffer else None
-            result = run_command(job.command, timeout=self.config.timeout, stop=self.stop,
-                                 sink=sink)
+            sink = (
+                LineSink(self.output, job.order, self._tag(job))
+                if self.config.line_buffer
+                else None
+            )
+            result = run_command(
+                job.command, timeout=self.config.timeout, stop=self.stop, sink=sink
+            )
             if attempts == 1:
                 first_start = result.start
             if sink is not None:
                 for stream, data in sink.rest():
                     self.output.emit(job.order, stream, data)
-            if (result.stopped or result.returncode == 0 or attempts > self.config.retries
-                    or self.no_new.is_set()):
+            if (
+                result.stopped
+                or result.returncode == 0
+                or attempts > self.config.retries
+                or self.no_new.is_set()
+            ):
                 break
-        if result is not None:
-            result.duration = time.time() - first_start
+        if result is not None:  # the job's row spans all its attempts
+            result.duration = time.monotonic() - t0
             result.start = first_start
         return result, attempts
 
     def _tag(self, job: _Job) -> bytes:
         return os.fsencode(" ".join(job.args)) + b"\t" if self.config.tag else b""
 
-    def _chunks(self, job: _Job, result: Completed) -> list[tuple[int, bytes]]:
+    def _chunks(self, job: _Job, result: Completed) -> list[Chunk]:
         if self.config.line_buffer:
             return []  # already written line by line
         tag = self._tag(job)
-        return [(1, tag_lines(tag, result.stdout)), (2, tag_lines(tag, result.stderr))]
+        chunks: list[Chunk] = []
+        for stream, captured in ((1, result.stdout), (2, result.stderr)):
+            if captured.size:
+                pieces = captured.pieces()
+                chunks.append((stream, tag_pieces(tag, pieces) if tag else pieces))
+        return chunks
 
     def _account(self, ok: bool) -> None:
         halt = self.config.halt
-        with self._lock:
+        with self._lock:  # counters and the halt decision: one thread at a time
             if ok:
                 self.succeeded += 1
             else:
@@ -256,26 +406,39 @@ class _Runner:
                 self.progress.update(1)
             if halt.when == "never":
                 return
-            count = {"fail": self.failed, "success": self.succeeded,
-                     "done": self.failed + self.succeeded}[halt.what]
+            count = {
+                "fail": self.failed,
+                "success": self.succeeded,
+                "done": self.failed + self.succeeded,
+            }[halt.what]
             if count < halt.threshold(self.total):
                 return
         if halt.when == "now":
             self._halt_now()
         else:
-            self.no_new.set()
-            self.slots.wake()
+            self._halt_soon()
 
     def _record(self, job: _Job, result: Completed, attempts: int) -> None:
+        from conveyor.cli.joblog import JobRow, input_text
+
         assert self.joblog is not None
         signum = -result.returncode if result.returncode < 0 else 0
-        self.joblog.record(JobRow(
-            seq=job.seq, input=input_text(job.args), command=job.command, start=result.start,
-            duration=result.duration, exit_code=-1 if signum else result.returncode,
-            signal=signum, attempts=attempts, timed_out=result.timed_out))
+        self.joblog.record(
+            JobRow(
+                seq=job.seq,
+                input=input_text(job.args),
+                command=job.command,
+                start=result.start,
+                duration=result.duration,
+                exit_code=-1 if signum else result.returncode,
+                signal=signum,
+                attempts=attempts,
+                timed_out=result.timed_out,
+            )
+        )
 
 
-def _uninterrupted(wait: Callable[[], None]) -> None:
+def _uninterrupted(wait: Callable[[], object]) -> None:
     """Run a wait to its end even through further Ctrl-C presses (jobs are being
     killed already, with SIGKILL at most ``process.GRACE`` seconds later)."""
     while True:
@@ -286,29 +449,38 @@ def _uninterrupted(wait: Callable[[], None]) -> None:
             continue
 
 
-def _job_list(config: RunConfig, joblog: JobLog | None) -> tuple[Iterator[tuple[int, tuple[str, ...]]], int, int | None]:
-    """(jobs as (seq, args), number of input groups, number of jobs if known)."""
-    materialize = config.shuf or config.halt.percent is not None
-    inputs = open_inputs(config.groups, null=config.null, materialize=materialize)
+def _job_list(
+    config: RunConfig, inputs: Inputs, joblog: JobLog | None
+) -> tuple[Iterator[tuple[int, tuple[str, ...]]], int | None]:
+    """The jobs as (seq, args) -- less those the joblog says to skip -- and their
+    number if known in advance."""
     jobs: Iterable[tuple[int, tuple[str, ...]]] = enumerate(inputs.jobs, 1)
     if joblog is not None:
         jobs = ((seq, args) for seq, args in jobs if not joblog.is_done(seq, args))
     if inputs.total is None:
-        return iter(jobs), inputs.groups, None
+        return iter(jobs), None
     listed = list(jobs)
     if config.shuf:
         random.shuffle(listed)
-    return iter(listed), inputs.groups, len(listed)
+    return iter(listed), len(listed)
 
 
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
+    template = compile_template(config.command, groups=len(config.groups) or 1, quote=config.quote)
+    # Input files are read before the joblog is opened (and, for a new run, emptied),
+    # so that an unreadable input cannot destroy an old log.
+    materialize = config.shuf or config.halt.percent is not None
+    if not config.groups and sys.stdin is not None and sys.stdin.isatty():
+        print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
+    inputs = open_inputs(config.groups, null=config.null, materialize=materialize)
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
+        from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it
+
         joblog = JobLog(config.joblog, config.resume)
     try:
-        jobs, groups, total = _job_list(config, joblog)
-        template = compile_template(config.command, groups=groups, quote=config.quote)
+        jobs, total = _job_list(config, inputs, joblog)
         if config.dry_run:
             out = sys.stdout.buffer
             for order, (seq, args) in enumerate(jobs):
@@ -318,7 +490,7 @@ def run(config: RunConfig) -> int:
             return 0
         runner = _Runner(config, template, total, joblog)
         try:
-            runner.dispatch(jobs)
+            runner.run(jobs)
         except KeyboardInterrupt:
             print("conveyor run: interrupted; running jobs were killed", file=sys.stderr)
             return EXIT_ERROR
@@ -329,6 +501,7 @@ def run(config: RunConfig) -> int:
             print(f"conveyor run: error: {type(e).__name__}: {e}", file=sys.stderr)
             return EXIT_ERROR
         if runner.output.broken:
+            _silence_stdout()
             return EXIT_ERROR
         return min(runner.failed, EXIT_FAILED_CAP)
     finally:
@@ -336,8 +509,26 @@ def run(config: RunConfig) -> int:
             joblog.close()
 
 
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so that flushing at exit cannot fail on a closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_interrupts() -> None:
+    """Ignore further interrupts while running jobs are being killed (main thread;
+    ``main`` restores the handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in _INTERRUPTS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def main(argv: list[str]) -> int:
@@ -349,16 +540,28 @@ def main(argv: list[str]) -> int:
         return EXIT_ERROR
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            previous[signum] = signal.signal(signum, _raise_interrupt)
+        for signum in _INTERRUPTS:
+            previous[signum] = signal.getsignal(signum)
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGINT already raises
+            if previous[signum] is not signal.SIG_IGN:  # e.g. nohup: stay ignored
+                signal.signal(signum, _raise_interrupt)
     try:
         return run(config)
-    except (InputError, TemplateError, JobLogError, UsageError) as e:
+    except CliError as e:
         print(f"conveyor run: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:  # before any job started
         print("conveyor run: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # --dry-run into a closed pipe
+        _silence_stdout()
+        return EXIT_ERROR
+    except Exception as e:  # a bug: one line, no traceback (CONVEYOR_DEBUG=1 shows it)
+        if os.environ.get("CONVEYOR_DEBUG"):
+            raise
+        print(f"conveyor run: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            if handler is not None:  # None: set outside Python, leave it
+                signal.signal(signum, handler)

@@ -53,10 +53,12 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from conveyor.cli.errors import CliError
+
 __all__ = ["Template", "TemplateError", "compile_template", "transform"]
 
 
-class TemplateError(ValueError):
+class TemplateError(CliError):
     """A malformed COMMAND template (unknown replacement string, bad position, ...)."""
 
 
@@ -132,8 +134,9 @@ def _quote_in(context: str, text: str) -> str:
 class Template:
     """A compiled COMMAND; :meth:`render` gives the shell command line for one job."""
 
-    def __init__(self, words: list[list[str | _Field]], *, quote_words: bool,
-                 append: bool, raw_input: bool) -> None:
+    def __init__(
+        self, words: list[list[str | _Field]], *, quote_words: bool, append: bool, raw_input: bool
+    ) -> None:
         self._words = words
         self._quote_words = quote_words
         self._append = append
@@ -150,8 +153,7 @@ class Template:
             return " ".join(args)
         rendered: list[str] = []
         for word in self._words:
-            pieces = [p if isinstance(p, str) else self._value(p, args, seq, slot)
-                      for p in word]
+            pieces = [p if isinstance(p, str) else self._value(p, args, seq, slot) for p in word]
             text = "".join(pieces)
             rendered.append(shlex.quote(text) if self._quote_words else text)
         if self._append:
@@ -205,9 +207,14 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
                     parts.append("".join(literal))
                     literal = []
                 special, pos, op = m.group(1), m.group(2), m.group(3)
-                parts.append(_Field(position=int(pos) if pos else None,
-                                    op=special or op or "", context=context,
-                                    text=m.group(0)))
+                parts.append(
+                    _Field(
+                        position=int(pos) if pos else None,
+                        op=special or op or "",
+                        context=context,
+                        text=m.group(0),
+                    )
+                )
                 i = m.end()
                 continue
             bad = _CANDIDATE.match(text, i)
@@ -215,7 +222,8 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
                 raise TemplateError(
                     f"unknown replacement string {bad.group(0)!r} in command; known: "
                     "{} {.} {/} {//} {/.} {#} {%} and {n} {n.} {n/} {n//} {n/.} "
-                    "(for literal braces write \\{...\\} or put a space inside)")
+                    "(for literal braces write \\{...\\} or put a space inside)"
+                )
         literal.append(c)
         i += 1
     if shell and context:
@@ -243,5 +251,6 @@ def compile_template(words: Sequence[str], *, groups: int, quote: bool = False) 
             have = "1 input group" if groups == 1 else f"{groups} input groups"
             raise TemplateError(
                 f"replacement string {f.text!r} refers to input group {abs(f.position)}, "
-                f"but there {'is' if groups == 1 else 'are'} only {have}")
+                f"but there {'is' if groups == 1 else 'are'} only {have}"
+            )
     return Template(parsed, quote_words=quote, append=not fields, raw_input=False)

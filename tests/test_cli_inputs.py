@@ -1,0 +1,95 @@
+"""``conveyor run`` input sources: ``:::``, ``::::``, stdin, ``-0`` (real CLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from cli_helpers import CLI, kill_tree, run, start, wait_for
+
+
+def test_stdin_lines_including_empty_ones() -> None:
+    r = run("-k", "echo x{}y", input="a\n\nb c\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "xay\nxy\nxb cy\n"
+
+
+def test_stdin_without_trailing_newline() -> None:
+    r = run("-k", "echo", input="a\nb")
+    assert r.stdout == "a\nb\n"
+
+
+def test_null_separated_stdin_keeps_newlines() -> None:
+    r = run("-k", "-0", "printf '[%s]'", input=b"a\nb\0c d\0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "[a\nb][c d]"
+
+
+def test_arg_file_and_null_arg_file(tmp_path: Path) -> None:
+    lines = tmp_path / "lines"
+    lines.write_text("one\ntwo 2\n")
+    nul = tmp_path / "nul"
+    nul.write_bytes(b"x\ny\0z")
+    r = run("-k", "echo {1}/{2}", "::::", str(lines), ":::", "p", "q")
+    assert r.stdout.splitlines() == ["one/p", "one/q", "two 2/p", "two 2/q"]
+    r = run("-k", "-0", "printf '<%s>'", "::::", str(nul))
+    assert r.stdout == "<x\ny><z>"
+    r = run("-k", "echo {1}{2}", "::::", str(lines), str(lines))  # two file groups
+    assert r.stdout.splitlines() == ["oneone", "onetwo 2", "two 2one", "two 2two 2"]
+
+
+def test_dash_arg_file_is_stdin() -> None:
+    r = run("-k", "echo {1}{2}", ":::", "a", "b", "::::", "-", input="1\n2\n")
+    assert r.stdout.splitlines() == ["a1", "a2", "b1", "b2"]
+
+
+def test_cartesian_product_of_three_groups() -> None:
+    r = run("-k", "echo {1}{2}{3}", ":::", "a", "b", ":::", "1", "2", ":::", "x", "y")
+    assert r.stdout.split() == [f"{a}{n}{x}" for a in "ab" for n in "12" for x in "xy"]
+
+
+def test_empty_group_means_no_jobs() -> None:
+    r = run("echo", "{}", ":::")
+    assert (r.returncode, r.stdout) == (0, "")
+    r = run("echo", input="")
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_undecodable_bytes_survive() -> None:
+    name = b"caf\xe9 \xff"
+    r = subprocess.run(
+        [*CLI, "run", "printf '%s'"], input=name + b"\n", capture_output=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == name
+
+
+def test_unreadable_arg_file_is_an_error(tmp_path: Path) -> None:
+    r = run("echo", "::::", str(tmp_path / "missing"))
+    assert r.returncode == 255
+    assert "cannot read input file" in r.stderr and "missing" in r.stderr
+    r = run("echo", "::::", str(tmp_path))  # a directory
+    assert r.returncode == 255 and "cannot read input file" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_jobs_start_while_stdin_is_still_open(tmp_path: Path) -> None:
+    """Input is read lazily: the first job runs before stdin is closed."""
+    proc = start(
+        "--line-buffer", f"echo {{}} > {tmp_path}/{{}}.done; echo {{}}", stdin=subprocess.PIPE
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        wait_for(lambda: (tmp_path / "first.done").exists(), what="first job")
+        proc.stdin.write(b"second\n")
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        assert sorted(out.split()) == [b"first", b"second"]
+    finally:
+        kill_tree(proc)
+    assert os.path.exists(tmp_path / "second.done")
