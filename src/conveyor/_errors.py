@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -121,12 +120,12 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-@dataclass
 class Failure:
     """What ``on_error="return"`` puts in the place of an item's result.
 
     ``item`` is the input, ``exception`` the final exception, ``traceback`` its formatted text
     (the worker's traceback for a remote failure), ``attempts`` how many times it was run.
+    A Failure is falsy, so ``[r for r in results if r]`` keeps the successes.
 
     Example::
 
@@ -134,10 +133,33 @@ class Failure:
         [1, Failure(item='x', exception=ValueError(...), attempts=1)]
     """
 
-    item: Any
-    exception: BaseException
-    traceback: str = field(default="", repr=False)
-    attempts: int = 1
+    __slots__ = ("attempts", "exception", "item", "traceback")
+
+    def __init__(self, item: Any, exception: BaseException, traceback: str = "", attempts: int = 1):
+        self.item = item
+        self.exception = exception
+        self.traceback = traceback
+        self.attempts = attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"Failure(item={self.item!r}, exception={self.exception!r}, attempts={self.attempts})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Failure):
+            return NotImplemented
+        return (self.item, self.exception, self.traceback, self.attempts) == (
+            other.item,
+            other.exception,
+            other.traceback,
+            other.attempts,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Failure, (self.item, self.exception, self.traceback, self.attempts))
 
     def __bool__(self) -> bool:
         return False

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import multiprocessing.util  # noqa: F401  (its atexit hook must run after ours: import it first)
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -56,7 +55,7 @@ class _SubmitTimes:
 class _FutureTask:
     """The sink of one ``submit``: settles its future, retrying first if asked to."""
 
-    __slots__ = ("attempts", "backend", "future", "owner", "retries", "started", "times")
+    __slots__ = ("attempts", "backend", "future", "retries", "started", "times")
 
     def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
@@ -65,7 +64,12 @@ class _FutureTask:
         self.times = times
         self.attempts = 0
         self.started = False
-        self.owner = self
+
+    @property
+    def owner(self) -> object:
+        # A property, not `self.owner = self`: that reference cycle kept every finished task, its
+        # future and its result (maybe a view of shared memory) alive until the cycle collector.
+        return self
 
     def starting(self, unit: Unit) -> bool:
         if self.started:  # a retry, or a piece re-queued after a crash
@@ -593,6 +597,7 @@ def _make_backend(
     if name == "process":
         from .backends.process import ProcessBackend
 
+        _register_exit_handler()
         return ProcessBackend(
             workers or usable_cpus(),
             start_method=start_method,
@@ -611,7 +616,25 @@ def _shutdown_quietly(backend: Backend) -> None:
         pass
 
 
-@atexit.register
+_exit_handler_registered = False
+
+
+def _register_exit_handler() -> None:
+    """Register :func:`_terminate_all` to run at exit before multiprocessing's own handler.
+
+    multiprocessing joins its non-daemon children at exit (our workers are not daemons, so that
+    their tasks may start processes of their own); exit handlers run last-registered first, so
+    importing multiprocessing.util (which registers its handler) before registering ours makes
+    ours kill the workers first, and that join returns at once.
+    """
+    global _exit_handler_registered
+    if not _exit_handler_registered:
+        import multiprocessing.util  # noqa: F401
+
+        atexit.register(_terminate_all)
+        _exit_handler_registered = True
+
+
 def _terminate_all() -> None:
     """At exit, stop every pool still open: kill and reap its workers, never wait on tasks."""
     for backend in list(_live_backends):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -110,7 +109,6 @@ class Sink(Protocol):
         ...
 
 
-@dataclass(eq=False)
 class Unit:
     """One function applied to a list of items, with the options that govern running it.
 
@@ -118,21 +116,53 @@ class Unit:
     item's input position there). ``not_before`` holds a retry back until that monotonic time.
     ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
     for units marked ``coalesce``, to decide which small units may share one message to a worker.
-    A map job's chunks are sized to their work already and are never coalesced.
+    A map job's chunks are sized to their work already and are never coalesced. ``wire`` is what
+    the backend made of the unit to send it (the process backend's pickled form).
+    (A plain class with slots, not a dataclass: it is made once per chunk and per submit.)
     """
 
-    fn: Callable[..., Any]
-    items: list[Any]
-    mode: int
-    sink: Sink
-    tags: Sequence[Any]
-    timeout: float | None = None
-    not_before: float = 0.0
-    estimate: float = 0.0
-    coalesce: bool = False
-    #: what the backend made of the unit to send it (the process backend's pickled form)
-    wire: Any = None
-    id: int = field(default_factory=lambda: next(_unit_ids))
+    __slots__ = (
+        "__weakref__",
+        "coalesce",
+        "estimate",
+        "fn",
+        "id",
+        "items",
+        "mode",
+        "not_before",
+        "sink",
+        "tags",
+        "timeout",
+        "wire",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        items: list[Any],
+        mode: int,
+        sink: Sink,
+        tags: Sequence[Any],
+        timeout: float | None = None,
+        not_before: float = 0.0,
+        estimate: float = 0.0,
+        coalesce: bool = False,
+    ):
+        self.fn = fn
+        self.items = items
+        self.mode = mode
+        self.sink = sink
+        self.tags = tags
+        self.timeout = timeout
+        self.not_before = not_before
+        self.estimate = estimate
+        self.coalesce = coalesce
+        self.wire: Any = None
+        self.id = next(_unit_ids)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"<Unit {self.id}: {len(self.items)} items of {name}>"
 
     def piece(self, start: int, stop: int | None = None) -> Unit:
         """A new unit for ``items[start:stop]``, same function, sink and options."""
