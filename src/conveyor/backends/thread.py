@@ -15,7 +15,17 @@ Threads cannot be killed. A task past its timeout is *abandoned*: the caller get
 its size, and the old thread is asked to stop by an asynchronous exception
 (``PyThreadState_SetAsyncExc``), which interrupts Python code at the next bytecode but not a call
 blocked in C (``time.sleep``, a socket read); such a thread ends when the call returns and its
-result is thrown away. The process backend, in contrast, really stops the task.
+result is thrown away. A task that catches the exception and goes on runs to its end, unseen.
+The process backend, in contrast, really stops the task (and keeps its worker when it can).
+
+Races, and what settles them:
+
+* an item finishing just as its deadline passes: ``_ThreadState.lock`` (below);
+* the asynchronous exception must hit the abandoned thread, never another one: it is raised
+  while the watchdog holds that lock, when the thread is certainly still inside the item (it
+  cannot get past the lock), so the thread is alive and its id cannot have been reused;
+* the watchdog reads each thread's ``current`` once per look (a worker may clear it meanwhile);
+* the watchdog ends with the pool: closing and every worker thread's exit wake it up.
 """
 
 from __future__ import annotations
@@ -121,6 +131,7 @@ class ThreadBackend(Backend):
             self._cv.notify_all()
             threads = [s.thread for s in self._states if s.thread is not None]
         _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        self._poke_watchdog()
         if wait:
             current = threading.current_thread()
             for thread in threads:
@@ -175,6 +186,7 @@ class ThreadBackend(Backend):
                 if self._closing and not self._held:
                     self._states.discard(state)
                     self._cv.notify_all()
+                    self._poke_watchdog()  # the last thread out lets the watchdog end too
                     return None
                 wait = self._held[0][0] - now if self._held else None
                 self._cv.wait(wait)
@@ -244,15 +256,20 @@ class ThreadBackend(Backend):
                 self._watchdog.start()
             self._watch_cv.notify()
 
+    def _poke_watchdog(self) -> None:
+        """Wake the watchdog (if there is one) to look again, at the pool's state too."""
+        with self._watch_cv:
+            self._watch_cv.notify_all()
+
     def _watchdog_main(self) -> None:
         while True:
             with self._watch_cv:
                 if self._terminated or (self._closing and not self._states):
+                    self._watchdog = None
                     return
-                nearest = min(
-                    (s.current[2] for s in list(self._states) if s.current is not None),
-                    default=None,
-                )
+                # One read of each `current`: a worker may set it to None at any moment.
+                running = [s.current for s in list(self._states)]
+                nearest = min((c[2] for c in running if c is not None), default=None)
                 now = time.monotonic()
                 if nearest is None or nearest > now:
                     self._watch_cv.wait(None if nearest is None else nearest - now)
@@ -267,6 +284,11 @@ class ThreadBackend(Backend):
                 return
             state.abandoned = True
             state.current = None
+            # While we hold the lock the thread is inside the item (it takes the lock right
+            # after), so it is alive and its ident is its own: the exception cannot hit a new
+            # thread that reused the ident. It takes effect at the thread's next bytecode.
+            if state.thread is not None and state.thread.ident is not None:
+                _raise_in_thread(state.thread.ident, TaskTimeout)
         unit, position, _ = current
         timeout = unit.timeout
         with self._cv:
@@ -279,8 +301,6 @@ class ThreadBackend(Backend):
             self._cv.notify()
         error = TaskTimeout(f"task ran past its timeout of {timeout:g} s", timeout)
         unit.sink.deliver(unit, position, errors_of(1, error), timeout or 0.0)
-        if state.thread is not None and state.thread.ident is not None:
-            _raise_in_thread(state.thread.ident, TaskTimeout)
 
 
 def _fail(units: list[Unit], error: BaseException) -> None:

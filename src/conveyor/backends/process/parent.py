@@ -9,27 +9,34 @@ Data flow::
     wake the dispatcher         waits on: every worker's pipe and sentinel,    (worker.py)
                                 the wakeup pipe, the nearest deadline     <-- DONE / ITEM
     sinks (map jobs, futures)   delivers outcomes to each unit's sink
-    <-- outcomes  -------------  on a death: attributes it, re-queues, replaces the worker
+    <-- outcomes  -------------  on a death: reads the worker's mark    <-- mark (shared memory:
+                                (which unit / item it was on),               the unit / item
+                                attributes it, re-queues, replaces           running now)
                                 past a hard deadline: kills the worker's process group
 
 Guarantees, and where they are kept:
 
 * **A death costs one task.** The dispatcher knows exactly which units each worker holds (one
-  batch in flight per worker, see :mod:`.protocol`). When a worker dies holding a single item,
-  that item gets :class:`~conveyor.WorkerCrashed`; holding several, they are split into one unit
-  per item and re-queued at the front, so the item that kills again is found alone and the
-  others succeed (they may run a second time: a chunk's results are sent when the chunk ends).
-  For a streamed batch (timed units report item by item) the culprit is known at once. See
-  :meth:`ProcessBackend._on_death`.
+  batch in flight per worker, see :mod:`.protocol`), and the worker's *mark* says which unit it
+  was loading or running, and for an *exact* unit which item. An item known to have been running
+  gets :class:`~conveyor.WorkerCrashed` (its sink may retry it); everything else the worker held
+  is re-queued at the front, not blamed (items that had finished run again: a chunk's results
+  are sent when the chunk ends). A unit of several items that died at an unknown item is sent
+  back once, exact, so the item that kills again is named and the others succeed; a random kill
+  therefore costs an ordinary chunk nothing. Timed units are streamed and always exact. See
+  :meth:`ProcessBackend._settle_lost_batch`.
 * **Timeouts in two tiers.** In the worker a SIGALRM timer raises TaskTimeout inside the item
   and the worker lives on. Here, a hard deadline (timeout + grace, from when the item started as
   far as the parent can see) kills a worker that did not come back (C code, blocked signals);
-  its item gets TaskTimeout and the worker is replaced. See :meth:`ProcessBackend._enforce_deadlines`.
+  its item gets TaskTimeout and the worker is replaced. An item that finished just as the
+  deadline passed is not blamed for the kill. See :meth:`ProcessBackend._enforce_deadlines`.
 * **Nothing outlives the pool.** Workers lead their own process groups; every kill is a kill of
   the group, so children started by a task die too. Terminate kills, then reaps.
-* **Never broken.** A new worker replaces every dead or retired one. Only an initializer that
-  fails (or workers that die at start-up five times in a row) stops the pool, with an error
-  naming the cause, and even then every owed item gets that error instead of hanging.
+* **Never broken.** A new worker replaces every dead or retired one (exactly one: a retired
+  worker is replaced when it is asked to go, not again when it exits). Work goes only to workers
+  that said READY, so a slow initializer never counts against a task's deadline. Only an
+  initializer that fails (or workers that die before READY five times in a row) stops the pool,
+  with an error naming the cause, and even then every owed item gets that error.
 * **Wakeups are never lost.** A caller sets ``_wake_pending`` and writes to the wakeup pipe only
   when it was clear; the dispatcher drains the pipe, clears the flag under the lock and only then
   takes work, so work queued after the clear is seen now or wakes the next wait.
@@ -45,6 +52,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,17 +60,19 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ... import _shm
+from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
+from ..._shm import Segment
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
-from ..._shm import Segment
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
+    IDLE,
     INIT_FAILED,
     ITEM,
+    READY,
     RUN,
     STOP,
     WirePayload,
@@ -79,12 +89,43 @@ __all__ = ["ProcessBackend"]
 COALESCE_SECONDS = 0.005
 #: a batch never holds more units than this
 MAX_BATCH_UNITS = 256
-#: consecutive start-up deaths (with no work held) after which the pool gives up
+#: consecutive deaths of workers before READY after which the pool gives up
 MAX_STARTUP_DEATHS = 5
 #: how long a stopping worker gets to exit by itself before it is killed
 STOP_GRACE = 5.0
 
 _worker_numbers = itertools.count(1)
+
+# Our ends of the pipes and sockets of every worker of every pool in this process. A worker
+# started by ``fork`` inherits all of them, among them the write end of its own lifeline, which
+# would keep it alive after our death; it closes them first thing (see worker_main). The lock is
+# held from registering to the fork, and from unregistering to closing, so a number in the set
+# is always one of ours and never an unrelated file that reused it.
+_parent_fds: set[int] = set()
+_parent_fds_lock = threading.Lock()
+
+
+def _register(*handles: Connection | socket.socket | None) -> None:
+    with _parent_fds_lock:
+        _parent_fds.update(h.fileno() for h in handles if h is not None)
+
+
+def _close(*handles: Connection | socket.socket | None) -> None:
+    with _parent_fds_lock:
+        for handle in handles:
+            if handle is None:
+                continue
+            try:
+                fd = handle.fileno()
+            except (OSError, ValueError):
+                continue  # closed already
+            if fd >= 0:
+                _parent_fds.discard(fd)
+                handle.close()
+
+
+#: a position in a batch: (unit index, item index)
+_Position = tuple[int, int]
 
 
 def hard_deadline_grace(timeout: float) -> float:
@@ -107,7 +148,8 @@ class _Wire:
 
 
 class _Worker:
-    """The dispatcher's record of one worker process. Touched only by the dispatcher thread."""
+    """The dispatcher's record of one worker process. Touched only by the dispatcher thread
+    (``interrupt`` reads ``batch`` and sets ``cancelled_owner`` under the backend's lock)."""
 
     def __init__(
         self,
@@ -115,23 +157,27 @@ class _Worker:
         conn: Connection,
         lifeline: Connection,
         fd_sock: socket.socket | None,
+        mark: Any,
     ):
         self.process = process
         self.conn = conn
         self.lifeline = lifeline  # never written; closing it (or our death) tells the worker to go
         self.fd_sock = fd_sock  # descriptors of shared-memory segments travel here
+        self.mark = mark  # shared with the worker: where it is in its batch (see protocol.py)
         self.pid = process.pid
         self.sentinel = process.sentinel
         self.fn_keys: OrderedDict[int, None] = OrderedDict()
         self.batch: list[Unit] | None = None
         self.stream = False
-        self.unit_index = 0  # streamed batch: the unit and item now running
+        self.exact: list[bool] = []  # per unit of the batch: sent exact (each item marked)
+        self.unit_index = 0  # streamed batch: the first unit and item not yet delivered
         self.item_index = 0
         self.deadline: float | None = None
         self.tasks_run = 0
+        self.ready = False  # said READY: its initializer ran, it may be given work
         self.retiring = False
-        self.spoke = False  # sent any message at all
         self.killed_for_timeout = False
+        self.timed_out_at: _Position | None = None  # what was running when we killed it
         self.cancelled_owner: object | None = None
         self.holds: dict[int, list[_shm.Hold]] = {}  # pooled segments it may still view
         self.mapped: set[int] = set()  # pooled segments it keeps mapped
@@ -148,11 +194,13 @@ class _Worker:
                     del self.holds[pool_id]
 
     def close_channels(self) -> None:
-        """Close our ends of the pipe, the lifeline and the fd socket."""
-        self.conn.close()
-        self.lifeline.close()
-        if self.fd_sock is not None:
-            self.fd_sock.close()
+        """Close our ends of the pipe, the lifeline and the fd socket, and the process handle
+        once it is reaped."""
+        _close(self.conn, self.lifeline, self.fd_sock)
+        try:
+            self.process.close()
+        except ValueError:
+            pass  # not reaped (join timed out): the handle is closed when it is collected
 
     def kill(self) -> None:
         """SIGKILL the worker's process group (itself and what its tasks started)."""
@@ -250,8 +298,11 @@ class ProcessBackend(Backend):
         self._broken: BaseException | None = None
         self._wake_pending = False
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        _register(self._wake_r, self._wake_w)
         self._workers: dict[Any, _Worker] = {}  # by sentinel; changed by the dispatcher only
         self._startup_deaths = 0
+        # Units sent back exact after a death at an unknown item (dispatcher thread only).
+        self._suspects: weakref.WeakSet[Unit] = weakref.WeakSet()
         self._finished = threading.Event()
 
         try:
@@ -459,7 +510,9 @@ class ProcessBackend(Backend):
         """
         if not self._pending or self._broken is not None:
             return []
-        idle = [w for w in self._workers.values() if w.batch is None and not w.retiring]
+        idle = [
+            w for w in self._workers.values() if w.ready and w.batch is None and not w.retiring
+        ]
         batches = []
         for worker in idle:
             if not self._pending:
@@ -497,6 +550,7 @@ class ProcessBackend(Backend):
         wire_units = []
         fds: list[int] = []
         for unit in units:
+            exact = stream or unit in self._suspects
             wire = self._wire_of(unit)
             fn_wire = None
             if wire.fn_key in worker.fn_keys:
@@ -508,7 +562,7 @@ class ProcessBackend(Backend):
                     worker.fn_keys.popitem(last=False)
             wire_units.append(
                 (unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items),
-                 to_wire(wire.items, fds))
+                 to_wire(wire.items, fds), exact)
             )
             pooled = wire.items.segment
             if isinstance(pooled, _shm.PooledSegment) and self._segments is not None:
@@ -517,8 +571,12 @@ class ProcessBackend(Backend):
         forget, worker.to_forget = worker.to_forget, []
         worker.batch = units
         worker.stream = stream
+        worker.exact = [w[-1] for w in wire_units]
         worker.unit_index = worker.item_index = 0
         worker.deadline = self._deadline_for(units[0]) if stream else None
+        # The worker is idle (its last batch is settled) and writes the mark only after it
+        # receives this one, so this write cannot race with its writes.
+        worker.mark[0] = worker.mark[1] = IDLE
         try:
             if fds:
                 assert worker.fd_sock is not None
@@ -540,8 +598,11 @@ class ProcessBackend(Backend):
         try:
             while conn.poll():
                 message = _decode_message(conn.recv_bytes())
-                worker.spoke = True
                 kind = message[0]
+                if kind == READY:
+                    worker.ready = True
+                    self._startup_deaths = 0
+                    continue
                 if kind == INIT_FAILED:
                     self._on_init_failed(message[1])
                     continue
@@ -595,17 +656,18 @@ class ProcessBackend(Backend):
             worker.deadline = self._deadline_for(batch[worker.unit_index])
 
     def _batch_finished(self, worker: _Worker, rss: int) -> None:
+        for unit in worker.batch or []:
+            self._suspects.discard(unit)
         worker.tasks_run += sum(len(u.items) for u in worker.batch or [])
         worker.batch = None
         worker.deadline = None
-        self._startup_deaths = 0
         too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
         if (too_many or too_big) and not self._closing:
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
-        """Ask an idle worker to exit, and start its replacement now."""
+        """Ask an idle worker to exit, and start its replacement now (not when it exits)."""
         worker.retiring = True
         try:
             worker.conn.send_bytes(encode((STOP,)))
@@ -636,11 +698,18 @@ class ProcessBackend(Backend):
 
     def _enforce_deadlines(self) -> None:
         now = time.monotonic()
-        for worker in self._workers.values():
-            if worker.deadline is not None and now >= worker.deadline:
-                worker.deadline = None
-                worker.killed_for_timeout = True
-                worker.kill()
+        for worker in list(self._workers.values()):
+            if worker.deadline is None or now < worker.deadline:
+                continue
+            # Its answer may be waiting in the pipe: read it first, so that an item that made it
+            # in time is not killed.
+            self._on_messages(worker)
+            if worker.deadline is None or now < worker.deadline or worker.batch is None:
+                continue
+            worker.deadline = None
+            worker.killed_for_timeout = True
+            worker.timed_out_at = (worker.unit_index, worker.item_index)
+            worker.kill()
 
     def _on_death(self, worker: _Worker) -> None:
         """A worker's sentinel fired: settle what it held, reap it, replace it."""
@@ -652,12 +721,17 @@ class ProcessBackend(Backend):
         worker.close_channels()
         worker.release_holds()  # its mappings died with it
         # Replace first, so re-queued work finds a worker; settle last, so nothing here still
-        # holds the lost units (and their shared memory) once their outcomes are out.
-        if not self._stop_now and (not self._closing or not self._drained()):
+        # holds the lost units (and their shared memory) once their outcomes are out. A retired
+        # worker's replacement was started when it was asked to go.
+        if not worker.retiring and not self._stop_now and (
+            not self._closing or worker.batch or not self._drained()
+        ):
             self._start_worker()
         if worker.batch:
             self._settle_lost_batch(worker, exitcode)
-        elif not worker.retiring and not worker.spoke and not self._closing:
+        elif not worker.ready and not self._closing:
+            # Died before READY (it is never given work before): a broken environment or a
+            # crashing initializer must not make the pool restart workers forever.
             self._startup_deaths += 1
             if self._startup_deaths >= MAX_STARTUP_DEATHS:
                 self._break(
@@ -670,39 +744,85 @@ class ProcessBackend(Backend):
         worker.reaped.set()
 
     def _settle_lost_batch(self, worker: _Worker, exitcode: int | None) -> None:
+        """Settle the batch of a worker that died: blame the item it was running, if known.
+
+        ``first`` is the first item not delivered yet (a streamed batch delivered the ones
+        before); every item from there on is either blamed or re-queued, exactly once. Units
+        re-queued whole keep their pickled form; the others' shared memory is released.
+        """
         batch, worker.batch = worker.batch or [], None
-        cancelled = worker.cancelled_owner
-        if cancelled is not None:
-            batch = [u for u in batch if u.sink.owner is not cancelled]
-            self._requeue(batch)  # the others were not to blame
-            return
-        if worker.stream:
-            unit = batch[worker.unit_index]
-            position = worker.item_index
-            if worker.killed_for_timeout:
-                timeout = unit.timeout or 0.0
-                error: BaseException = TaskTimeout(
-                    f"task ran past its timeout of {timeout:g} s and its worker process was "
-                    f"killed (it did not respond to the in-process alarm)",
-                    timeout,
-                )
-            else:
-                error = WorkerCrashed.for_exit(worker.pid, exitcode)
-            rest = [unit.piece(position + 1)] if position + 1 < len(unit.items) else []
-            self._requeue(rest + batch[worker.unit_index + 1 :])
-            _release(unit)
-            unit.sink.deliver(unit, position, errors_of(1, error), 0.0)
-            return
-        if sum(len(u.items) for u in batch) == 1:
-            unit = batch[0]
-            _release(unit)
-            crashed = WorkerCrashed.for_exit(worker.pid, exitcode)
-            unit.sink.deliver(unit, 0, errors_of(1, crashed), 0.0)
-            return
-        # Several items could be to blame: run each alone to find the one that kills.
-        self._requeue([single for unit in batch for single in unit.singles()])
         for unit in batch:
-            _release(unit)
+            self._suspects.discard(unit)
+        first: _Position = (worker.unit_index, worker.item_index) if worker.stream else (0, 0)
+        rest = _cut(batch, first, None)
+        cancelled = worker.cancelled_owner
+        if cancelled is not None:  # killed for Ctrl-C: the others were not to blame
+            self._settle(batch, [u for u in rest if u.sink.owner is not cancelled])
+            return
+        state, item = int(worker.mark[0]), int(worker.mark[1])
+        if state == IDLE:  # died before it started on the batch (killed from outside)
+            self._settle(batch, rest)
+            return
+        index, odd = divmod(state, 2)
+        is_loading = odd == 0
+        unit = batch[index]
+        if len(unit.items) == 1:
+            position: _Position | None = (index, 0)
+        elif is_loading or not worker.exact[index] or item < 0:
+            position = None
+        else:
+            position = (index, item)
+        if worker.killed_for_timeout:
+            # Streamed, so the deadline was for worker.timed_out_at. Blame it only if that item
+            # was still on (or its unit still loading) when the worker died.
+            timed_out = worker.timed_out_at or first
+            if position != timed_out and not (is_loading and timed_out == (index, 0)):
+                self._settle(batch, rest)
+                return
+            timeout = batch[timed_out[0]].timeout or 0.0
+            error: BaseException = TaskTimeout(
+                f"task ran past its timeout of {timeout:g} s and its worker process was "
+                f"killed (it did not respond to the in-process alarm)",
+                timeout,
+            )
+            self._settle(batch, _all_but(batch, first, timed_out), (timed_out, error))
+            return
+        if position is not None:
+            if position < first:  # died between two items of a streamed batch
+                self._settle(batch, rest)
+                return
+            crashed = WorkerCrashed.for_exit(worker.pid, exitcode)
+            self._settle(batch, _all_but(batch, first, position), (position, crashed))
+            return
+        # Several items of one unit could be to blame.
+        before = _cut(batch, first, (index, 0))
+        after = _cut(batch, (index + 1, 0), None)
+        if is_loading and worker.exact[index]:
+            # Its items could not even be loaded, twice: load each alone to find the culprit.
+            middle = unit.singles()
+        else:
+            # Send it back exact: if it kills again, the mark names the item.
+            middle = [unit]
+            self._suspects.add(unit)
+        self._settle(batch, before + middle + after)
+
+    def _settle(
+        self,
+        batch: list[Unit],
+        requeue: list[Unit],
+        blame: tuple[_Position, BaseException] | None = None,
+    ) -> None:
+        """Re-queue ``requeue`` at the front, release the shared memory of the batch's units
+        that are not re-queued whole, then fail the blamed item (last, see _on_death)."""
+        self._requeue(requeue)
+        kept = {id(u) for u in requeue}
+        for unit in batch:
+            if id(unit) not in kept:
+                _release(unit)
+        if blame is not None:
+            (index, item), error = blame
+            unit = batch[index]
+            unit.sink.deliver(unit, item, errors_of(1, error), 0.0)
 
     def _requeue(self, units: list[Unit]) -> None:
         """Put units back at the front of the queue, in order (pieces are pickled anew)."""
@@ -717,7 +837,7 @@ class ProcessBackend(Backend):
             key, fn_payload = self._functions.get(unit.fn)
             items = items_payload(unit.items, unit.mode, pool=self._segments)
             unit.wire = _Wire(key, fn_payload, items)
-        return unit.wire  # type: ignore[no-any-return]
+        return unit.wire
 
     # ----------------------------------------------------------------- workers
 
@@ -725,19 +845,32 @@ class ProcessBackend(Backend):
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
         fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
+        # Shared memory the worker writes its position into (multiprocessing's heap: a file
+        # under /dev/shm that is unlinked as soon as it is made, so nothing can be left there).
+        mark = self._ctx.RawArray("q", 2)
+        mark[0] = mark[1] = IDLE
         try:
-            process = start_worker(
-                self._ctx,
-                worker_main,
-                (child_conn, lifeline_r, fd_child, self._init_blob, self._max_memory is not None),
-                f"conveyor-worker-{next(_worker_numbers)}",
-            )
+            with _parent_fds_lock:
+                _parent_fds.update(
+                    h.fileno() for h in (parent_conn, lifeline_w, fd_parent) if h is not None
+                )
+                close_fds = tuple(_parent_fds) if self.start_method == "fork" else ()
+                process = start_worker(
+                    self._ctx,
+                    worker_main,
+                    (child_conn, lifeline_r, fd_child, self._init_blob,
+                     self._max_memory is not None, mark, close_fds),
+                    f"conveyor-worker-{next(_worker_numbers)}",
+                )
+        except BaseException:
+            _close(parent_conn, lifeline_w, fd_parent)
+            raise
         finally:
             child_conn.close()
             lifeline_r.close()
             if fd_child is not None:
                 fd_child.close()
-        worker = _Worker(process, parent_conn, lifeline_w, fd_parent)
+        worker = _Worker(process, parent_conn, lifeline_w, fd_parent, mark)
         with self._lock:
             self._workers[worker.sentinel] = worker
 
@@ -779,14 +912,36 @@ class ProcessBackend(Backend):
             self._segments.close()
         self._functions.clear()  # a captured 1 GB array must not outlive the pool
         self._finished.set()
-        self._wake_r.close()
-        self._wake_w.close()
+        _close(self._wake_r, self._wake_w)
+
+
+def _cut(batch: list[Unit], start: _Position, stop: _Position | None) -> list[Unit]:
+    """Units for the items of ``batch`` from ``start`` up to ``stop`` (exclusive; None: the end).
+
+    Whole units are reused as they are (their pickled form too); parts become pieces.
+    """
+    stop = stop if stop is not None else (len(batch), 0)
+    units = []
+    for index in range(start[0], min(stop[0] + 1, len(batch))):
+        unit = batch[index]
+        lo = start[1] if index == start[0] else 0
+        hi = stop[1] if index == stop[0] else len(unit.items)
+        if lo >= hi:
+            continue
+        units.append(unit if lo == 0 and hi == len(unit.items) else unit.piece(lo, hi))
+    return units
+
+
+def _all_but(batch: list[Unit], first: _Position, position: _Position) -> list[Unit]:
+    """The items of ``batch`` from ``first`` on, without the one at ``position``."""
+    index, item = position
+    return _cut(batch, first, position) + _cut(batch, (index, item + 1), None)
 
 
 def _decode_message(data: bytes) -> tuple[Any, ...]:
     from .protocol import decode
 
-    return decode(data)  # type: ignore[no-any-return]
+    return decode(data)
 
 
 def _release(unit: Unit) -> None:

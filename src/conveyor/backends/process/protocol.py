@@ -10,23 +10,41 @@ Data flow::
                                                           is finished, or, for a streamed batch
                                                           (units with a timeout), ITEM per item
     STOP                        ------ pipe ------>       exit
-                                <----- pipe -------       INIT_FAILED (traceback) and exit
+                                <----- pipe -------       READY once the initializer ran, or
+                                                          INIT_FAILED (traceback) and exit
+    mark[0], mark[1] (shared)   <----- memory -----       what is running now (see below)
 
-A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items)`` where ``fn``
-and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``: the segment
-index points into the descriptors sent on the worker's fd socket just before the message (their
-number, ``nfds``, is the message's second field; likewise for DONE and ITEM going back). DONE
-and ITEM end with the pool ids of pooled argument segments of which the worker holds no view any
-more, RUN with the ids of pooled segments the parent closed (see :mod:`conveyor._shm`). The
-function travels once per worker: the parent sends ``fn_blob`` only when the worker's function
-cache does not hold ``fn_key``. Both sides keep that cache as an LRU of :data:`FN_CACHE_SIZE`
-entries and update it in the same order (the parent replays what it sent), so they always agree
-on what the worker holds without any message about it.
+A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items, exact)``
+where ``fn`` and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``:
+the segment index points into the descriptors sent on the worker's fd socket just before the
+message (their number, ``nfds``, is the message's second field; likewise for DONE and ITEM going
+back). DONE and ITEM end with the pool ids of pooled argument segments of which the worker holds
+no view any more, RUN with the ids of pooled segments the parent closed (see
+:mod:`conveyor._shm`). The function travels once per worker: the parent sends ``fn_blob`` only
+when the worker's function cache does not hold ``fn_key``. Both sides keep that cache as an LRU
+of :data:`FN_CACHE_SIZE` entries and update it in the same order (the parent replays what it
+sent), so they always agree on what the worker holds without any message about it. ``exact``
+asks the worker to mark each item it starts (see below).
 
 Exactly one RUN is outstanding per worker: the parent sends the next one only after the last
 DONE (or final ITEM) of the previous batch. Neither side can then block writing while the other
 also writes, so the pipe cannot deadlock, and the parent always knows what a worker holds: when
 it dies, what it held is what is owed.
+
+The mark: which item a worker was on when it died
+--------------------------------------------------
+Each worker shares two 64-bit words with the parent (``mark``). The parent sets both to
+:data:`IDLE` before sending a batch; the worker then writes, for unit ``j`` of the batch:
+
+* ``mark[1] = IDLE`` and ``mark[0] = loading(j)`` before it loads the unit (unpickles its
+  function and items), ``mark[0] = running(j)`` before it runs the unit's items;
+* for an *exact* unit (one the parent sent back after a death, and every streamed unit)
+  ``mark[1] = i`` before item ``i``. Ordinary units get no per-item write, so the hot loop over
+  thousands of tiny items costs nothing extra.
+
+When a worker dies, its last writes are what the parent reads (after the death: no race). So the
+parent knows which unit was loading or running, and for an exact or one-item unit the very item,
+and settles a death exactly (see ``ProcessBackend._settle_lost_batch``).
 """
 
 from __future__ import annotations
@@ -41,8 +59,10 @@ from ..._work import Outcomes
 __all__ = [
     "DONE",
     "FN_CACHE_SIZE",
+    "IDLE",
     "INIT_FAILED",
     "ITEM",
+    "READY",
     "RUN",
     "STOP",
     "WirePayload",
@@ -50,6 +70,8 @@ __all__ = [
     "decode_outcomes",
     "encode",
     "from_wire",
+    "loading",
+    "running",
     "to_wire",
 ]
 
@@ -58,9 +80,23 @@ STOP = 2
 DONE = 3
 ITEM = 4
 INIT_FAILED = 5
+READY = 6
+
+#: ``mark[0]`` / ``mark[1]`` before anything of a batch has started
+IDLE = -1
 
 
 FN_CACHE_SIZE = 64
+
+
+def loading(unit_index: int) -> int:
+    """``mark[0]`` while the worker loads unit ``unit_index`` of its batch."""
+    return 2 * unit_index
+
+
+def running(unit_index: int) -> int:
+    """``mark[0]`` while the worker runs the items of unit ``unit_index`` of its batch."""
+    return 2 * unit_index + 1
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

@@ -11,12 +11,24 @@ multiprocessing's preparation data. It does so through a wrapper around
 ``multiprocessing.spawn.get_preparation_data`` that acts only inside :func:`start_worker` on the
 calling thread (a thread-local flag), so other users of multiprocessing in the same program are
 unaffected. The rest of the preparation (``sys.path``, the working directory) is kept.
+
+With ``spawn`` and ``fork`` a worker is also started with SIGINT *blocked*: the child inherits
+the signal mask of the thread that starts it (through ``exec`` too), so a Ctrl-C that reaches a
+new worker before it has moved into its own process group stays pending, and the worker drops it
+(see :func:`.worker.worker_main`) instead of printing a KeyboardInterrupt traceback; the
+caller's own mask is restored at once. Not with ``forkserver``: there the fork happens in the
+fork server, which every user of that start method in the program shares, and a server started
+with SIGINT blocked would make all their processes (and the programs those run) deaf to Ctrl-C.
+A forkserver worker is therefore exposed from its fork to the first lines of ``worker_main``,
+about a millisecond; a Ctrl-C in exactly that window ends that new worker (with a traceback on
+stderr) and the pool replaces it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.spawn
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -84,15 +96,22 @@ def _preload_worker_module(ctx: BaseContext) -> None:
     modules = list(getattr(server, "_preload_modules", []))
     if _WORKER_MODULE not in modules:
         modules = [m for m in modules if m != "__main__"] + [_WORKER_MODULE]
-        ctx.set_forkserver_preload(modules)  # type: ignore[attr-defined]
+        ctx.set_forkserver_preload(modules)
 
 
-def start_worker(ctx: BaseContext, target: Callable[..., None], args: tuple[Any, ...], name: str) -> BaseProcess:
+def start_worker(
+    ctx: BaseContext, target: Callable[..., None], args: tuple[Any, ...], name: str
+) -> BaseProcess:
     """Start a process running ``target(*args)`` without re-running the parent's main script."""
     process = ctx.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
+    masking = hasattr(signal, "pthread_sigmask") and ctx.get_start_method() != "forkserver"
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
     _local.without_main = True
     try:
         process.start()
     finally:
         _local.without_main = False
-    return process  # type: ignore[no-any-return]
+        if masking and signal.SIGINT not in old_mask:
+            # A Ctrl-C that came meanwhile is delivered now, as KeyboardInterrupt as usual.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    return process

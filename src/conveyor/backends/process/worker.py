@@ -8,18 +8,31 @@ Data flow (see :mod:`.protocol` for the messages)::
                                        run fn per item; per item, when        pipe the parent
                                        timed, under a SIGALRM timer           never writes: EOF
                <--- pipe -----------   DONE / ITEM outcomes                   = parent is gone
-                                                                              -> os._exit
+    reads it after a death  <-- mark   which unit / item is running           -> kill own group,
+                                                                                 os._exit
 
 Guarantees kept here:
 
-* Ctrl-C in the parent's terminal never reaches a worker: the worker ignores SIGINT and leads its
-  own process group (so the parent can kill it together with any children a task started).
+* Ctrl-C in the parent's terminal never reaches a worker or what its tasks start: the worker
+  leads its own process group (so the parent can also kill it together with any children a task
+  started). Until ``setpgid`` has run, SIGINT is blocked (``spawn`` and ``fork`` workers start
+  with it blocked; see :mod:`.spawning` for the fork server's millisecond) and then ignored, so
+  a Ctrl-C in that window is dropped, not turned into a KeyboardInterrupt traceback. After it,
+  SIGINT gets its default action again: the tasks' own child processes inherit a normal
+  disposition, and a SIGINT sent to the worker on purpose ends it silently like any other
+  signal (the parent then settles it as a crash).
 * A timed item is interrupted by ``TaskTimeout`` raised from a SIGALRM handler, and the worker
   lives on. The handler raises only while an item runs (``_Alarm.armed``); an alarm landing in
-  the worker's own code after the item ended is ignored, so it cannot hit the message loop.
+  the worker's own code after the item ended is ignored, so it cannot hit the message loop. A
+  task that swallows the TaskTimeout and returns late still gets TaskTimeout. The lifeline
+  thread blocks SIGALRM (and the other asynchronous signals) so the kernel delivers them to the
+  main thread, where they interrupt the task's blocking system call.
+* Before each unit (and each item of an exact or streamed unit) the worker writes where it is
+  into ``mark``, memory shared with the parent, so a death is charged to the right item.
 * An exception that cannot be pickled, or that would not unpickle in the parent, is replaced by a
   ``RuntimeError`` carrying its type, message and traceback text, never lost.
-* If the parent dies (even by SIGKILL) the worker exits: the lifeline thread sees end-of-file.
+* If the parent dies (even by SIGKILL) the worker exits: the lifeline thread sees end-of-file and
+  kills the worker's process group, so the children its tasks started go with it.
 """
 
 from __future__ import annotations
@@ -46,16 +59,30 @@ from ..._work import MODE_MAP, call_item, run_items
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
+    IDLE,
     INIT_FAILED,
     ITEM,
+    READY,
     RUN,
     STOP,
     WirePayload,
     decode,
     encode,
     from_wire,
+    loading,
+    running,
     to_wire,
 )
+
+#: the shared words a worker writes its position into (see :mod:`.protocol`)
+Mark = Any
+
+#: signals the kernel raises in the thread that caused them; never blocked
+_SYNCHRONOUS = {
+    getattr(signal, name)
+    for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGABRT", "SIGSYS")
+    if hasattr(signal, name)
+}
 
 __all__ = ["worker_main"]
 
@@ -67,6 +94,7 @@ class _Alarm:
 
     def __init__(self) -> None:
         self.armed = False
+        self.fired = False
         self.timeout = 0.0
         if self.available:
             signal.signal(signal.SIGALRM, self._fire)
@@ -74,24 +102,34 @@ class _Alarm:
     def _fire(self, signum: int, frame: Any) -> None:
         if self.armed:
             self.armed = False
+            self.fired = True
             raise TaskTimeout(f"task ran past its timeout of {self.timeout:g} s", self.timeout)
 
     def run(self, fn: Callable[..., Any], mode: int, item: Any, timeout: float) -> Any:
         if not self.available:
             return call_item(fn, mode, item)
+        if signal.getsignal(signal.SIGALRM) != self._fire:
+            signal.signal(signal.SIGALRM, self._fire)  # an earlier task installed its own
         self.timeout = timeout
+        self.fired = False
+        # The timer is cancelled before ``armed`` is cleared, so no alarm is pending once the
+        # item is over; an alarm whose handler runs late finds ``armed`` False and does nothing.
+        # One that fires after the function returned but before the timer is cancelled raises
+        # here: the item did reach its deadline.
+        self.armed = True
+        signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            self.armed = True
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            try:
-                return call_item(fn, mode, item)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.armed = False
-        except TaskTimeout as exc:
-            # Raised by the handler, possibly just after the item returned; either way the item
-            # reached its deadline.
-            raise exc.with_traceback(exc.__traceback__) from None
+            result = call_item(fn, mode, item)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self.armed = False
+        if self.fired:  # the task caught the TaskTimeout and went on: its result is too late
+            raise TaskTimeout(
+                f"task ran past its timeout of {timeout:g} s (it caught the TaskTimeout raised "
+                f"at the deadline and returned later)",
+                timeout,
+            )
+        return result
 
 
 def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
@@ -155,11 +193,25 @@ def _resident_bytes() -> int:
         return 0
 
 
-def _watch_lifeline(lifeline: Connection) -> None:
+def _block_async_signals() -> None:
+    """Block asynchronous signals in the calling (non-main) thread, so they go to the main one."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
+
+
+def _watch_lifeline(lifeline: Connection, own_group: bool) -> None:
+    _block_async_signals()
     try:
         lifeline.recv_bytes()
     except (EOFError, OSError):
         pass
+    # The parent is gone (or closed the pipe after killing us). Take the task's children along:
+    # they are in our process group. Only when we lead it: otherwise it is the parent's group.
+    if own_group:
+        try:
+            os.killpg(os.getpid(), signal.SIGKILL)
+        except OSError:
+            pass
     os._exit(0)
 
 
@@ -200,15 +252,35 @@ def worker_main(
     fd_sock: socket.socket | None,
     init_blob: bytes | None,
     report_memory: bool,
+    mark: Mark,
+    close_fds: tuple[int, ...] = (),
 ) -> None:
-    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``)."""
+    """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
+
+    ``close_fds``: the parent's ends of the pool's pipes, inherited through ``fork`` (the write
+    end of our own lifeline among them: kept open here, it would keep us alive after the parent).
+    """
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    # SIGINT may arrive blocked (see spawning.py). Ignoring it discards one that came meanwhile;
+    # once we lead our own process group the terminal's Ctrl-C cannot reach us, so the default
+    # action is restored for the tasks' children and then the signal is unblocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    own_group = False
     if hasattr(os, "setpgid"):
         try:
             os.setpgid(0, 0)
         except OSError:
             pass
-    threading.Thread(target=_watch_lifeline, args=(lifeline,), daemon=True).start()
+        own_group = os.getpgrp() == os.getpid()
+    if own_group:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_watch_lifeline, args=(lifeline, own_group), daemon=True).start()
     if init_blob is not None:
         try:
             initializer, initargs = cloudpickle.loads(init_blob)
@@ -216,10 +288,12 @@ def worker_main(
         except BaseException as exc:
             conn.send_bytes(encode((INIT_FAILED, format_exception_text(exc))))
             return
-    _serve(_Channel(conn, fd_sock), report_memory)
+    channel = _Channel(conn, fd_sock)
+    channel.send(READY, [])
+    _serve(channel, report_memory, mark)
 
 
-def _serve(channel: _Channel, report_memory: bool) -> None:
+def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
     alarm = _Alarm()
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
     mappings = WorkerMappings()
@@ -234,9 +308,10 @@ def _serve(channel: _Channel, report_memory: bool) -> None:
         _, _, stream, units, forget = message
         mappings.forget(forget)
         done: list[tuple[int, Payload, float]] = []
-        for unit in units:
+        for index, unit in enumerate(units):
             part = _run_unit(
-                channel, alarm, functions, mappings, segments, stream, unit, report_memory
+                channel, alarm, functions, mappings, segments, stream, unit, report_memory,
+                mark, index,
             )
             if part is not None:
                 done.append(part)
@@ -245,7 +320,8 @@ def _serve(channel: _Channel, report_memory: bool) -> None:
         del segments, message, units  # no local may keep a view of shared memory alive
         if done:
             fds: list[int] = []
-            parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done]
+            parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed
+                     in done]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
             channel.send(DONE, [payload for _, payload, _ in done], parts, rss, released)
@@ -260,14 +336,18 @@ def _run_unit(
     stream: bool,
     unit: tuple[Any, ...],
     report_memory: bool,
+    mark: Mark,
+    index: int,
 ) -> tuple[int, Payload, float] | None:
     """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
 
     A function of its own so that the items, and any view of shared memory they hold, are
     released when it returns, before the worker waits for its next batch.
     """
-    unit_id, key, fn_wire, mode, timeout, count, items_wire = unit
+    unit_id, key, fn_wire, mode, timeout, count, items_wire, exact = unit
     perf_counter = time.perf_counter
+    mark[1] = IDLE
+    mark[0] = loading(index)
     try:
         fn = _function(functions, key, fn_wire, segments)
         items = from_wire(items_wire, segments, mappings)
@@ -279,13 +359,15 @@ def _run_unit(
             payload = _dump_outcomes([None], {0: exc})
             channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [])
         return None
+    mark[0] = running(index)
     if not stream:
         started = perf_counter()
-        values, errors = run_items(fn, mode, items)
+        values, errors = _run_exact(fn, mode, items, mark) if exact else run_items(fn, mode, items)
         elapsed = perf_counter() - started
         return unit_id, _dump_outcomes(values, errors), elapsed
     last = len(items) - 1
     for pos in range(len(items)):
+        mark[1] = pos
         item_started = perf_counter()
         try:
             payload = _dump_outcomes([alarm.run(fn, mode, items[pos], timeout)], {})
@@ -300,6 +382,19 @@ def _run_unit(
         wire = to_wire(payload, [])
         channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released)
     return None
+
+
+def _run_exact(fn: Callable[..., Any], mode: int, items: list[Any], mark: Mark) -> Any:
+    """:func:`run_items`, writing each item's position into ``mark[1]`` before running it."""
+    values: list[Any] = []
+    errors: dict[int, BaseException] = {}
+    for pos, item in enumerate(items):
+        mark[1] = pos
+        value, error = run_items(fn, mode, [item])
+        values.append(value[0])
+        if error:
+            errors[pos] = error[0]
+    return values, errors
 
 
 def _function(
@@ -321,8 +416,10 @@ def _function(
         while len(cache) > FN_CACHE_SIZE:
             cache.popitem(last=False)
     cache[key] = fn
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _unloadable(*args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("the function could not be loaded in the worker process (see the first error)")
+    raise RuntimeError(
+        "the function could not be loaded in the worker process (see the first error)"
+    )
