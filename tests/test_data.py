@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import subprocess
 import sys
@@ -148,7 +147,6 @@ def test_no_descriptor_or_mapping_is_left_after_a_fault(pool, fault: str) -> Non
     # and once the pool is gone, so is every descriptor and every worker's mapping
     pids = pool._backend.worker_pids()
     pool.shutdown()
-    gc.collect()  # results of earlier tests that were in reference cycles
     assert memfd_fds() == []
     assert not any(os.path.exists(f"/proc/{pid}") and _maps_of(pid) for pid in pids)
 

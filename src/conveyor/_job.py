@@ -322,6 +322,15 @@ class MapJob:
                 self._on_interrupt()
         else:
             self.backend.cancel(self)
+        # Chunks point back at the job: break the cycle now, so results (and the shared
+        # memory they may view) go when the caller drops them, not when the collector runs.
+        self._finished.clear()
+        self._ready = []
+        while True:
+            try:
+                self.events.get_nowait()
+            except queue.Empty:
+                break
 
 
 def _length(iterable: Iterable[Any]) -> int | None:
