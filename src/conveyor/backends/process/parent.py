@@ -72,12 +72,14 @@ from .protocol import (
     IDLE,
     INIT_FAILED,
     ITEM,
+    PREFETCH_BYTES,
     READY,
     RUN,
     STOP,
     WirePayload,
     decode_outcomes,
     encode,
+    read_mark,
     to_wire,
 )
 from .spawning import get_context, start_worker
@@ -87,6 +89,8 @@ __all__ = ["ProcessBackend"]
 
 #: small units (by their estimate) may share one message up to this much expected work
 COALESCE_SECONDS = 0.005
+#: a batch is sent ahead only to a worker whose current batch is expected to take at most this
+PREFETCH_SECONDS = 0.02
 #: a batch never holds more units than this
 MAX_BATCH_UNITS = 256
 #: consecutive deaths of workers before READY after which the pool gives up
@@ -167,7 +171,11 @@ class _Worker:
         self.pid = process.pid
         self.sentinel = process.sentinel
         self.fn_keys: OrderedDict[int, None] = OrderedDict()
-        self.batch: list[Unit] | None = None
+        self.batch: list[Unit] | None = None  # the batch it runs (or was last sent, idle before)
+        self.seq = 0  # that batch's number (see protocol.py, the mark)
+        self.sent = 0  # batches sent so far
+        # a batch sent ahead, run when the current one is done: (units, exact, number)
+        self.queued: tuple[list[Unit], list[bool], int] | None = None
         self.stream = False
         self.exact: list[bool] = []  # per unit of the batch: sent exact (each item marked)
         self.unit_index = 0  # streamed batch: the first unit and item not yet delivered
@@ -183,6 +191,10 @@ class _Worker:
         self.mapped: set[int] = set()  # pooled segments it keeps mapped
         self.to_forget: list[int] = []  # closed pooled segments it must unmap
         self.reaped = threading.Event()
+
+    def held_units(self) -> list[Unit]:
+        """Every unit it holds: the running batch, then the one sent ahead."""
+        return (self.batch or []) + (self.queued[0] if self.queued else [])
 
     def release_holds(self, pool_ids: list[int] | None = None) -> None:
         """Release its holds on pooled segments it reported free (all of them: it died)."""
@@ -358,7 +370,7 @@ class ProcessBackend(Backend):
             victims = [
                 w
                 for w in list(self._workers.values())
-                if w.batch is not None and any(u.sink.owner is owner for u in w.batch)
+                if any(u.sink.owner is owner for u in w.held_units())
             ]
             for worker in victims:
                 worker.cancelled_owner = owner
@@ -456,8 +468,8 @@ class ProcessBackend(Backend):
                 return False
             self._release_held()
             batches = self._take_batches()
-        for worker, units in batches:
-            self._send(worker, units)
+        for worker, units, ahead in batches:
+            self._send(worker, units, ahead)
         return True
 
     def _waitables(self) -> list[Any]:
@@ -496,29 +508,36 @@ class ProcessBackend(Backend):
     def _drained(self) -> bool:
         with self._lock:
             queued = bool(self._pending or self._held)
-        return not queued and all(w.batch is None for w in self._workers.values())
+        return not queued and all(not w.held_units() for w in self._workers.values())
 
     # ----------------------------------------------------------------- sending work
 
-    def _take_batches(self) -> list[tuple[_Worker, list[Unit]]]:
-        """Pair idle workers with batches from the pending queue (under the lock).
+    def _take_batches(self) -> list[tuple[_Worker, list[Unit], bool]]:
+        """Pair workers with batches from the pending queue (under the lock).
 
+        Idle workers first; then workers running untimed work get their next untimed batch
+        ahead (prefetch, see protocol.py), so they never wait a round trip between batches.
         A batch is one unit, plus more small ones while their estimates stay under
         COALESCE_SECONDS and the worker takes no more than its share of the queue, so a burst
         of ``submit`` calls costs a few messages, not one each. Timed units (streamed) and
-        untimed ones never share a batch.
+        untimed ones never share a batch. Returns (worker, units, sent ahead).
         """
         if not self._pending or self._broken is not None:
             return []
-        idle = [
-            w for w in self._workers.values() if w.ready and w.batch is None and not w.retiring
-        ]
+        usable = [w for w in self._workers.values() if w.ready and not w.retiring]
+        idle = [w for w in usable if w.batch is None]
+        busy = [w for w in usable if w.queued is None and _short(w)]
         batches = []
-        for worker in idle:
+        for worker, ahead in [(w, False) for w in idle] + [(w, True) for w in busy]:
             if not self._pending:
                 break
+            if ahead and self._pending[0].timeout is not None:
+                continue  # timed work waits for an idle worker: its deadline starts on sending
             share = max(1, math.ceil(len(self._pending) / max(1, self.workers)))
-            quota = (self._max_tasks - worker.tasks_run) if self._max_tasks else None
+            held = sum(len(u.items) for u in worker.held_units())
+            quota = (self._max_tasks - worker.tasks_run - held) if self._max_tasks else None
+            if quota is not None and quota <= 0:
+                continue
             first = self._pending.popleft()
             if quota is not None and len(first.items) > quota:
                 self._pending.appendleft(first.piece(quota))
@@ -537,14 +556,26 @@ class ProcessBackend(Backend):
                 units.append(self._pending.popleft())
                 count += len(nxt.items)
                 expected += nxt.estimate
-            worker.batch = units  # reserved; _send drops units whose sink says no
-            batches.append((worker, units))
+            # reserved until _send: it drops units whose sink says no
+            if ahead:
+                worker.queued = (units, [], -1)
+            else:
+                worker.batch = units
+            batches.append((worker, units, ahead))
         return batches
 
-    def _send(self, worker: _Worker, units: list[Unit]) -> None:
+    def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> None:
         units = [u for u in units if u.sink.starting(u)]
+        if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
+            # Too large to send ahead without risking a blocked write: wait until it is idle.
+            with self._lock:
+                self._pending.extendleft(reversed(units))
+            units = []
         if not units:
-            worker.batch = None
+            if ahead:
+                worker.queued = None
+            else:
+                worker.batch = None
             return
         stream = units[0].timeout is not None
         wire_units = []
@@ -569,21 +600,41 @@ class ProcessBackend(Backend):
                 worker.holds.setdefault(pooled.pool_id, []).append(self._segments.hold(pooled))
                 worker.mapped.add(pooled.pool_id)
         forget, worker.to_forget = worker.to_forget, []
-        worker.batch = units
-        worker.stream = stream
-        worker.exact = [w[-1] for w in wire_units]
-        worker.unit_index = worker.item_index = 0
-        worker.deadline = self._deadline_for(units[0]) if stream else None
-        # The worker is idle (its last batch is settled) and writes the mark only after it
-        # receives this one, so this write cannot race with its writes.
-        worker.mark[0] = worker.mark[1] = IDLE
+        worker.sent += 1
+        exacts = [w[-1] for w in wire_units]
+        if ahead:
+            worker.queued = (units, exacts, worker.sent)
+        else:
+            self._begin(worker, units, exacts, worker.sent, stream)
         try:
             if fds:
                 assert worker.fd_sock is not None
                 _shm.send_fds(worker.fd_sock, fds)
-            worker.conn.send_bytes(encode((RUN, len(fds), stream, wire_units, forget)))
+            message = (RUN, len(fds), stream, wire_units, forget, worker.sent)
+            worker.conn.send_bytes(encode(message))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
+
+    def _begin(
+        self, worker: _Worker, units: list[Unit], exact: list[bool], seq: int, stream: bool
+    ) -> None:
+        """Make ``units`` the batch the worker runs now (sent now, or promoted from ahead)."""
+        worker.batch = units
+        worker.seq = seq
+        worker.stream = stream
+        worker.exact = exact
+        worker.unit_index = worker.item_index = 0
+        worker.deadline = self._deadline_for(units[0]) if stream else None
+
+    def _message_size(self, worker: _Worker, units: list[Unit]) -> int:
+        """About how many bytes a RUN of ``units`` to ``worker`` would take."""
+        size = 0
+        for unit in units:
+            wire = self._wire_of(unit)
+            size += len(wire.items.data) + 64
+            if wire.fn_key not in worker.fn_keys:
+                size += len(wire.fn.data)
+        return size
 
     @staticmethod
     def _deadline_for(unit: Unit) -> float | None:
@@ -661,6 +712,11 @@ class ProcessBackend(Backend):
         worker.tasks_run += sum(len(u.items) for u in worker.batch or [])
         worker.batch = None
         worker.deadline = None
+        if worker.queued is not None:  # it goes straight on with the batch sent ahead
+            units, exact, seq = worker.queued
+            worker.queued = None
+            self._begin(worker, units, exact, seq, stream=False)
+            return
         too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
         if (too_many or too_big) and not self._closing:
@@ -688,9 +744,8 @@ class ProcessBackend(Backend):
             self._closing = self._stop_now = True
             dropped = self._take_queued()
         for worker in self._workers.values():
-            if worker.batch:
-                dropped.extend(worker.batch)
-                worker.batch = None
+            dropped.extend(worker.held_units())
+            worker.batch = worker.queued = None
             worker.kill()
         _fail(dropped, error)
 
@@ -727,6 +782,10 @@ class ProcessBackend(Backend):
             not self._closing or worker.batch or not self._drained()
         ):
             self._start_worker()
+        queued, worker.queued = worker.queued, None
+        if queued is not None:  # sent ahead, never started (see protocol.py): not to blame
+            owner = worker.cancelled_owner
+            self._requeue([u for u in queued[0] if owner is None or u.sink.owner is not owner])
         if worker.batch:
             self._settle_lost_batch(worker, exitcode)
         elif not worker.ready and not self._closing:
@@ -760,11 +819,11 @@ class ProcessBackend(Backend):
             self._settle(batch, [u for u in rest if u.sink.owner is not cancelled])
             return
         state, item = int(worker.mark[0]), int(worker.mark[1])
-        if state == IDLE:  # died before it started on the batch (killed from outside)
+        seq, index, is_running = read_mark(state) if state != IDLE else (-1, 0, False)
+        if seq != worker.seq:  # died before it started on the batch (killed from outside)
             self._settle(batch, rest)
             return
-        index, odd = divmod(state, 2)
-        is_loading = odd == 0
+        is_loading = not is_running
         unit = batch[index]
         if len(unit.items) == 1:
             position: _Position | None = (index, 0)
@@ -895,9 +954,8 @@ class ProcessBackend(Backend):
             workers = list(self._workers.values())
             self._workers.clear()
         for worker in workers:
-            if worker.batch:
-                dropped.extend(worker.batch)
-                worker.batch = None
+            dropped.extend(worker.held_units())
+            worker.batch = worker.queued = None
             worker.kill()
         for worker in workers:
             worker.process.join(5.0)
@@ -942,6 +1000,15 @@ def _decode_message(data: bytes) -> tuple[Any, ...]:
     from .protocol import decode
 
     return decode(data)
+
+
+def _short(worker: _Worker) -> bool:
+    """Whether the worker runs an untimed batch expected to end soon: only then is another
+    sent ahead, so a batch never waits long behind a slow one while another worker is free."""
+    if worker.batch is None or worker.stream:
+        return False
+    expected = sum(u.estimate for u in worker.batch)
+    return all(u.estimate > 0 for u in worker.batch) and expected <= PREFETCH_SECONDS
 
 
 def _release(unit: Unit) -> None:

@@ -33,18 +33,28 @@ it dies, what it held is what is owed.
 
 The mark: which item a worker was on when it died
 --------------------------------------------------
-Each worker shares two 64-bit words with the parent (``mark``). The parent sets both to
-:data:`IDLE` before sending a batch; the worker then writes, for unit ``j`` of the batch:
+Each worker shares two 64-bit words with the parent (``mark``), :data:`IDLE` at first; the
+worker writes, for unit ``j`` of batch number ``n`` (RUN's last field):
 
-* ``mark[1] = IDLE`` and ``mark[0] = loading(j)`` before it loads the unit (unpickles its
-  function and items), ``mark[0] = running(j)`` before it runs the unit's items;
+* ``mark[1] = IDLE`` and ``mark[0] = loading(j, n)`` before it loads the unit (unpickles its
+  function and items), ``mark[0] = running(j, n)`` before it runs the unit's items;
 * for an *exact* unit (one the parent sent back after a death, and every streamed unit)
   ``mark[1] = i`` before item ``i``. Ordinary units get no per-item write, so the hot loop over
   thousands of tiny items costs nothing extra.
 
 When a worker dies, its last writes are what the parent reads (after the death: no race). So the
 parent knows which unit was loading or running, and for an exact or one-item unit the very item,
-and settles a death exactly (see ``ProcessBackend._settle_lost_batch``).
+and settles a death exactly (see ``ProcessBackend._settle_lost_batch``). A mark naming an earlier
+batch than the one the parent counts as running means the worker had not started it.
+
+Prefetch: a worker may hold one batch more than it runs. The parent sends the next batch of
+untimed work while the worker still runs its current one, so the worker goes from one batch to
+the next without waiting a round trip (what keeps a map of 100,000 tiny items at
+multiprocessing.Pool's speed). Such a message is small (at most :data:`PREFETCH_BYTES`; large
+buffers travel in shared memory), so it fits in the socket's buffer and the parent's write
+cannot block while the worker is busy writing its answer: still no deadlock. The worker only
+starts it after it has sent the DONE of the batch before, so after a death the parent knows which
+of the two it was on.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ __all__ = [
     "IDLE",
     "INIT_FAILED",
     "ITEM",
+    "PREFETCH_BYTES",
     "READY",
     "RUN",
     "STOP",
@@ -87,16 +98,30 @@ IDLE = -1
 
 
 FN_CACHE_SIZE = 64
+#: a batch is sent ahead only if its message is at most this large
+PREFETCH_BYTES = 64 * 1024
 
 
-def loading(unit_index: int) -> int:
-    """``mark[0]`` while the worker loads unit ``unit_index`` of its batch."""
-    return 2 * unit_index
+#: batches are numbered per worker (RUN carries the number) and ``mark[0]`` names its batch, so
+#: a batch sent ahead (see the parent's prefetch) is never mistaken for the one before it
+SEQ_STRIDE = 1 << 20
 
 
-def running(unit_index: int) -> int:
-    """``mark[0]`` while the worker runs the items of unit ``unit_index`` of its batch."""
-    return 2 * unit_index + 1
+def loading(unit_index: int, seq: int) -> int:
+    """``mark[0]`` while the worker loads unit ``unit_index`` of batch ``seq``."""
+    return seq * SEQ_STRIDE + 2 * unit_index
+
+
+def running(unit_index: int, seq: int) -> int:
+    """``mark[0]`` while the worker runs the items of unit ``unit_index`` of batch ``seq``."""
+    return seq * SEQ_STRIDE + 2 * unit_index + 1
+
+
+def read_mark(state: int) -> tuple[int, int, bool]:
+    """``(batch number, unit index, running)`` of a ``mark[0]`` that is not :data:`IDLE`."""
+    seq, rest = divmod(state, SEQ_STRIDE)
+    index, odd = divmod(rest, 2)
+    return seq, index, odd == 1
 
 
 def encode(message: tuple[Any, ...]) -> bytes:

@@ -305,13 +305,13 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
         if message[0] == STOP:
             return
         assert message[0] == RUN
-        _, _, stream, units, forget = message
+        _, _, stream, units, forget, seq = message
         mappings.forget(forget)
         done: list[tuple[int, Payload, float]] = []
         for index, unit in enumerate(units):
             part = _run_unit(
                 channel, alarm, functions, mappings, segments, stream, unit, report_memory,
-                mark, index,
+                mark, index, seq,
             )
             if part is not None:
                 done.append(part)
@@ -338,6 +338,7 @@ def _run_unit(
     report_memory: bool,
     mark: Mark,
     index: int,
+    seq: int,
 ) -> tuple[int, Payload, float] | None:
     """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
 
@@ -347,7 +348,7 @@ def _run_unit(
     unit_id, key, fn_wire, mode, timeout, count, items_wire, exact = unit
     perf_counter = time.perf_counter
     mark[1] = IDLE
-    mark[0] = loading(index)
+    mark[0] = loading(index, seq)
     try:
         fn = _function(functions, key, fn_wire, segments)
         items = from_wire(items_wire, segments, mappings)
@@ -359,7 +360,7 @@ def _run_unit(
             payload = _dump_outcomes([None], {0: exc})
             channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [])
         return None
-    mark[0] = running(index)
+    mark[0] = running(index, seq)
     if not stream:
         started = perf_counter()
         values, errors = _run_exact(fn, mode, items, mark) if exact else run_items(fn, mode, items)
