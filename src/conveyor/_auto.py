@@ -21,8 +21,10 @@ exits cannot take the caller down while it is being measured. The rules, in orde
    tiny items): run it inline in the caller's thread.
 3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
 4. Two items at once in two threads kept at least 1.25 CPUs busy (the work releases the GIL, as
-   numpy and hashlib do): threads.
-5. Otherwise (Python code holding the GIL): processes.
+   hashlib and much of numpy do): threads.
+5. Work holding the GIL whose arguments are so large that copying them to a worker costs more
+   than running it in parallel saves (no timeout nor initializer): inline.
+6. Otherwise (Python code holding the GIL): processes.
 
 A measurement is remembered per function (by its code object) for the rest of the program, so
 later calls choose at once. Unpicklable functions or arguments go to threads; a probe that
@@ -31,6 +33,7 @@ crashes or times out chooses processes, which isolate and stop such work.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
@@ -54,6 +57,9 @@ CPU_BOUND_SHARE = 0.3
 #: the GIL take turns and never exceed 1.0 whatever the machine's load; so a loaded machine can
 #: only make GIL-releasing work look GIL-bound (processes: slower, still right), never the reverse.
 SCALING_LIMIT = 1.25
+#: bytes per second a process pool moves arguments at (one copy into shared memory, measured
+#: on the 2-core development machine at 2.5-5 GB/s; taken low)
+COPY_RATE = 2.0e9
 #: below this per-item time the pair test says nothing useful
 PAIR_MIN_SECONDS = 0.002
 
@@ -70,10 +76,17 @@ class Measurement:
     cpu: float
     pair_wall: float | None = None
     pair_parallelism: float | None = None
+    #: bytes of pickled arguments per item (measured in the parent when it sent the probe)
+    bytes_per_item: float = 0.0
+
+    def with_bytes(self, bytes_per_item: float) -> Measurement:
+        return dataclasses.replace(self, bytes_per_item=bytes_per_item)
 
     def describe(self) -> str:
         share = min(100.0, 100 * self.cpu / max(self.wall, 1e-9))
         text = f"{_seconds(self.wall)} per item, CPU {share:.0f}% of that"
+        if self.bytes_per_item >= 1 << 20:
+            text += f"; {self.bytes_per_item / (1 << 20):.0f} MB of arguments per item"
         if self.pair_wall is not None and self.pair_parallelism is not None:
             text += (
                 f"; two at once in threads took {_seconds(self.pair_wall)} and kept "
@@ -197,6 +210,17 @@ def choose(
         return Choice(
             "thread", "it releases the GIL (two items ran in parallel in threads)", measurement
         )
+    if inline_ok and timeout is None:
+        # Processes pay for moving each item's arguments (one copy into shared memory): with
+        # large arrays and short work that costs more than running it here.
+        per_item = measurement.wall / max(1, workers) + measurement.bytes_per_item / COPY_RATE
+        if per_item >= measurement.wall:
+            return Choice(
+                "inline",
+                "it holds the GIL, and copying its arguments to processes would cost more "
+                "than the parallel work saves",
+                measurement,
+            )
     return Choice(
         "process", "it is CPU-bound Python holding the GIL, so threads would not scale", measurement
     )

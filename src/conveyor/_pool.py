@@ -379,6 +379,8 @@ class Pool(Executor):
                 choice = forced
         _auto.report(choice, fn, explain)
         backend = self._backend_for(choice.backend)
+        if choice.backend == "inline" and options["chunksize"] == "auto":
+            options = {**options, "chunksize": 8192}  # nothing to balance: few, large chunks
         return MapJob(
             backend,
             fn,
@@ -410,6 +412,8 @@ class Pool(Executor):
         )
         try:
             self._backend.submit([unit])
+            sent = getattr(unit.wire, "items", None)  # its pickled form: what moving it costs
+            bytes_per_item = sent.nbytes / len(head) if sent is not None else 0.0
         except TypeError:
             return (
                 _auto.Choice(
@@ -446,7 +450,7 @@ class Pool(Executor):
         except Exception:
             # The probe itself failed (the items failed in ways the job will report itself).
             return _auto.Choice("process", "it could not be measured"), 0, None, None
-        return None, done, outcomes, measurement
+        return None, done, outcomes, measurement.with_bytes(bytes_per_item)
 
     def _backend_for(self, name: str) -> Backend:
         if name == "process":
