@@ -31,18 +31,17 @@ Races, and what settles them:
 from __future__ import annotations
 
 import ctypes
-import heapq
 import itertools
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
 from .._work import Unit, errors_of, outcomes_of, run_items
 from .base import Backend
+from .queue import WorkQueue
 
 __all__ = ["ThreadBackend"]
 
@@ -90,9 +89,7 @@ class ThreadBackend(Backend):
         self._initializer = initializer
         self._initargs = initargs
         self._cv = threading.Condition()
-        self._ready: deque[Unit] = deque()
-        self._held: list[tuple[float, int, Unit]] = []
-        self._held_seq = itertools.count()
+        self._queue = WorkQueue()
         self._states: set[_ThreadState] = set()
         self._closing = False
         self._terminated = False
@@ -110,19 +107,12 @@ class ThreadBackend(Backend):
                 raise self._broken
             if self._closing or self._terminated:
                 raise PoolClosed("cannot submit to a pool that was shut down")
-            now = time.monotonic()
-            for unit in units:
-                if unit.not_before > now:
-                    heapq.heappush(self._held, (unit.not_before, next(self._held_seq), unit))
-                else:
-                    self._ready.append(unit)
+            self._queue.add(units, time.monotonic())
             self._cv.notify(len(units))
 
     def cancel(self, owner: object) -> None:
         with self._cv:
-            self._ready = deque(u for u in self._ready if u.sink.owner is not owner)
-            self._held = [h for h in self._held if h[2].sink.owner is not owner]
-            heapq.heapify(self._held)
+            self._queue.cancel(owner)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         with self._cv:
@@ -166,10 +156,7 @@ class ThreadBackend(Backend):
         thread.start()
 
     def _take_all_queued(self) -> list[Unit]:
-        dropped = list(self._ready) + [h[2] for h in self._held]
-        self._ready.clear()
-        self._held.clear()
-        return dropped
+        return self._queue.take_all()
 
     def _next_unit(self, state: _ThreadState) -> Unit | None:
         """Block until there is a unit to run; None when this thread should end."""
@@ -179,16 +166,16 @@ class ThreadBackend(Backend):
                     self._states.discard(state)
                     return None
                 now = time.monotonic()
-                while self._held and self._held[0][0] <= now:
-                    self._ready.append(heapq.heappop(self._held)[2])
-                if self._ready:
-                    return self._ready.popleft()
-                if self._closing and not self._held:
+                self._queue.release_due(now)
+                if self._queue.ready:
+                    return self._queue.ready.popleft()
+                if self._closing and not self._queue.has_held:
                     self._states.discard(state)
                     self._cv.notify_all()
                     self._poke_watchdog()  # the last thread out lets the watchdog end too
                     return None
-                wait = self._held[0][0] - now if self._held else None
+                due = self._queue.next_due()
+                wait = None if due is None else due - now
                 self._cv.wait(wait)
 
     def _thread_main(self, state: _ThreadState) -> None:
@@ -295,7 +282,7 @@ class ThreadBackend(Backend):
             self._states.discard(state)
             rest = unit.piece(position + 1) if position + 1 < len(unit.items) else None
             if rest is not None:
-                self._ready.appendleft(rest)
+                self._queue.ready.appendleft(rest)
             if not (self._closing or self._terminated):
                 self._start_thread()
             self._cv.notify()

@@ -44,7 +44,6 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 import os
@@ -53,7 +52,7 @@ import socket
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -66,6 +65,7 @@ from ..._serialize import Payload, callable_payload, dumps_callable, items_paylo
 from ..._shm import Segment
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
+from ..queue import WorkQueue
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
@@ -302,9 +302,7 @@ class ProcessBackend(Backend):
         self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
 
         self._lock = threading.Lock()
-        self._pending: deque[Unit] = deque()
-        self._held: list[tuple[float, int, Unit]] = []
-        self._held_seq = itertools.count()
+        self._queue = WorkQueue()
         self._closing = False
         self._stop_now = False
         self._broken: BaseException | None = None
@@ -343,12 +341,7 @@ class ProcessBackend(Backend):
                 raise self._broken
             if self._closing:
                 raise PoolClosed("cannot submit to a pool that was shut down")
-            now = time.monotonic()
-            for unit in units:
-                if unit.not_before > now:
-                    heapq.heappush(self._held, (unit.not_before, next(self._held_seq), unit))
-                else:
-                    self._pending.append(unit)
+            self._queue.add(units, time.monotonic())
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
@@ -356,9 +349,7 @@ class ProcessBackend(Backend):
 
     def cancel(self, owner: object) -> None:
         with self._lock:
-            self._pending = deque(u for u in self._pending if u.sink.owner is not owner)
-            self._held = [h for h in self._held if h[2].sink.owner is not owner]
-            heapq.heapify(self._held)
+            self._queue.cancel(owner)
 
     def interrupt(self, owner: object) -> None:
         """Kill the workers running units of ``owner`` (Ctrl-C) and wait until they are reaped.
@@ -414,10 +405,7 @@ class ProcessBackend(Backend):
             pass  # the dispatcher has finished and closed the pipe
 
     def _take_queued(self) -> list[Unit]:
-        dropped = list(self._pending) + [h[2] for h in self._held]
-        self._pending.clear()
-        self._held.clear()
-        return dropped
+        return self._queue.take_all()
 
     # ================================================================= dispatcher thread
 
@@ -488,8 +476,9 @@ class ProcessBackend(Backend):
     def _next_wakeup(self) -> float | None:
         times = [w.deadline for w in self._workers.values() if w.deadline is not None]
         with self._lock:
-            if self._held:
-                times.append(self._held[0][0])
+            due = self._queue.next_due()
+            if due is not None:
+                times.append(due)
         if not times:
             return None
         return max(0.0, min(times) - time.monotonic())
@@ -501,13 +490,11 @@ class ProcessBackend(Backend):
             self._wake_pending = False
 
     def _release_held(self) -> None:
-        now = time.monotonic()
-        while self._held and self._held[0][0] <= now:
-            self._pending.append(heapq.heappop(self._held)[2])
+        self._queue.release_due(time.monotonic())
 
     def _drained(self) -> bool:
         with self._lock:
-            queued = bool(self._pending or self._held)
+            queued = bool(self._queue)
         return not queued and all(not w.held_units() for w in self._workers.values())
 
     # ----------------------------------------------------------------- sending work
@@ -522,38 +509,38 @@ class ProcessBackend(Backend):
         of ``submit`` calls costs a few messages, not one each. Timed units (streamed) and
         untimed ones never share a batch. Returns (worker, units, sent ahead).
         """
-        if not self._pending or self._broken is not None:
+        if not self._queue.ready or self._broken is not None:
             return []
         usable = [w for w in self._workers.values() if w.ready and not w.retiring]
         idle = [w for w in usable if w.batch is None]
         busy = [w for w in usable if w.queued is None and _short(w)]
         batches = []
         for worker, ahead in [(w, False) for w in idle] + [(w, True) for w in busy]:
-            if not self._pending:
+            if not self._queue.ready:
                 break
-            if ahead and self._pending[0].timeout is not None:
+            if ahead and self._queue.ready[0].timeout is not None:
                 continue  # timed work waits for an idle worker: its deadline starts on sending
-            share = max(1, math.ceil(len(self._pending) / max(1, self.workers)))
+            share = max(1, math.ceil(len(self._queue.ready) / max(1, self.workers)))
             held = sum(len(u.items) for u in worker.held_units())
             quota = (self._max_tasks - worker.tasks_run - held) if self._max_tasks else None
             if quota is not None and quota <= 0:
                 continue
-            first = self._pending.popleft()
+            first = self._queue.ready.popleft()
             if quota is not None and len(first.items) > quota:
-                self._pending.appendleft(first.piece(quota))
+                self._queue.ready.appendleft(first.piece(quota))
                 first = first.piece(0, quota)
             units = [first]
             count, expected = len(first.items), first.estimate
             stream = first.timeout is not None
-            while first.coalesce and self._pending and len(units) < min(share, MAX_BATCH_UNITS):
-                nxt = self._pending[0]
+            while first.coalesce and self._queue.ready and len(units) < min(share, MAX_BATCH_UNITS):
+                nxt = self._queue.ready[0]
                 if not nxt.coalesce or (nxt.timeout is not None) != stream:
                     break
                 if expected + nxt.estimate > COALESCE_SECONDS:
                     break
                 if quota is not None and count + len(nxt.items) > quota:
                     break
-                units.append(self._pending.popleft())
+                units.append(self._queue.ready.popleft())
                 count += len(nxt.items)
                 expected += nxt.estimate
             # reserved until _send: it drops units whose sink says no
@@ -569,7 +556,7 @@ class ProcessBackend(Backend):
         if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
             # Too large to send ahead without risking a blocked write: wait until it is idle.
             with self._lock:
-                self._pending.extendleft(reversed(units))
+                self._queue.ready.extendleft(reversed(units))
             units = []
         if not units:
             if ahead:
@@ -888,7 +875,7 @@ class ProcessBackend(Backend):
         for unit in units:
             self._wire_of(unit)
         with self._lock:
-            self._pending.extendleft(reversed(units))
+            self._queue.ready.extendleft(reversed(units))
 
     def _wire_of(self, unit: Unit) -> _Wire:
         """The unit's pickled form, made now for pieces split off a unit."""
