@@ -77,3 +77,17 @@ def test_job_ignoring_sigterm_is_killed_after_grace(tmp_path: Path) -> None:
         assert_all_gone(read_pids(tmp_path))
     finally:
         kill_tree(proc)
+
+
+def test_sigkill_of_the_runner_alone_takes_its_jobs_along(tmp_path: Path) -> None:
+    # The out-of-memory killer kills the runner, not its jobs (they run in sessions of their
+    # own): the guardian must kill them, or a --resume would run them a second time.
+    proc = start("-j", "3", _family_job(tmp_path), ":::", *[str(i) for i in range(10)])
+    try:
+        wait_for(lambda: len(read_pids(tmp_path)) == 6, what="3 jobs with children")
+        pids = read_pids(tmp_path)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+        assert_all_gone(pids)
+    finally:
+        kill_tree(proc)

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from . import guardian
+
 __all__ = ["GRACE", "Captured", "Completed", "StopSignal", "run_command"]
 
 GRACE = 1.0  # seconds between SIGTERM and SIGKILL, and before abandoning pipes
@@ -179,6 +181,7 @@ def run_command(
     proc = _spawn(command)
     assert proc.stdout is not None and proc.stderr is not None
     pid = proc.pid
+    guardian.started(pid)
     streams = {proc.stdout.fileno(): 1, proc.stderr.fileno(): 2}
     captured = {1: Captured(), 2: Captured()}
     pidfd = _pidfd(pid)
@@ -244,6 +247,7 @@ def run_command(
         proc.stderr.close()
         if pidfd >= 0:
             os.close(pidfd)
+        guardian.ended(pid)
         if returncode is None:
             if not exited:  # an exception (or abandoned pipes) left it running
                 _killpg(pid, signal.SIGKILL)
