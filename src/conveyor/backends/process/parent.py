@@ -532,7 +532,14 @@ class ProcessBackend(Backend):
             units = [first]
             count, expected = len(first.items), first.estimate
             stream = first.timeout is not None
-            while first.coalesce and self._queue.ready and len(units) < min(share, MAX_BATCH_UNITS):
+            # Unknown run times (estimate 0) are never coalesced: a burst of long tasks must
+            # spread over the workers, and stay cancellable until each one starts.
+            while (
+                first.coalesce
+                and first.estimate > 0
+                and self._queue.ready
+                and len(units) < min(share, MAX_BATCH_UNITS)
+            ):
                 nxt = self._queue.ready[0]
                 if not nxt.coalesce or (nxt.timeout is not None) != stream:
                     break
