@@ -173,8 +173,9 @@ def swallow_timeouts(seconds: float) -> str:
 def spawn_grandchild_and_hang(directory: str, tag: object = 0) -> None:
     """Start ``sleep 1000``, record its pid and ours in ``directory``, then hang."""
     child = subprocess.Popen(["sleep", "1000"])
-    _write_atomically(Path(directory) / f"grandchild.{tag}", str(child.pid))
+    # worker first: a test that waits for the grandchild files then finds both
     _write_atomically(Path(directory) / f"worker.{tag}", str(os.getpid()))
+    _write_atomically(Path(directory) / f"grandchild.{tag}", str(child.pid))
     time.sleep(1000)
 
 
