@@ -31,15 +31,6 @@ def slow_identity(x: float) -> float:
     return x
 
 
-def wait_for_file(path: str, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 class Counted:
     """Counts how often it is unpickled in this process."""
 

@@ -17,6 +17,7 @@ import pytest
 import conveyor
 from conveyor._cpus import usable_cpus
 
+import faults
 import tasks
 
 
@@ -312,7 +313,7 @@ def test_shutdown_cancel_futures_cancels_what_has_not_started(backend: str) -> N
 def test_cancelled_future_never_runs(tmp_path) -> None:
     marker = tmp_path / "ran"
     with conveyor.Pool(workers=1, backend="process") as pool:
-        blocker = pool.submit(tasks.wait_for_file, str(tmp_path / "go"))
+        blocker = pool.submit(faults.wait_for_path, str(tmp_path / "go"))
         victim = pool.submit(lambda: marker.write_text("ran"))
         assert victim.cancel()
         (tmp_path / "go").write_text("")

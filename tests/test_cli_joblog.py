@@ -111,6 +111,15 @@ def test_joblog_that_is_not_a_database(tmp_path: Path) -> None:
     assert "job log" in r.stderr and "Traceback" not in r.stderr
 
 
+def _logged(db: str) -> int:
+    """Rows in the job log so far (0 while the runner has not created it yet)."""
+    try:
+        with sqlite3.connect(db) as conn:
+            return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def test_resume_after_sigkill_runs_every_job_exactly_once(tmp_path: Path) -> None:
     """SIGKILL the runner midway through 40 jobs, resume, and check that every job
     completed successfully exactly once and that no written log row was lost."""
@@ -125,15 +134,7 @@ def test_resume_after_sigkill_runs_every_job_exactly_once(tmp_path: Path) -> Non
     inputs = [str(i) for i in range(1, 41)]
     proc = start("-j", "4", "--joblog", db, cmd, ":::", *inputs)
     try:
-
-        def logged() -> int:
-            try:
-                with sqlite3.connect(db) as conn:
-                    return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-            except sqlite3.Error:
-                return 0
-
-        wait_for(lambda: logged() == 20, what="20 rows in the joblog")
+        wait_for(lambda: _logged(db) == 20, what="20 rows in the joblog")
         runner = psutil.Process(proc.pid)
 
         def running_jobs() -> list[psutil.Process]:  # not the runner's guardian process
@@ -164,15 +165,7 @@ def test_rows_survive_sigkill_while_jobs_keep_finishing(tmp_path: Path) -> None:
     inputs = [str(i) for i in range(1, 201)]
     proc = start("-j", "4", "--joblog", db, "true", ":::", *inputs)
     try:
-
-        def logged() -> int:
-            try:
-                with sqlite3.connect(db) as conn:
-                    return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-            except sqlite3.Error:
-                return 0
-
-        wait_for(lambda: logged() >= 30, what="30 rows")
+        wait_for(lambda: _logged(db) >= 30, what="30 rows")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
