@@ -101,9 +101,11 @@ def main() -> int:
     rng = random.Random(seed)
     items = list(range(args.items))
     expected = [work(x) for x in items]
-    print(f"soak: {args.rounds} rounds x {args.items} items, {args.workers} workers, "
-          f"retries={args.retries}, {args.min_kills}-{args.max_kills} SIGKILLs per round, "
-          f"seed {seed}, Python {sys.version.split()[0]}")
+    print(
+        f"soak: {args.rounds} rounds x {args.items} items, {args.workers} workers, "
+        f"retries={args.retries}, {args.min_kills}-{args.max_kills} SIGKILLs per round, "
+        f"seed {seed}, Python {sys.version.split()[0]}"
+    )
 
     failures = 0
     crashed_items = 0
@@ -146,9 +148,10 @@ def main() -> int:
             if bad:
                 failures += 1
             note = f", {len(crashed)} item(s) got WorkerCrashed" if crashed else ""
-            print(f"round {number:3d}: {len(killer.kills)} kills, {elapsed:.3f} s, "
-                  f"{'FAILED' if bad else 'ok'}{note}"
-                  + (f" -- {lost[:3]}" if bad and lost else ""))
+            print(
+                f"round {number:3d}: {len(killer.kills)} kills, {elapsed:.3f} s, "
+                f"{'FAILED' if bad else 'ok'}{note}" + (f" -- {lost[:3]}" if bad and lost else "")
+            )
 
         # The pool still has its full width, and serves.
         deadline = time.monotonic() + 10
@@ -163,17 +166,24 @@ def main() -> int:
 
     print()
     print(f"rounds: {args.rounds}, failed rounds: {failures}")
-    print(f"kills: {sum(kills)} in all, per round min {min(kills)} / mean "
-          f"{statistics.mean(kills):.1f} / max {max(kills)}")
-    print(f"time per round: min {min(times):.3f} s / median {statistics.median(times):.3f} s / "
-          f"max {max(times):.3f} s (baseline without kills {baseline:.3f} s)")
+    print(
+        f"kills: {sum(kills)} in all, per round min {min(kills)} / mean "
+        f"{statistics.mean(kills):.1f} / max {max(kills)}"
+    )
+    print(
+        f"time per round: min {min(times):.3f} s / median {statistics.median(times):.3f} s / "
+        f"max {max(times):.3f} s (baseline without kills {baseline:.3f} s)"
+    )
     if args.retries:
-        print(f"items lost (a Failure in the results) despite retries={args.retries}: "
-              f"{crashed_items}")
+        print(
+            f"items lost (a Failure in the results) despite retries={args.retries}: {crashed_items}"
+        )
     else:
         print(f"items the kills cost (Failure(WorkerCrashed), retries=0): {crashed_items}")
-    print(f"workers at the end: {width} of {args.workers}; shutdown took {shutdown:.3f} s; "
-          f"processes left: {left or 'none'}")
+    print(
+        f"workers at the end: {width} of {args.workers}; shutdown took {shutdown:.3f} s; "
+        f"processes left: {left or 'none'}"
+    )
     good = failures == 0 and width == args.workers and not left
     print("PASS" if good else "FAIL")
     return 0 if good else 1

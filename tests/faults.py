@@ -241,8 +241,12 @@ def _write_atomically(path: Path, text: str) -> None:
 # ============================================================================ waiting
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition",
-               interval: float = 0.005) -> float:
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.005,
+) -> float:
     """Poll ``condition`` until true; returns the seconds it took, fails after ``timeout``."""
     started = time.monotonic()
     while not condition():
@@ -279,8 +283,7 @@ def still_alive(pids: Iterable[int]) -> list[int]:
 def wait_gone(pids: Iterable[int], timeout: float = 10.0, what: str = "processes") -> float:
     """Wait until none of ``pids`` runs; returns the seconds it took."""
     pids = list(pids)
-    return wait_until(lambda: not still_alive(pids), timeout,
-                      f"{what} {still_alive(pids)} to exit")
+    return wait_until(lambda: not still_alive(pids), timeout, f"{what} {still_alive(pids)} to exit")
 
 
 def describe(pids: Iterable[int]) -> list[str]:
@@ -289,8 +292,9 @@ def describe(pids: Iterable[int]) -> list[str]:
     for pid in pids:
         try:
             proc = psutil.Process(pid)
-            out.append(f"{pid} (parent {proc.ppid()}, {proc.status()}) "
-                       f"{' '.join(proc.cmdline())[:120]}")
+            out.append(
+                f"{pid} (parent {proc.ppid()}, {proc.status()}) {' '.join(proc.cmdline())[:120]}"
+            )
         except psutil.NoSuchProcess:
             out.append(f"{pid} (gone)")
     return out
@@ -387,7 +391,7 @@ def _shm_in_use() -> set[str]:
             for fd in (proc / "fd").iterdir():
                 target = os.readlink(fd)
                 if target.startswith("/dev/shm/"):
-                    used.add(target[len("/dev/shm/"):].split()[0])
+                    used.add(target[len("/dev/shm/") :].split()[0])
         except OSError:
             continue
     return used
@@ -399,6 +403,7 @@ def assert_no_shm_leak(before: set[str], timeout: float = 5.0) -> None:
     Entries still mapped or open by a living process belong to work still running (other
     tests under ``pytest -n``); an entry nobody holds is a leak, unless it goes away in time.
     """
+
     def leaked() -> set[str]:
         new = shm_entries() - before
         return new - _shm_in_use() if new else set()
@@ -457,7 +462,7 @@ class Child:
                 for line in buffer.split(b"\n")[:-1]:
                     if line.startswith(b"READY "):
                         self.stdout += buffer.decode(errors="replace")
-                        self.ready = json.loads(line[len(b"READY "):])
+                        self.ready = json.loads(line[len(b"READY ") :])
                         return self.ready
                 left = deadline - time.monotonic()
                 chunk = os.read(fd, 65536) if left > 0 and selector.select(left) else b""
@@ -465,8 +470,7 @@ class Child:
                     self.stdout += buffer.decode(errors="replace")
                     self.finish(kill=True)
                     raise AssertionError(
-                        f"the child never said READY\nstdout: {self.stdout}\n"
-                        f"stderr: {self.stderr}"
+                        f"the child never said READY\nstdout: {self.stdout}\nstderr: {self.stderr}"
                     )
                 buffer += chunk
 

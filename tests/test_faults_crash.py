@@ -28,8 +28,9 @@ CRASHES = {
 
 def worker_count(pool: conveyor.Pool, expected: int) -> None:
     """Wait until the pool has ``expected`` workers again (replacements start at once)."""
-    faults.wait_until(lambda: len(pool._backend.worker_pids()) == expected, 10,
-                      f"{expected} workers")
+    faults.wait_until(
+        lambda: len(pool._backend.worker_pids()) == expected, 10, f"{expected} workers"
+    )
 
 
 @pytest.mark.parametrize("how", sorted(CRASHES))
@@ -42,8 +43,7 @@ def test_a_crash_costs_exactly_the_culprit(how: str, chunksize: int | str) -> No
     chunksize = 10 if chunksize == "10-timed" else chunksize
     with faults.no_leftovers(), conveyor.Pool(workers=2) as pool:
         before = set(pool._backend.worker_pids())
-        results = pool.map(task, range(40), chunksize=chunksize, timeout=timeout,
-                           on_error="return")
+        results = pool.map(task, range(40), chunksize=chunksize, timeout=timeout, on_error="return")
 
         assert [r for i, r in enumerate(results) if i != 17] == [
             i * i for i in range(40) if i != 17
@@ -79,8 +79,9 @@ def test_a_crash_raises_with_on_error_raise(how: str) -> None:
 
 def test_a_crash_on_starmap_and_imap_unordered() -> None:
     with conveyor.Pool(workers=2) as pool:
-        out = pool.starmap(faults.crash_on, [(i, 7, "segfault") for i in range(20)],
-                           chunksize=5, on_error="return")
+        out = pool.starmap(
+            faults.crash_on, [(i, 7, "segfault") for i in range(20)], chunksize=5, on_error="return"
+        )
         assert isinstance(out[7].exception, conveyor.WorkerCrashed)
         assert [o for i, o in enumerate(out) if i != 7] == [i * i for i in range(20) if i != 7]
 

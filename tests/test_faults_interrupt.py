@@ -30,14 +30,14 @@ HANGING = {
     "imap": f"for _ in conveyor.imap(task, range(4), {P}): pass",
     "imap_unordered": f"list(conveyor.imap_unordered(task, range(4), {P}))",
     "starmap": "conveyor.starmap(faults.spawn_grandchild_and_hang,"
-               f" [(directory, i) for i in range(4)], {P})",
+    f" [(directory, i) for i in range(4)], {P})",
     "submit": "with conveyor.Pool(workers=2) as pool:\n"
-              "    futures = [pool.submit(task, i) for i in range(4)]\n"
-              "    [f.result() for f in futures]",
+    "    futures = [pool.submit(task, i) for i in range(4)]\n"
+    "    [f.result() for f in futures]",
     "submit_spawn": "with conveyor.Pool(workers=2, start_method='spawn') as pool:\n"
-                    "    [f.result() for f in [pool.submit(task, i) for i in range(4)]]",
+    "    [f.result() for f in [pool.submit(task, i) for i in range(4)]]",
     "submit_unclosed": "pool = conveyor.Pool(workers=2)\n"
-                       "[f.result() for f in [pool.submit(task, i) for i in range(4)]]",
+    "[f.result() for f in [pool.submit(task, i) for i in range(4)]]",
     "timeout": f"conveyor.map(task, range(4), timeout=600, {P})",
 }
 
@@ -52,17 +52,21 @@ announce_when(directory, "grandchild", 2)
 """
 
 
-def check_clean_interrupt(child: faults.Child, directory: Path, shm_before: set[str],
-                          label: str) -> None:
+def check_clean_interrupt(
+    child: faults.Child, directory: Path, shm_before: set[str], label: str
+) -> None:
     """The child died of KeyboardInterrupt, printed one traceback, and left nothing behind."""
     workers = faults.read_pids(directory, "worker")
     grandchildren = faults.read_pids(directory, "grandchild")
     assert len(workers) >= 2 and len(grandchildren) >= 2
-    everything = set(workers + grandchildren + child.ready["descendants"]
-                     + child.ready["infrastructure"])
+    everything = set(
+        workers + grandchildren + child.ready["descendants"] + child.ready["infrastructure"]
+    )
     gone = faults.wait_gone(everything, timeout=10, what="processes of the interrupted script")
-    print(f"\n  {label}: exit {child.exit_seconds:.3f} s after SIGINT; all processes gone "
-          f"{gone:.3f} s after that ({len(everything)} processes)")
+    print(
+        f"\n  {label}: exit {child.exit_seconds:.3f} s after SIGINT; all processes gone "
+        f"{gone:.3f} s after that ({len(everything)} processes)"
+    )
     # An uncaught KeyboardInterrupt makes Python end itself by SIGINT.
     assert child.process.returncode in (-signal.SIGINT, 130, 1), child.stderr
     assert child.stderr.rstrip().endswith("KeyboardInterrupt"), child.stderr
@@ -94,14 +98,17 @@ def test_ctrl_c_from_a_terminal_reaches_the_whole_process_group(tmp_path: Path) 
 def test_ctrl_c_with_large_arrays_in_flight(tmp_path: Path) -> None:
     pytest.importorskip("numpy")
     shm_before = faults.shm_entries()
-    child = faults.start_child(f"""
+    child = faults.start_child(
+        f"""
 import numpy
 directory = {str(tmp_path)!r}
 announce_when(directory, "worker", 2)
 array = numpy.ones(1_000_000)  # 8 MB: sent in shared memory
 conveyor.starmap(faults.hang_with_array, [(directory, i, array) for i in range(4)],
                  workers=2, chunksize=1, backend="process")
-""", tmp_path)
+""",
+        tmp_path,
+    )
     child.wait_ready()
     seconds = child.signal_and_time(signal.SIGINT)
     print(f"\n  starmap with 8 MB arrays in flight: exit {seconds:.3f} s after SIGINT")
@@ -113,12 +120,15 @@ conveyor.starmap(faults.hang_with_array, [(directory, i, array) for i in range(4
 
 
 def test_ctrl_c_on_the_thread_backend(tmp_path: Path) -> None:
-    child = faults.start_child(f"""
+    child = faults.start_child(
+        f"""
 directory = {str(tmp_path)!r}
 announce_when(directory, "started", 2)
 conveyor.starmap(faults.touch_and_wait, [(directory, i, directory + "/never") for i in range(2)],
                  backend="thread", workers=2)
-""", tmp_path)
+""",
+        tmp_path,
+    )
     child.wait_ready()
     seconds = child.signal_and_time(signal.SIGINT)
     print(f"\n  thread backend: exit {seconds:.3f} s after SIGINT")
@@ -127,7 +137,8 @@ conveyor.starmap(faults.touch_and_wait, [(directory, i, directory + "/never") fo
 
 
 def test_the_pool_serves_again_after_a_caught_ctrl_c(tmp_path: Path) -> None:
-    child = faults.start_child(f"""
+    child = faults.start_child(
+        f"""
 directory = {str(tmp_path)!r}
 import functools
 task = functools.partial(faults.spawn_grandchild_and_hang, directory)
@@ -139,7 +150,9 @@ with conveyor.Pool(workers=2) as pool:
         print("INTERRUPTED", flush=True)
     print("AFTER", pool.map(faults.square, range(6)), len(pool._backend.worker_pids()),
           flush=True)
-""", tmp_path)
+""",
+        tmp_path,
+    )
     child.wait_ready()
     child.signal_and_time(signal.SIGINT)
     assert child.process.returncode == 0, child.stderr
@@ -150,7 +163,8 @@ with conveyor.Pool(workers=2) as pool:
 
 def test_an_unclosed_pool_is_cleaned_up_at_exit(tmp_path: Path) -> None:
     shm_before = faults.shm_entries()
-    child = faults.start_child(f"""
+    child = faults.start_child(
+        f"""
 directory = {str(tmp_path)!r}
 pool = conveyor.Pool(workers=2)
 futures = [pool.submit(faults.spawn_grandchild_and_hang, directory, i) for i in range(3)]
@@ -159,14 +173,20 @@ print("READY " + json.dumps(dict(descendants=sorted(faults.descendants()),
                                  infrastructure=sorted(faults.infrastructure_pids()))),
       flush=True)
 # ... and the script simply ends, the pool still open and its tasks still running.
-""", tmp_path)
+""",
+        tmp_path,
+    )
     child.wait_ready()
     child.process.wait(30)
     child.finish()
     assert child.process.returncode == 0, child.stderr
     assert child.stderr == ""
-    pids = set(faults.read_pids(tmp_path, "worker") + faults.read_pids(tmp_path, "grandchild")
-               + child.ready["descendants"] + child.ready["infrastructure"])
+    pids = set(
+        faults.read_pids(tmp_path, "worker")
+        + faults.read_pids(tmp_path, "grandchild")
+        + child.ready["descendants"]
+        + child.ready["infrastructure"]
+    )
     faults.wait_gone(pids, what="the processes of the ended script")
     faults.assert_no_shm_leak(shm_before)
 
@@ -176,8 +196,11 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     child.wait_ready()
     seconds = child.signal_and_time(signal.SIGKILL)
     assert child.process.returncode == -signal.SIGKILL
-    pids = set(faults.read_pids(tmp_path, "worker") + faults.read_pids(tmp_path, "grandchild")
-               + child.ready["descendants"])
+    pids = set(
+        faults.read_pids(tmp_path, "worker")
+        + faults.read_pids(tmp_path, "grandchild")
+        + child.ready["descendants"]
+    )
     gone = faults.wait_gone(pids, what="the workers of a killed parent (lifeline)")
     print(f"\n  parent SIGKILLed: its {len(pids)} processes gone {seconds + gone:.3f} s later")
 
@@ -186,11 +209,14 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
 def test_lifeline_with_the_fork_start_method(tmp_path: Path) -> None:
     # With fork, every worker inherits the parent's end of the earlier workers' lifelines:
     # they must still all go when the parent dies.
-    child = faults.start_child(hanging_script(
+    child = faults.start_child(
+        hanging_script(
+            tmp_path,
+            "with conveyor.Pool(workers=3, start_method='fork') as pool:\n"
+            "    [f.result() for f in [pool.submit(task, i) for i in range(3)]]",
+        ).replace('"grandchild", 2', '"grandchild", 3'),
         tmp_path,
-        "with conveyor.Pool(workers=3, start_method='fork') as pool:\n"
-        "    [f.result() for f in [pool.submit(task, i) for i in range(3)]]",
-    ).replace('"grandchild", 2', '"grandchild", 3'), tmp_path)
+    )
     child.wait_ready()
     child.signal_and_time(signal.SIGKILL)
     pids = set(faults.read_pids(tmp_path, "worker") + faults.read_pids(tmp_path, "grandchild"))

@@ -39,8 +39,9 @@ def test_an_item_that_fails_twice_then_succeeds(pool: conveyor.Pool, tmp_path: P
     assert time.monotonic() - started >= 0.15
 
 
-def test_retries_run_out_and_the_failure_says_everything(pool: conveyor.Pool,
-                                                         tmp_path: Path) -> None:
+def test_retries_run_out_and_the_failure_says_everything(
+    pool: conveyor.Pool, tmp_path: Path
+) -> None:
     task = functools.partial(faults.fail_times, str(tmp_path), times=5)
     out = pool.map(task, range(4), retries=1, on_error="return")
     line = raise_line(faults.fail_times, "raise RuntimeError")
@@ -65,7 +66,8 @@ def test_on_error_return_skip_and_raise(pool: conveyor.Pool) -> None:
 
     assert pool.map(task, range(8), on_error="skip") == [i * i for i in range(8) if i != 3]
     assert sorted(pool.imap_unordered(task, range(8), on_error="skip")) == sorted(
-        i * i for i in range(8) if i != 3)
+        i * i for i in range(8) if i != 3
+    )
 
     with pytest.raises(ValueError, match="item 3 is bad"):
         pool.map(task, range(8), on_error="raise")

@@ -37,8 +37,11 @@ def run(api: str, pool: conveyor.Pool | None, ignore_alarm: bool) -> list[Any]:
         futures = [pool.options(timeout=TIMEOUT).submit(faults.nap, *a) for a in args]
         return [f.exception(timeout=30) or f.result() for f in futures]
     if api == "starmap":
-        out = pool.starmap(faults.nap, args, **opts) if pool else conveyor.starmap(
-            faults.nap, args, **one_shot)
+        out = (
+            pool.starmap(faults.nap, args, **opts)
+            if pool
+            else conveyor.starmap(faults.nap, args, **one_shot)
+        )
     else:
         task = faults.nap if not ignore_alarm else faults.sleep_ignoring_alarm
         call = getattr(pool, api) if pool else getattr(conveyor, api)
@@ -83,8 +86,9 @@ def test_soft_timeout_keeps_the_worker() -> None:
     with conveyor.Pool(workers=1) as pool:
         (pid,) = pool._backend.worker_pids()
         started = time.monotonic()
-        out = pool.map(faults.pid_after, [0.01, HANG, 0.01], timeout=TIMEOUT, chunksize=1,
-                       on_error="return")
+        out = pool.map(
+            faults.pid_after, [0.01, HANG, 0.01], timeout=TIMEOUT, chunksize=1, on_error="return"
+        )
         elapsed = time.monotonic() - started
         assert out[0] == out[2] == pid  # the same process ran the items before and after
         failure = out[1]
@@ -131,8 +135,9 @@ def test_a_task_that_swallows_the_alarm() -> None:
 def test_timeouts_with_retries_and_a_chunk_of_timed_items() -> None:
     with conveyor.Pool(workers=2) as pool:
         items = [0.01] * 5 + [HANG] + [0.02] * 5
-        out = pool.map(faults.nap, items, timeout=TIMEOUT, chunksize=11, retries=1,
-                       on_error="return")
+        out = pool.map(
+            faults.nap, items, timeout=TIMEOUT, chunksize=11, retries=1, on_error="return"
+        )
         assert out[:5] == [0.01] * 5 and out[6:] == [0.02] * 5
         assert isinstance(out[5].exception, conveyor.TaskTimeout)
         assert out[5].attempts == 2
@@ -149,7 +154,10 @@ def test_shutdown_and_gc_never_hang_after_faults() -> None:
         ]
         pids = set(pool._backend.worker_pids())
         assert [type(f.exception(timeout=30)) for f in futures[:3]] == [
-            conveyor.TaskTimeout, conveyor.WorkerCrashed, conveyor.WorkerCrashed]
+            conveyor.TaskTimeout,
+            conveyor.WorkerCrashed,
+            conveyor.WorkerCrashed,
+        ]
         assert futures[3].result() == 1
         pids |= set(pool._backend.worker_pids())
         started = time.monotonic()
@@ -186,17 +194,20 @@ def test_thread_backend_abandons_a_timed_out_task_on_time(tmp_path: Path) -> Non
         both = [pool.submit(barrier.wait, 10) for _ in range(2)]
         assert sorted(f.result(timeout=30) for f in both) == [0, 1]
         # The abandoned threads got an asynchronous TaskTimeout: they end on their own.
-        faults.wait_until(lambda: not _abandoned(pool, threads_before), 10,
-                          "the abandoned threads to end")
+        faults.wait_until(
+            lambda: not _abandoned(pool, threads_before), 10, "the abandoned threads to end"
+        )
         go.touch()
 
 
 def _abandoned(pool: conveyor.Pool, before: set[threading.Thread]) -> list[threading.Thread]:
     """Worker threads that are no longer the pool's and still run."""
     workers = {s.thread for s in pool._backend._states}
-    return [t for t in set(threading.enumerate()) - before
-            if t.name.startswith("conveyor-thread-") and t.name[-1].isdigit()
-            and t not in workers]
+    return [
+        t
+        for t in set(threading.enumerate()) - before
+        if t.name.startswith("conveyor-thread-") and t.name[-1].isdigit() and t not in workers
+    ]
 
 
 def test_thread_backend_map_with_timeout(tmp_path: Path) -> None:
@@ -204,8 +215,13 @@ def test_thread_backend_map_with_timeout(tmp_path: Path) -> None:
     there.touch()
     with conveyor.Pool(workers=2, backend="thread") as pool:
         started = time.monotonic()
-        out = pool.map(faults.wait_for_path, [str(there), str(never), str(there)],
-                       timeout=TIMEOUT, chunksize=1, on_error="return")
+        out = pool.map(
+            faults.wait_for_path,
+            [str(there), str(never), str(there)],
+            timeout=TIMEOUT,
+            chunksize=1,
+            on_error="return",
+        )
         assert time.monotonic() - started < TIMEOUT + SLACK
         assert out[0] is True and out[2] is True
         assert isinstance(out[1].exception, conveyor.TaskTimeout)

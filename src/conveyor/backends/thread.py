@@ -305,4 +305,3 @@ def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
         return
     set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
     set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
-

@@ -586,8 +586,16 @@ class ProcessBackend(Backend):
                 while len(worker.fn_keys) > FN_CACHE_SIZE:
                     worker.fn_keys.popitem(last=False)
             wire_units.append(
-                (unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items),
-                 to_wire(wire.items, fds), exact)
+                (
+                    unit.id,
+                    wire.fn_key,
+                    fn_wire,
+                    unit.mode,
+                    unit.timeout,
+                    len(unit.items),
+                    to_wire(wire.items, fds),
+                    exact,
+                )
             )
             pooled = wire.items.segment
             if isinstance(pooled, _shm.PooledSegment) and self._segments is not None:
@@ -772,8 +780,10 @@ class ProcessBackend(Backend):
         # Replace first, so re-queued work finds a worker; settle last, so nothing here still
         # holds the lost units (and their shared memory) once their outcomes are out. A retired
         # worker's replacement was started when it was asked to go.
-        if not worker.retiring and not self._stop_now and (
-            not self._closing or worker.batch or not self._drained()
+        if (
+            not worker.retiring
+            and not self._stop_now
+            and (not self._closing or worker.batch or not self._drained())
         ):
             self._start_worker()
         queued, worker.queued = worker.queued, None
@@ -911,8 +921,15 @@ class ProcessBackend(Backend):
                 process = start_worker(
                     self._ctx,
                     worker_main,
-                    (child_conn, lifeline_r, fd_child, self._init_blob,
-                     self._max_memory is not None, mark, close_fds),
+                    (
+                        child_conn,
+                        lifeline_r,
+                        fd_child,
+                        self._init_blob,
+                        self._max_memory is not None,
+                        mark,
+                        close_fds,
+                    ),
                     f"conveyor-worker-{next(_worker_numbers)}",
                 )
         except BaseException:
@@ -1052,4 +1069,3 @@ def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader
 def _fail(units: list[Unit], error: BaseException) -> None:
     for unit in units:
         unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
-

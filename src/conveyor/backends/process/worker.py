@@ -310,8 +310,17 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
         done: list[tuple[int, Payload, float]] = []
         for index, unit in enumerate(units):
             part = _run_unit(
-                channel, alarm, functions, mappings, segments, stream, unit, report_memory,
-                mark, index, seq,
+                channel,
+                alarm,
+                functions,
+                mappings,
+                segments,
+                stream,
+                unit,
+                report_memory,
+                mark,
+                index,
+                seq,
             )
             if part is not None:
                 done.append(part)
@@ -320,8 +329,9 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
         del segments, message, units  # no local may keep a view of shared memory alive
         if done:
             fds: list[int] = []
-            parts = [(unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed
-                     in done]
+            parts = [
+                (unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done
+            ]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
             channel.send(DONE, [payload for _, payload, _ in done], parts, rss, released)
