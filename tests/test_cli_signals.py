@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_all_gone, kill_tree, read_pids, start, wait_for
+from cli_helpers import alive, assert_all_gone, kill_tree, read_pids, start, wait_for
 
 
 def _family_job(d: Path) -> str:
@@ -91,3 +92,37 @@ def test_sigkill_of_the_runner_alone_takes_its_jobs_along(tmp_path: Path) -> Non
         assert_all_gone(pids)
     finally:
         kill_tree(proc)
+
+
+def test_sigkill_of_the_runner_takes_along_jobs_children_in_their_own_sessions(
+    tmp_path: Path,
+) -> None:
+    # A grandchild that left the job's session is out of reach of killpg; the guardian finds it
+    # by the run id every job and descendant inherits in its environment.
+    d = tmp_path
+    job = f"setsid sleep 300 & echo $! > {d}/pid.{{}}.child; echo $$ > {d}/pid.{{}}; wait"
+    proc = start("-j", "2", job, ":::", "a", "b")
+    try:
+        wait_for(lambda: len(read_pids(tmp_path)) == 4, what="2 jobs with children")
+        pids = read_pids(tmp_path)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+        assert_all_gone(pids)
+    finally:
+        kill_tree(proc)
+
+
+def test_a_normal_end_leaves_background_processes_a_job_started_on_purpose(
+    tmp_path: Path,
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    job = f": {{}}; setsid sleep 300 >/dev/null 2>&1 < /dev/null & echo $! > {pidfile}"
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", "run", job, ":::", "x"], timeout=60, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)

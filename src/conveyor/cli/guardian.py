@@ -10,29 +10,46 @@ Data flow::
 
     runner (any executor thread)              guardian (own session, ``python -I -S -c``)
     ----------------------------              -------------------------------------------
+    sets CONVEYOR_RUN_ID in its environment   (inherits it: every job carries it too)
     "+PGID" once a job has started  ------->  remember the group
     "-PGID" before the job is reaped ------>  forget it
-    runner ends: pipe closed  -------------->  nothing remembered: exit
-    runner dies: the kernel closes the pipe ->  SIGKILL every remembered group, exit
+    runner ends: "." then pipe closed  ---->  exit, kill nothing
+    runner dies: the kernel closes the pipe ->  SIGKILL every remembered group, then every
+                                                process whose environment carries our id
+                                                (Linux /proc), until a pass finds none; exit
 
 Guarantees: every line is one ``write`` shorter than PIPE_BUF, so lines from different threads
 never mix. "-PGID" is written before the job's leader is reaped, so a group id the guardian
 holds always belongs to a job of ours (a reaped pid could be reused by a stranger).
+
+Race, and how it is closed: a job's group is known only once ``Popen`` returns, and the thread
+that started it may wait for the GIL before it writes "+PGID"; a runner killed in that window
+(measured: it happens under load) would leave the job running. The run id in the environment
+closes it: a job carries the id from its first instruction, and so do its descendants, even
+those that left the job's process group or session. The id is the runner's pid plus random
+bits, appended (``:``-separated) to an inherited one, so a runner started by a job of another
+runner is found by both. What still escapes: a descendant that clears its environment, and
+on systems without ``/proc`` a job started in that window.
+On a normal end (also after Ctrl-C, where the runner stops its jobs itself) the guardian kills
+nothing: background processes a job left on purpose are not ours to stop.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import subprocess
 import sys
 import threading
 
-__all__ = ["ended", "started"]
+__all__ = ["ended", "start", "started"]
+
+RUN_ID = "CONVEYOR_RUN_ID"
 
 _CODE = r"""
 import os, signal
-groups, rest = set(), b""
+groups, rest, clean = set(), b"", False
 while True:
     data = os.read(0, 65536)
     if not data:
@@ -43,11 +60,40 @@ while True:
             groups.add(int(line[1:]))
         elif line[:1] == b"-":
             groups.discard(int(line[1:]))
-for group in groups:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except OSError:
-        pass
+        elif line == b".":
+            clean = True
+if not clean:
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    token = os.environ["CONVEYOR_RUN_ID"].rsplit(":", 1)[-1].encode()
+    me = os.getpid()
+    for _ in range(100):  # until a pass finds nobody (a process may fork during a pass)
+        found = False
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            break
+        for name in names:
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            for entry in env.split(b"\0"):
+                if entry.startswith(b"CONVEYOR_RUN_ID=") and token in entry[16:].split(b":"):
+                    try:
+                        os.kill(int(name), signal.SIGKILL)
+                        found = True
+                    except OSError:
+                        pass
+                    break
+        if not found:
+            break
 """
 
 _lock = threading.Lock()
@@ -59,6 +105,10 @@ def _ensure() -> int:
     global _guardian, _fd
     with _lock:
         if _guardian is None:
+            # Before the guardian and any job: both inherit it.
+            token = f"{os.getpid()}.{secrets.token_hex(8)}"
+            inherited = os.environ.get(RUN_ID)
+            os.environ[RUN_ID] = f"{inherited}:{token}" if inherited else token
             _guardian = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-c", _CODE],
                 stdin=subprocess.PIPE,
@@ -68,6 +118,18 @@ def _ensure() -> int:
             _fd = _guardian.stdin.fileno()
             atexit.register(_close)
         return _fd
+
+
+def start() -> None:
+    """Start the guardian now (idempotent); call before the first job is started.
+
+    Example::
+
+        guardian.start()
+        proc = subprocess.Popen(..., start_new_session=True)
+        guardian.started(proc.pid)
+    """
+    _ensure()
 
 
 def _tell(line: bytes) -> None:
@@ -94,6 +156,10 @@ def _close() -> None:
         guardian, _guardian = _guardian, None
     if guardian is not None:
         assert guardian.stdin is not None
+        try:
+            os.write(guardian.stdin.fileno(), b".\n")  # a normal end: kill nothing
+        except OSError:
+            pass
         guardian.stdin.close()
         try:
             guardian.wait(5.0)

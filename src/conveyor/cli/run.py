@@ -58,6 +58,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Inputs, open_inputs
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
@@ -267,6 +268,7 @@ class _Runner:
         # fd (written by the interpreter's C-level handler) makes the poll() return so
         # that the Python-level handler runs. Not Thread.join(): on Python 3.11 an
         # interrupted join() marks the thread as ended.
+        guardian.start()  # before any job exists: see the race noted in guardian.py
         done_read, done_write = os.pipe()
         wakeup = _SignalWakeup()
 
