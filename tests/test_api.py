@@ -205,6 +205,19 @@ def test_unpicklable_argument_is_named_before_anything_runs(tmp_path) -> None:
     assert conveyor.map(lambda lk: lk.locked(), [lock], backend="thread") == [False]
 
 
+@pytest.mark.parametrize("on_error", ["raise", "return", "skip"])
+def test_an_unpicklable_item_later_in_a_map_is_raised_whatever_on_error(on_error: str) -> None:
+    # Not a failure of the task (nothing ran it): a mistake in the call, so never a Failure.
+    import threading
+
+    items: list[object] = list(range(50))
+    items[37] = threading.Lock()
+    with conveyor.Pool(workers=2, backend="process") as pool:
+        with pytest.raises(TypeError, match="item 37"):
+            pool.map(tasks.square, items, chunksize=4, on_error=on_error, retries=2)
+        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+
+
 def test_unpicklable_function_is_named() -> None:
     import threading
 

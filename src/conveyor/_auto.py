@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._work import Outcomes, run_items
+from ._work import Outcomes, function_key, run_items
 
 __all__ = ["Choice", "Measurement", "choose", "probe"]
 
@@ -109,13 +109,6 @@ class Choice:
         return (
             f"conveyor: backend='auto' chose {self.backend!r} for {name}: {self.reason}{measured}"
         )
-
-
-def function_key(fn: Callable[..., Any]) -> Any:
-    """What identifies "the same function" across calls: its code object where it has one."""
-    inner = getattr(fn, "func", fn)  # functools.partial
-    inner = getattr(inner, "__func__", inner)  # bound methods
-    return getattr(inner, "__code__", None) or type(inner)
 
 
 def remembered(fn: Callable[..., Any], mode: int) -> Measurement | None:

@@ -17,6 +17,7 @@ __all__ = [
     "PoolClosed",
     "RemoteTraceback",
     "TaskTimeout",
+    "Unsendable",
     "WorkerCrashed",
     "WorkerInitError",
 ]
@@ -86,6 +87,20 @@ class WorkerInitError(RuntimeError):
         >>> conveyor.Pool(initializer=int, initargs=("x",)).submit(abs, 1).result()
         Traceback (most recent call last):
         conveyor.WorkerInitError: the pool's initializer int('x') failed in a worker: ...
+    """
+
+
+class Unsendable(TypeError):
+    """An item (or argument) cannot be pickled to go to a worker process.
+
+    A mistake in the call, not a failure of the task: a map raises it whatever ``on_error``
+    says, and never retries it.
+
+    Example::
+
+        >>> conveyor.map(len, [threading.Lock()], backend="process")
+        Traceback (most recent call last):
+        conveyor._errors.Unsendable: cannot send item 0 to a worker process: ...
     """
 
 

@@ -30,11 +30,11 @@ from __future__ import annotations
 import itertools
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 
-from ._chunking import Chunker
-from ._errors import Failure, PoolClosed, traceback_text
+from ._chunking import Chunker, ItemTimes
+from ._errors import Failure, PoolClosed, Unsendable, traceback_text
 from ._progress import Progress
 from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
@@ -72,7 +72,7 @@ class _Chunk:
         self.owner = job
         self.start = start
         self.items = items
-        self.values: list[Any] = [_PENDING] * len(items)
+        self.values: list[Any] | None = None  # ordered: made when the first outcome arrives
         self.remaining = len(items)
         self.attempts: dict[int, int] = {}
         self.flagged = False  # holds a skip or an error marker: emit slowly
@@ -113,6 +113,7 @@ class MapJob:
         on_interrupt: Callable[[], None] | None = None,
         head: tuple[list[Any], Outcomes] | None = None,
         total: int | None = None,
+        item_times: ItemTimes | None = None,
     ):
         self.backend = backend
         self.fn = fn
@@ -128,8 +129,18 @@ class MapJob:
         if total is None:
             total = _length(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
+        # A list, tuple or range is cut by slicing: one C-level copy per chunk, not an item-by-
+        # item walk. Its length is read again for every chunk, so items appended while the
+        # call runs are seen, as iterating would see them. With ``head``, a sequence holds the
+        # head's items too (they are skipped by index); any other iterable starts after them.
+        # (exact types: a subclass may iterate differently from how it slices)
+        self._sequence = (
+            cast("Sequence[Any]", iterable) if type(iterable) in (list, tuple, range) else None
+        )
         self._next_index = 0
-        self._chunker = Chunker(chunksize, backend.workers, total)
+        self._item_times = item_times
+        known = item_times.get(fn, mode, backend.name) if item_times is not None else None
+        self._chunker = Chunker(chunksize, backend.workers, total, known)
         per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
         self._chunks_in_flight = max(2, per_worker * backend.workers)
         self._unemitted = 0  # items taken from the input and not yet handed to the caller
@@ -196,7 +207,12 @@ class MapJob:
             limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
             if self._unemitted + size > size * limit and self._unemitted:
                 return
-            items = list(itertools.islice(self._input, size))
+            if self._sequence is not None:
+                index = self._next_index
+                piece = self._sequence[index : index + size]
+                items = piece if type(piece) is list else list(piece)
+            else:
+                items = list(itertools.islice(self._input, size))
             if len(items) < size:
                 self._input = None
             if not items:
@@ -212,6 +228,7 @@ class MapJob:
                 tags=range(chunk.start, chunk.start + len(items)),
                 timeout=self.timeout,
                 estimate=self._chunker.estimate(len(items)),
+                eager=False,
             )
             self.backend.submit([unit])
 
@@ -237,7 +254,12 @@ class MapJob:
             self._chunker.observe(count, elapsed)
             self._progress.update(count)
             if self.ordered:
-                chunk.values[first : first + count] = values
+                if first == 0 and count == len(chunk.items):
+                    chunk.values = values  # the whole chunk at once: no copy
+                else:
+                    if chunk.values is None:
+                        chunk.values = [_PENDING] * len(chunk.items)
+                    chunk.values[first : first + count] = values
             else:
                 self._emit(values, flagged=False)
             chunk.remaining -= count
@@ -250,6 +272,8 @@ class MapJob:
                     if value is _PENDING:
                         continue  # retried: settled later
                 if self.ordered:
+                    if chunk.values is None:
+                        chunk.values = [_PENDING] * len(chunk.items)
                     chunk.values[first + position] = value
                 settled.append(value)
             self._progress.update(len(settled))
@@ -261,12 +285,16 @@ class MapJob:
             while self._emit_from in self._finished:
                 done = self._finished.pop(self._emit_from)
                 self._emit_from += len(done.items)
-                self._emit(done.values, done.flagged)
+                self._emit(done.values or [], done.flagged)
 
     def _settle_error(self, chunk: _Chunk, offset: int, error: BaseException) -> Any:
         """Schedule a retry of the item (returns _PENDING) or say what stands in its place."""
         attempts = chunk.attempts.get(offset, 0) + 1
         chunk.attempts[offset] = attempts
+        if isinstance(error, Unsendable):  # a mistake in the call: raised whatever on_error says
+            chunk.flagged = True
+            self._input = None
+            return _Raise(error)
         if attempts <= self.retries and not isinstance(error, PoolClosed) and not self.closed:
             retry = Unit(
                 fn=self.fn,
@@ -315,6 +343,9 @@ class MapJob:
             return
         self.closed = True
         self._input = None
+        chunker = self._chunker
+        if self._item_times is not None and chunker.observed and chunker.per_item is not None:
+            self._item_times.put(self.fn, self.mode, self.backend.name, chunker.per_item)
         self._progress.close()
         if interrupt:
             self.backend.interrupt(self)

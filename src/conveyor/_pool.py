@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskTimeout, WorkerCrashed
 from ._job import MapJob, retry_backoff
@@ -170,6 +171,7 @@ class Pool(Executor):
         _live_backends.add(self._backend)
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._backend)
         self._times = _SubmitTimes()
+        self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
 
     # ----------------------------------------------------------------- Executor
 
@@ -340,6 +342,7 @@ class Pool(Executor):
             retries=retries,
             on_error=on_error,
             progress=progress,
+            item_times=self._item_times,
         )
         if self.backend_name != "auto":
             return MapJob(self._backend, fn, iterable, **options)
@@ -381,10 +384,12 @@ class Pool(Executor):
         backend = self._backend_for(choice.backend)
         if choice.backend == "inline" and options["chunksize"] == "auto":
             options = {**options, "chunksize": 8192}  # nothing to balance: few, large chunks
+        # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
+        sequence = type(iterable) in (list, tuple, range)
         return MapJob(
             backend,
             fn,
-            itertools.chain(head[done:], rest),
+            iterable if sequence else itertools.chain(head[done:], rest),
             total=total,
             head=(head[:done], outcomes) if outcomes is not None else None,
             **options,

@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 
 from . import _shm
+from ._errors import Unsendable
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR
 
 __all__ = [
@@ -268,7 +269,7 @@ def items_payload(
 _HINT = 'Use backend="thread" to run it without pickling.'
 
 
-def _unsendable(items: list[Any], mode: int, first_index: int, error: Exception) -> TypeError:
+def _unsendable(items: list[Any], mode: int, first_index: int, error: Exception) -> Unsendable:
     """Find which item (and which argument of it) cannot be pickled, and say so."""
     for offset, item in enumerate(items):
         if _picklable(item):
@@ -276,15 +277,15 @@ def _unsendable(items: list[Any], mode: int, first_index: int, error: Exception)
         where = f"item {first_index + offset}" if mode != MODE_CALL else "the call"
         for label, value in _arguments(item, mode):
             if not _picklable(value):
-                return TypeError(
+                return Unsendable(
                     f"cannot send {label} of {where} to a worker process: {_describe(value)} "
                     f"cannot be pickled ({type(error).__name__}: {error}). {_HINT}"
                 )
-        return TypeError(
+        return Unsendable(
             f"cannot send {where} to a worker process: {_describe(item)} cannot be pickled "
             f"({type(error).__name__}: {error}). {_HINT}"
         )
-    return TypeError(f"cannot send the items to a worker process: {error}. {_HINT}")
+    return Unsendable(f"cannot send the items to a worker process: {error}. {_HINT}")
 
 
 def _arguments(item: Any, mode: int) -> Iterable[tuple[str, Any]]:

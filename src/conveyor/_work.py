@@ -28,6 +28,7 @@ __all__ = [
     "Unit",
     "call_item",
     "errors_of",
+    "function_key",
     "outcomes_of",
     "run_items",
 ]
@@ -61,6 +62,13 @@ def call_item(fn: Callable[..., Any], mode: int, item: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+def function_key(fn: Callable[..., Any]) -> Any:
+    """What identifies "the same function" across calls: its code object where it has one."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    inner = getattr(inner, "__func__", inner)  # bound methods
+    return getattr(inner, "__code__", None) or type(inner)
+
+
 def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
     """Apply ``fn`` to each item; an exception settles that item and the loop goes on.
 
@@ -73,12 +81,13 @@ def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
     rest = items
     while True:
         try:
+            # extend() over a lazy map: the loop runs in C, and when fn raises, the list
+            # already holds every value computed before (CPython appends as it iterates), so
+            # the failed item's position is len(values).
             if mode == MODE_MAP:
-                for item in rest:
-                    append(fn(item))
+                values.extend(map(fn, rest))
             elif mode == MODE_STAR:
-                for item in rest:
-                    append(fn(*item))
+                values.extend(itertools.starmap(fn, rest))
             else:
                 for args, kwargs in rest:
                     append(fn(*args, **kwargs))
@@ -117,13 +126,16 @@ class Unit:
     ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
     for units marked ``coalesce``, to decide which small units may share one message to a worker.
     A map job's chunks are sized to their work already and are never coalesced. ``wire`` is what
-    the backend made of the unit to send it (the process backend's pickled form).
+    the backend made of the unit to send it (the process backend's pickled form); an ``eager``
+    unit is pickled by the caller's thread in ``submit``, any other by the process backend's
+    dispatcher when it sends it (a map's chunks: see the process backend's module docstring).
     (A plain class with slots, not a dataclass: it is made once per chunk and per submit.)
     """
 
     __slots__ = (
         "__weakref__",
         "coalesce",
+        "eager",
         "estimate",
         "fn",
         "id",
@@ -147,6 +159,7 @@ class Unit:
         not_before: float = 0.0,
         estimate: float = 0.0,
         coalesce: bool = False,
+        eager: bool = True,
     ):
         self.fn = fn
         self.items = items
@@ -157,6 +170,7 @@ class Unit:
         self.not_before = not_before
         self.estimate = estimate
         self.coalesce = coalesce
+        self.eager = eager
         self.wire: Any = None
         self.id = next(_unit_ids)
 
@@ -175,6 +189,7 @@ class Unit:
             timeout=self.timeout,
             estimate=self.estimate * (len(self.items[start:stop]) / max(1, len(self.items))),
             coalesce=self.coalesce,
+            eager=self.eager,
         )
 
     def singles(self) -> list[Unit]:
