@@ -16,14 +16,17 @@ The probe runs in a worker process, never in the caller, so a function that cras
 exits cannot take the caller down while it is being measured. The rules, in order:
 
 1. The function spends less than 30% of its wall time on the CPU (it waits: I/O, sleeps): threads.
-2. It is CPU work, there is no timeout nor initializer, and spreading the rest of the call over
-   the workers would save less than :data:`INLINE_SAVING` (what dispatching costs, measured on
-   tiny items): run it inline in the caller's thread.
-3. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
-4. Two items at once in two threads kept at least 1.25 CPUs busy (the work releases the GIL, as
+2. Two items at once in two threads kept at least 1.25 CPUs busy (the work releases the GIL, as
    hashlib and much of numpy do): threads.
-5. Work holding the GIL whose arguments are so large that copying them to a worker costs more
-   than running it in parallel saves (no timeout nor initializer): inline.
+3. Its arguments are so large that copying them to a worker would cost more than running it in
+   parallel saves (and there is no timeout): threads, which share them. The pair test may say
+   "holds the GIL" only because the probing worker first touched freshly mapped memory (numpy's
+   sum of a 50 MB array kept 0.9 CPUs busy there, yet runs 1.2x faster on two threads than alone
+   in the caller); work that does hold the GIL runs on threads no slower than inline.
+4. It is CPU work, there is no timeout nor initializer, and spreading the rest of the call over
+   the workers would save less than :data:`INLINE_SAVING`, after paying
+   :data:`DISPATCH_PER_ITEM` for each item sent: run it inline in the caller's thread.
+5. The interpreter is free-threaded (``sys._is_gil_enabled()`` is false): threads.
 6. Otherwise (Python code holding the GIL): processes.
 
 A measurement is remembered per function (by its code object) for the rest of the program, so
@@ -39,19 +42,31 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ._work import Outcomes, function_key, run_items
 
-__all__ = ["Choice", "Measurement", "choose", "probe"]
+__all__ = ["Choice", "Measurement", "choose", "probe", "take_head"]
 
 log = logging.getLogger("conveyor")
 
-PROBE_ITEMS = 64
+#: the probe takes up to this many items (tiny work needs many, to time it above the clocks'
+#: own cost: a clock read is about a microsecond in a virtual machine) ...
+PROBE_ITEMS = 1024
+#: ... but stops taking more once they hold this many bytes (and it has 3, for the pair test):
+#: every item it takes is copied to the probing worker.
+PROBE_BYTES = 16 << 20
+#: with a timeout, few: the probe enforces one deadline for all its items (3x the timeout), not
+#: one per item as the chosen backend will
+PROBE_ITEMS_TIMED = 16
 PROBE_SECONDS = 0.005
 INLINE_SAVING = 0.025
+#: what sending one item to a process and its result back costs the caller's side (pickling,
+#: unpickling, the dispatcher), measured on the 2-core development machine: 100,000 x*x took
+#: 9-10 ms on 2 processes against 4.5 ms inline, so about 70 ns an item beyond the work
+DISPATCH_PER_ITEM = 1.0e-7
 CPU_BOUND_SHARE = 0.3
 #: CPUs two threads must keep busy together to count as running in parallel. Threads holding
 #: the GIL take turns and never exceed 1.0 whatever the machine's load; so a loaded machine can
@@ -123,6 +138,41 @@ def remember(fn: Callable[..., Any], mode: int, measurement: Measurement) -> Non
             _measurements.popitem(last=False)
 
 
+def take_head(items: Iterator[Any], timed: bool = False) -> list[Any]:
+    """The first items of a call, for the probe: at most PROBE_ITEMS (PROBE_ITEMS_TIMED with a
+    timeout), and, past the third, no more than about PROBE_BYTES of them (a rough, shallow
+    measure of their size).
+
+    Example::
+
+        >>> len(take_head(iter(range(5000))))
+        1024
+        >>> len(take_head(iter([bytes(20 << 20)] * 10)))
+        3
+    """
+    head: list[Any] = []
+    size = 0
+    limit = PROBE_ITEMS_TIMED if timed else PROBE_ITEMS
+    for item in items:
+        head.append(item)
+        size += _rough_size(item)
+        if len(head) >= limit or (len(head) >= 3 and size >= PROBE_BYTES):
+            break
+    return head
+
+
+def _rough_size(obj: Any) -> int:
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, memoryview
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(obj, (tuple, list)) and len(obj) <= 16:  # a starmap item, a call's args
+        return sum(_rough_size(part) for part in obj)
+    try:
+        return sys.getsizeof(obj)
+    except Exception:
+        return 64
+
+
 def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Outcomes, Measurement]:
     """Run in a worker: measure ``fn`` on the first items.
 
@@ -133,14 +183,30 @@ def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Out
     wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     done = 1
     if wall < PROBE_SECONDS:
-        # Tiny: time a run of them for a per-item figure above the clock's resolution.
+        # Tiny: time runs of the next items, in growing batches, and take the fastest rate of a
+        # batch: the first item's cold start (caches, lazy imports) and each batch's fixed cost
+        # made x*x look ten times slower than it is (0.5 us against 0.05 us an item), and auto
+        # then sent tiny work to processes.
+        batch = 8
+        rates: list[tuple[float, float]] = []
         while done < len(items) and time.perf_counter() - started < PROBE_SECONDS:
-            more_values, more_errors = run_items(fn, mode, items[done : done + 16])
+            batch_started, batch_cpu_started = time.perf_counter(), time.thread_time()
+            more_values, more_errors = run_items(fn, mode, items[done : done + batch])
+            count = len(more_values)
+            rates.append(
+                (
+                    (time.perf_counter() - batch_started) / count,
+                    (time.thread_time() - batch_cpu_started) / count,
+                )
+            )
             values.extend(more_values)
-            errors.update({done + k: e for k, e in more_errors.items()})
-            done += len(more_values)
-        wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
-        return done, (values, errors), Measurement(wall / done, cpu / done)
+            for k, e in more_errors.items():
+                errors[done + k] = e
+            done += count
+            batch *= 2
+        if rates:
+            wall, cpu = min(rates)
+        return done, (values, errors), Measurement(wall, cpu)
     if len(items) >= 3 and cpu / wall >= CPU_BOUND_SHARE and wall >= PAIR_MIN_SECONDS:
         results: list[Outcomes] = [([], {}), ([], {})]
         cpu_used = [0.0, 0.0]
@@ -183,9 +249,25 @@ def choose(
         return Choice(
             "thread", "it mostly waits (I/O or sleep), so threads overlap well", measurement
         )
+    if measurement.pair_parallelism is not None and measurement.pair_parallelism >= SCALING_LIMIT:
+        return Choice(
+            "thread", "it releases the GIL (two items ran in parallel in threads)", measurement
+        )
+    if timeout is None:
+        # Processes pay for moving each item's arguments (one copy into shared memory): with
+        # large arrays and short work that costs more than running it in parallel saves.
+        per_item = measurement.wall / max(1, workers) + measurement.bytes_per_item / COPY_RATE
+        if per_item >= measurement.wall:
+            return Choice(
+                "thread",
+                "copying its arguments to processes would cost more than the parallel work "
+                "saves; threads share them",
+                measurement,
+            )
     if inline_ok and timeout is None and remaining is not None:
         expected = measurement.wall * remaining
-        if expected * (1 - 1 / max(1, workers)) <= INLINE_SAVING:
+        saving = expected * (1 - 1 / max(1, workers)) - remaining * DISPATCH_PER_ITEM
+        if saving <= INLINE_SAVING:
             return Choice(
                 "inline",
                 f"the rest of the call should take about {_seconds(expected)} in this thread; "
@@ -199,21 +281,6 @@ def choose(
             "this Python is free-threaded, so threads run CPU work in parallel",
             measurement,
         )
-    if measurement.pair_parallelism is not None and measurement.pair_parallelism >= SCALING_LIMIT:
-        return Choice(
-            "thread", "it releases the GIL (two items ran in parallel in threads)", measurement
-        )
-    if inline_ok and timeout is None:
-        # Processes pay for moving each item's arguments (one copy into shared memory): with
-        # large arrays and short work that costs more than running it here.
-        per_item = measurement.wall / max(1, workers) + measurement.bytes_per_item / COPY_RATE
-        if per_item >= measurement.wall:
-            return Choice(
-                "inline",
-                "it holds the GIL, and copying its arguments to processes would cost more "
-                "than the parallel work saves",
-                measurement,
-            )
     return Choice(
         "process", "it is CPU-bound Python holding the GIL, so threads would not scale", measurement
     )

@@ -369,7 +369,7 @@ class Pool(Executor):
         if measurement is not None:
             choice = _auto.choose(measurement, total, timeout, self.workers, inline_ok)
         else:
-            head = list(itertools.islice(rest, _auto.PROBE_ITEMS))
+            head = _auto.take_head(rest, timed=timeout is not None)
             if not head:
                 return MapJob(self._backend, fn, head, **options)
             forced, done, outcomes, measurement = self._probe(fn, mode, head, timeout)
@@ -383,7 +383,7 @@ class Pool(Executor):
         _auto.report(choice, fn, explain)
         backend = self._backend_for(choice.backend)
         if choice.backend == "inline" and options["chunksize"] == "auto":
-            options = {**options, "chunksize": 8192}  # nothing to balance: few, large chunks
+            options = {**options, "chunksize": 65536}  # nothing to balance: few, large chunks
         # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
         sequence = type(iterable) in (list, tuple, range)
         return MapJob(
