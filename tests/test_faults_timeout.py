@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import conveyor
+from conveyor._errors import PoolClosed
 from conveyor.backends.process.parent import hard_deadline_grace
 
 import faults
@@ -230,3 +231,29 @@ def test_thread_backend_map_with_timeout(tmp_path: Path) -> None:
         backend = pool._backend
     # The watchdog thread ends with the pool.
     faults.wait_until(lambda: backend._watchdog is None, 10, "the watchdog thread to end")
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_terminate_fails_running_tasks_at_once(tmp_path: Path, backend: str) -> None:
+    # Nobody may be left waiting on a future or a map that can no longer end: the running
+    # tasks get PoolClosed at once (threads are abandoned and asked to stop, processes killed).
+    go = str(tmp_path / "go")  # never created: the tasks would wait a minute
+    pool = conveyor.Pool(workers=2, backend=backend)
+    futures = [pool.submit(faults.touch_and_wait, str(tmp_path), i, go) for i in range(3)]
+
+    def running() -> set[int]:  # tags of the tasks that said "started" (complete files only)
+        return {int(p.suffix[1:]) for p in tmp_path.glob("started.*") if p.suffix[1:].isdigit()}
+
+    faults.wait_until(lambda: len(running()) == 2, what="2 tasks running")
+    started_tags = running()
+    started = time.monotonic()
+    pool.terminate()
+    for tag, future in enumerate(futures):
+        if tag in started_tags:
+            with pytest.raises(PoolClosed):
+                future.result(timeout=30)
+        else:  # it never started: cancelled
+            assert future.cancelled() or isinstance(future.exception(timeout=30), PoolClosed)
+    assert time.monotonic() - started < 10
+    with pytest.raises(PoolClosed):
+        pool.submit(faults.square, 2)

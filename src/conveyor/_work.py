@@ -21,6 +21,7 @@ __all__ = [
     "MODE_CALL",
     "MODE_MAP",
     "MODE_STAR",
+    "Abandoned",
     "Loader",
     "Outcome",
     "Outcomes",
@@ -69,6 +70,12 @@ def function_key(fn: Callable[..., Any]) -> Any:
     return getattr(inner, "__code__", None) or type(inner)
 
 
+class Abandoned(BaseException):
+    """Raised asynchronously in a worker thread whose task was given up on (its timeout passed,
+    or its pool was terminated): :func:`run_items` lets it through instead of recording it as
+    the item's failure, so the thread stops instead of running the rest of its chunk."""
+
+
 def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
     """Apply ``fn`` to each item; an exception settles that item and the loop goes on.
 
@@ -92,6 +99,8 @@ def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
                 for args, kwargs in rest:
                     append(fn(*args, **kwargs))
             return values, errors
+        except Abandoned:
+            raise
         except BaseException as exc:  # a task's SystemExit is its failure, not the worker's
             errors[len(values)] = exc
             append(None)

@@ -17,6 +17,9 @@ its size, and the old thread is asked to stop by an asynchronous exception
 blocked in C (``time.sleep``, a socket read); such a thread ends when the call returns and its
 result is thrown away. A task that catches the exception and goes on runs to its end, unseen.
 The process backend, in contrast, really stops the task (and keeps its worker when it can).
+``terminate()`` abandons every running task the same way: each gets
+:class:`~conveyor._errors.PoolClosed` at once (so nobody waits on a future or a map that can
+no longer end), and its thread is asked to stop.
 
 Races, and what settles them:
 
@@ -25,7 +28,9 @@ Races, and what settles them:
   while the watchdog holds that lock, when the thread is certainly still inside the item (it
   cannot get past the lock), so the thread is alive and its id cannot have been reused;
 * the watchdog reads each thread's ``current`` once per look (a worker may clear it meanwhile);
-* the watchdog ends with the pool: closing and every worker thread's exit wake it up.
+* the watchdog ends with the pool: closing and every worker thread's exit wake it up;
+* ``terminate()`` against a task ending: the same lock, around ``unit``/``position`` (the
+  items not yet delivered), which every worker thread keeps while it runs anything.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
-from .._work import Unit, errors_of, outcomes_of, run_items
+from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend
 from .queue import WorkQueue
 
@@ -56,12 +61,15 @@ class _ThreadState:
     (worker) and backs off, so an item never gets both a result and a TaskTimeout.
     """
 
-    __slots__ = ("abandoned", "current", "lock", "thread")
+    __slots__ = ("abandoned", "current", "lock", "position", "thread", "unit")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         # (unit, item position, deadline) while a timed item runs
         self.current: tuple[Unit, int, float] | None = None
+        # the unit running, and its first item not delivered yet (for terminate)
+        self.unit: Unit | None = None
+        self.position = 0
         self.abandoned = False
         self.thread: threading.Thread | None = None
 
@@ -133,9 +141,20 @@ class ThreadBackend(Backend):
             self._terminated = self._closing = True
             dropped = self._take_all_queued()
             self._cv.notify_all()
+            states = list(self._states)
         _fail(dropped, PoolClosed("the pool was terminated before the task started"))
         with self._watch_cv:
             self._watch_cv.notify_all()
+        for state in states:
+            with state.lock:
+                unit, position = state.unit, state.position
+                if unit is None or state.abandoned:
+                    continue
+                state.abandoned = True
+                state.unit = state.current = None
+                _stop_thread(state)
+            error = PoolClosed("the pool was terminated while the task ran")
+            unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
 
     @property
     def alive(self) -> bool:
@@ -203,20 +222,31 @@ class ThreadBackend(Backend):
     def _run_unit(self, state: _ThreadState, unit: Unit) -> None:
         timeout = unit.timeout
         if timeout is None:
+            with state.lock:
+                if state.abandoned:
+                    return
+                state.unit, state.position = unit, 0
             started = time.perf_counter()
             values, errors = run_items(unit.fn, unit.mode, unit.items)
+            with state.lock:
+                if state.abandoned:
+                    return  # terminate() settled its items
+                state.unit = None
             unit.sink.deliver(unit, 0, outcomes_of(values, errors), time.perf_counter() - started)
             return
         for position, item in enumerate(unit.items):
             started = time.perf_counter()
             with state.lock:
+                if state.abandoned:
+                    return
                 state.current = (unit, position, time.monotonic() + timeout)
+                state.unit, state.position = unit, position
             self._wake_watchdog()
             values, errors = run_items(unit.fn, unit.mode, [item])
             with state.lock:
                 if state.abandoned:
-                    return  # the watchdog gave this item a TaskTimeout and re-queued the rest
-                state.current = None
+                    return  # TaskTimeout (watchdog) or PoolClosed (terminate) was delivered
+                state.current = state.unit = None
             elapsed = time.perf_counter() - started
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
 
@@ -270,12 +300,8 @@ class ThreadBackend(Backend):
             if current is None or current[2] > time.monotonic():
                 return
             state.abandoned = True
-            state.current = None
-            # While we hold the lock the thread is inside the item (it takes the lock right
-            # after), so it is alive and its ident is its own: the exception cannot hit a new
-            # thread that reused the ident. It takes effect at the thread's next bytecode.
-            if state.thread is not None and state.thread.ident is not None:
-                _raise_in_thread(state.thread.ident, TaskTimeout)
+            state.current = state.unit = None
+            _stop_thread(state)
         unit, position, _ = current
         timeout = unit.timeout
         with self._cv:
@@ -288,6 +314,17 @@ class ThreadBackend(Backend):
             self._cv.notify()
         error = TaskTimeout(f"task ran past its timeout of {timeout:g} s", timeout)
         unit.sink.deliver(unit, position, errors_of(1, error), timeout or 0.0)
+
+
+def _stop_thread(state: _ThreadState) -> None:
+    """Ask an abandoned thread to stop (call holding ``state.lock``).
+
+    While the lock is held the thread is inside its item (it takes the lock right after), so it
+    is alive and its ident is its own: the exception cannot hit a new thread that reused the
+    ident. It takes effect at the thread's next bytecode; run_items lets it through.
+    """
+    if state.thread is not None and state.thread.ident is not None:
+        _raise_in_thread(state.thread.ident, Abandoned)
 
 
 def _fail(units: list[Unit], error: BaseException) -> None:

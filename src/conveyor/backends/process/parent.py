@@ -575,6 +575,11 @@ class ProcessBackend(Backend):
         return batches
 
     def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> None:
+        if ahead and worker.batch is None:
+            # The batch picked for it just before came to nothing (its units were cancelled or
+            # could not be pickled): this one is not ahead of anything, it runs now.
+            worker.queued = None
+            ahead = False
         units = self._with_wires([u for u in units if u.sink.starting(u)])
         if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
             # Too large to send ahead without risking a blocked write: wait until it is idle.
