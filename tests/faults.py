@@ -170,13 +170,25 @@ def swallow_timeouts(seconds: float) -> str:
     return "finished"
 
 
-def spawn_grandchild_and_hang(directory: str, tag: object = 0) -> None:
-    """Start ``sleep 1000``, record its pid and ours in ``directory``, then hang."""
-    child = subprocess.Popen(["sleep", "1000"])
+def spawn_grandchild_and_hang(
+    directory: str, tag: object = 0, new_session: bool = False, then: str = "hang"
+) -> None:
+    """Start ``sleep 1000`` (in a session of its own: out of reach of a kill of our process
+    group), record its pid and ours in ``directory``, then hang (or ``then="sigkill"``: die)."""
+    child = subprocess.Popen(["sleep", "1000"], start_new_session=new_session)
     # worker first: a test that waits for the grandchild files then finds both
     _write_atomically(Path(directory) / f"worker.{tag}", str(os.getpid()))
     _write_atomically(Path(directory) / f"grandchild.{tag}", str(child.pid))
+    if then == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(1000)
+
+
+def spawn_child(directory: str, tag: object = 0) -> int:
+    """Start ``sleep 1000`` and return at once: a program an item leaves running."""
+    child = subprocess.Popen(["sleep", "1000"])
+    _write_atomically(Path(directory) / f"child.{tag}", str(child.pid))
+    return child.pid
 
 
 def hang_with_array(directory: str, tag: object, array: Any) -> None:

@@ -39,6 +39,9 @@ HANGING = {
     "submit_unclosed": "pool = conveyor.Pool(workers=2)\n"
     "[f.result() for f in [pool.submit(task, i) for i in range(4)]]",
     "timeout": f"conveyor.map(task, range(4), timeout=600, {P})",
+    # grandchildren in sessions of their own: found by the token in their environment
+    "map_setsid": "task = functools.partial(task, new_session=True)\n"
+    f"conveyor.map(task, range(4), {P})",
 }
 
 
@@ -191,8 +194,9 @@ print("READY " + json.dumps(dict(descendants=sorted(faults.descendants()),
     faults.assert_no_shm_leak(shm_before)
 
 
-def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
-    child = faults.start_child(hanging_script(tmp_path, HANGING["submit"]), tmp_path)
+@pytest.mark.parametrize("call", ["submit", "map_setsid"])
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path, call: str) -> None:
+    child = faults.start_child(hanging_script(tmp_path, HANGING[call]), tmp_path)
     child.wait_ready()
     seconds = child.signal_and_time(signal.SIGKILL)
     assert child.process.returncode == -signal.SIGKILL

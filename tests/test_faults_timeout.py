@@ -257,3 +257,37 @@ def test_terminate_fails_running_tasks_at_once(tmp_path: Path, backend: str) -> 
     assert time.monotonic() - started < 10
     with pytest.raises(PoolClosed):
         pool.submit(faults.square, 2)
+
+
+@pytest.mark.parametrize("new_session", [False, True])
+def test_a_timed_out_item_takes_its_programs_along(tmp_path: Path, new_session: bool) -> None:
+    # The worker lives on after an in-worker timeout; the programs the item started must not
+    # (in the worker's process group or not), while what an earlier item left running stays.
+    with conveyor.Pool(workers=1) as pool:
+        (pid,) = pool._backend.worker_pids()
+        keeper = pool.submit(faults.spawn_child, str(tmp_path), "kept").result(timeout=60)
+        out = pool.map(
+            faults.spawn_grandchild_and_hang,
+            [str(tmp_path)],
+            [0],
+            [new_session],
+            timeout=TIMEOUT,
+            on_error="return",
+        )
+        assert isinstance(out[0].exception, conveyor.TaskTimeout)
+        (grandchild,) = faults.read_pids(tmp_path, "grandchild")
+        faults.wait_gone([grandchild], what="the timed-out item's program")
+        assert pool._backend.worker_pids() == [pid]
+        assert faults.alive(keeper)
+    faults.wait_gone([keeper], what="the earlier item's program, at shutdown")
+
+
+def test_a_crashed_worker_takes_along_programs_in_their_own_sessions(tmp_path: Path) -> None:
+    with conveyor.Pool(workers=2) as pool:
+        future = pool.submit(
+            faults.spawn_grandchild_and_hang, str(tmp_path), 0, new_session=True, then="sigkill"
+        )
+        assert isinstance(future.exception(timeout=60), conveyor.WorkerCrashed)
+        faults.wait_gone(
+            faults.read_pids(tmp_path, "grandchild"), what="the crashed task's program"
+        )

@@ -70,6 +70,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ... import _shm
+from ..._envmark import kill_marked, new_token
 from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
 from ..._shm import Segment
@@ -173,8 +174,10 @@ class _Worker:
         lifeline: Connection,
         fd_sock: socket.socket | None,
         mark: Any,
+        token: str,
     ):
         self.process = process
+        self.token = token  # in its environment and its programs' (see conveyor._envmark)
         self.conn = conn
         self.lifeline = lifeline  # never written; closing it (or our death) tells the worker to go
         self.fd_sock = fd_sock  # descriptors of shared-memory segments travel here
@@ -226,8 +229,10 @@ class _Worker:
             pass  # not reaped (join timed out): the handle is closed when it is collected
 
     def kill(self) -> None:
-        """SIGKILL the worker's process group (itself and what its tasks started)."""
+        """SIGKILL the worker's process group (itself and what its tasks started), then the
+        programs its tasks started that left the group."""
         _kill_group(self.pid, self.process)
+        kill_marked(self.token)
 
 
 def _kill_group(pid: int | None, process: BaseProcess | None) -> None:
@@ -795,6 +800,8 @@ class ProcessBackend(Backend):
         worker.process.join(5.0)
         exitcode = worker.process.exitcode
         _kill_group(worker.pid, None)  # children its task left behind
+        if exitcode != 0:  # it did not end on its own: so did not its task's programs
+            kill_marked(worker.token)
         del self._workers[worker.sentinel]
         worker.close_channels()
         worker.release_holds()  # its mappings died with it
@@ -948,6 +955,7 @@ class ProcessBackend(Backend):
         # under /dev/shm that is unlinked as soon as it is made, so nothing can be left there).
         mark = self._ctx.RawArray("q", 2)
         mark[0] = mark[1] = IDLE
+        token = new_token()
         try:
             with _parent_fds_lock:
                 _parent_fds.update(
@@ -964,6 +972,7 @@ class ProcessBackend(Backend):
                         self._init_blob,
                         self._max_memory is not None,
                         mark,
+                        token,
                         close_fds,
                     ),
                     f"conveyor-worker-{next(_worker_numbers)}",
@@ -976,7 +985,7 @@ class ProcessBackend(Backend):
             lifeline_r.close()
             if fd_child is not None:
                 fd_child.close()
-        worker = _Worker(process, parent_conn, lifeline_w, fd_parent, mark)
+        worker = _Worker(process, parent_conn, lifeline_w, fd_parent, mark, token)
         with self._lock:
             self._workers[worker.sentinel] = worker
 

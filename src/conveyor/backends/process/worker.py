@@ -52,6 +52,7 @@ from typing import Any
 import cloudpickle
 
 from ... import _shm
+from ..._envmark import VARIABLE, ItemTokens, kill_marked
 from ..._errors import TaskTimeout, format_exception_text
 from ..._serialize import Payload, dumps_payload, share_large_bytes
 from ..._shm import Segment, WorkerMappings
@@ -199,14 +200,16 @@ def _block_async_signals() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
 
 
-def _watch_lifeline(lifeline: Connection, own_group: bool) -> None:
+def _watch_lifeline(lifeline: Connection, own_group: bool, token: str) -> None:
     _block_async_signals()
     try:
         lifeline.recv_bytes()
     except (EOFError, OSError):
         pass
     # The parent is gone (or closed the pipe after killing us). Take the task's children along:
-    # they are in our process group. Only when we lead it: otherwise it is the parent's group.
+    # those that left our process group by the token in their environment (see _envmark), the
+    # others with the group. Only when we lead it: otherwise it is the parent's group.
+    kill_marked(token)
     if own_group:
         try:
             os.killpg(os.getpid(), signal.SIGKILL)
@@ -253,13 +256,16 @@ def worker_main(
     init_blob: bytes | None,
     report_memory: bool,
     mark: Mark,
+    token: str,
     close_fds: tuple[int, ...] = (),
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
 
     ``close_fds``: the parent's ends of the pool's pipes, inherited through ``fork`` (the write
     end of our own lifeline among them: kept open here, it would keep us alive after the parent).
+    ``token`` goes into the environment, for every program a task starts (see _envmark).
     """
+    os.environ[VARIABLE] = token
     for fd in close_fds:
         try:
             os.close(fd)
@@ -280,7 +286,7 @@ def worker_main(
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    threading.Thread(target=_watch_lifeline, args=(lifeline, own_group), daemon=True).start()
+    threading.Thread(target=_watch_lifeline, args=(lifeline, own_group, token), daemon=True).start()
     if init_blob is not None:
         try:
             initializer, initargs = cloudpickle.loads(init_blob)
@@ -290,10 +296,10 @@ def worker_main(
             return
     channel = _Channel(conn, fd_sock)
     channel.send(READY, [])
-    _serve(channel, report_memory, mark)
+    _serve(channel, report_memory, mark, ItemTokens(token))
 
 
-def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
+def _serve(channel: _Channel, report_memory: bool, mark: Mark, tokens: ItemTokens) -> None:
     alarm = _Alarm()
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
     mappings = WorkerMappings()
@@ -321,6 +327,7 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark) -> None:
                 mark,
                 index,
                 seq,
+                tokens,
             )
             if part is not None:
                 done.append(part)
@@ -349,6 +356,7 @@ def _run_unit(
     mark: Mark,
     index: int,
     seq: int,
+    tokens: ItemTokens,
 ) -> tuple[int, Payload, float] | None:
     """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
 
@@ -380,10 +388,17 @@ def _run_unit(
     for pos in range(len(items)):
         mark[1] = pos
         item_started = perf_counter()
+        item_token = tokens.begin()
         try:
             payload = _dump_outcomes([alarm.run(fn, mode, items[pos], timeout)], {})
         except BaseException as exc:
             payload = _dump_outcomes([None], {0: exc})
+            if isinstance(exc, TaskTimeout):
+                # The item is over, its programs must be too (those that left this worker's
+                # process group as well): see conveyor._envmark.
+                kill_marked(item_token)
+        finally:
+            tokens.end()
         elapsed = perf_counter() - item_started
         rss = _resident_bytes() if report_memory else 0
         released: list[int] = []
