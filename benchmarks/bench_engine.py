@@ -647,17 +647,52 @@ def wl_cpu(opts: Options) -> Section:
     if serial is None:  # --only left the serial row out, or it failed: measure it anyway
         serial = min(timed(lambda: [cpu_block(x) for x in items]) for _ in range(opts.repeats))
     ideal = serial / opts.workers
+    # What this machine gives two CPU-bound processes that share nothing: on a virtual machine
+    # whose cores share a physical one, each runs slower when both are busy, and no pool can
+    # beat that. Reported beside the target, never instead of it.
+    floor = Row("cpu", "bare processes", "os.fork", "serial", opts.workers, note="no pool")
+    floor.times = [bare_processes(cpu_block, items, opts.workers) for _ in range(opts.repeats)]
+    rows.insert(1, floor)
     section.ref_label = "vs serial/cores"
     section.notes.append(
         f"serial {fmt_seconds(serial)} s; serial/cores = {fmt_seconds(ideal)} s "
-        f"(cores = {opts.workers})"
+        f"(cores = {opts.workers}); bare processes (one fork per core running its share of the "
+        f"blocks, no pool, no pickling) {fmt_seconds(floor.best)} s = "
+        f"{fmt_ratio(floor.best / ideal if floor.best else None)} serial/cores: the machine's floor"
     )
     for row in rows:
         ratio = row.best / ideal if row.best is not None else None
         section.ref[row.contender] = ratio
         if row.is_conveyor and row.kind != "thread":  # threads cannot scale GIL-bound work
             verdict_at_most(row, ratio, 1.05, "serial/cores")
+            if row.best is not None and floor.best:
+                row.verdict += f"; {row.best / floor.best:.2f}x bare processes"
     return section
+
+
+def bare_processes(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> float:
+    """Seconds for ``workers`` forked processes to run ``fn`` over their share of ``items``
+    (item i goes to process i % workers), from a start signal to the last one's exit."""
+    go_r, go_w = os.pipe()
+    pids = []
+    for k in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child: wait for the start, run its share, leave without cleanup
+            try:
+                os.read(go_r, 1)
+                for item in items[k::workers]:
+                    fn(item)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    os.close(go_r)
+    started = time.perf_counter()
+    os.write(go_w, b"g" * workers)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    elapsed = time.perf_counter() - started
+    os.close(go_w)
+    return elapsed
 
 
 def wl_io(opts: Options) -> Section:

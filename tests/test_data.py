@@ -215,3 +215,57 @@ def test_the_parent_does_not_hold_a_copy() -> None:
     assert out.returncode == 0, out.stderr
     grew_mb = int(out.stdout.strip())
     assert grew_mb < 100, f"the parent's peak RSS grew by {grew_mb} MB"
+
+
+# --------------------------------------------------------------------------- worker-side copy
+# A map's large arguments are copied into their segment by the worker that runs them, straight
+# out of this process's memory (conveyor._pull); a submit's are copied here, at once.
+
+
+def test_a_map_chunk_is_copied_by_its_worker_into_shared_memory(pool) -> None:
+    data = np.arange(4 * MB, dtype=np.float64)
+    before = pool._backend._segments.counts()
+    for round_ in range(3):  # segments are recycled; every round must see its own data
+        data[::MB] += 1.0
+        sums = pool.map(total, np.array_split(data, 4), chunksize=1)
+        assert sums == [float(part.sum()) for part in np.array_split(data, 4)], round_
+    assert pool._backend._pull_ok is True
+    where = pool.map(where_is, [data[:MB]])
+    assert "/memfd:conveyor" in where[0]
+    assert pool._backend._segments.counts()[0] == before[0]  # nothing still held
+
+
+def test_a_submitted_array_is_copied_before_submit_returns(pool) -> None:
+    data = np.ones(2 * MB)
+    future = pool.submit(total, data)
+    data[:] = 0.0  # the task still sees what was passed
+    assert future.result(timeout=60) == 2.0 * MB
+
+
+def test_a_worker_that_cannot_read_the_parent_gets_a_copy(monkeypatch) -> None:
+    from conveyor import _pull
+
+    pid, address, expected = _pull.probe_args()
+    # The probe really runs in each worker and fails: the bytes it reads are not the ones named.
+    monkeypatch.setattr(_pull, "probe_args", lambda: (pid, address, bytes(len(expected))))
+    with conveyor.Pool(workers=2, backend="process") as pool:
+        data = np.arange(2 * MB, dtype=np.float64)
+        assert pool.map(total, np.array_split(data, 4)) == [
+            float(part.sum()) for part in np.array_split(data, 4)
+        ]
+        assert pool._backend._pull_ok is False
+
+
+def test_probe_refuses_what_cannot_be_read() -> None:
+    from conveyor import _pull
+
+    pid, address, expected = _pull.probe_args()
+    assert _pull.probe(pid, address, expected)
+    assert not _pull.probe(pid, 8, expected)  # not mapped
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert not _pull.probe(int(dead.stdout), address, expected)

@@ -17,6 +17,7 @@ its repr, and suggests ``backend="thread"``, which needs no pickling at all.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import reprlib
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from . import _shm
+from . import _pull, _shm
 from ._errors import Unsendable
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR
 
@@ -66,12 +67,15 @@ class Payload:
     """A pickle stream and the shared-memory segment holding its out-of-band buffers.
 
     ``hold`` is set when the segment came from a :class:`~conveyor._shm.SegmentPool`.
+    ``pull`` is set when the segment was only reserved: ``(pid, [(address, length), ...])``
+    of the buffers that the receiver copies into it itself (see :mod:`conveyor._pull`).
     """
 
     data: bytes
     segment: _shm.Segment | _shm.PooledSegment | None = None
     spans: list[tuple[int, int]] = field(default_factory=list)
     hold: _shm.Hold | None = None
+    pull: tuple[int, list[tuple[int, int]]] | None = None
 
     def release(self) -> None:
         """Give up the sender's use of the segment (receivers keep their views)."""
@@ -132,10 +136,13 @@ def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
     return stream.getvalue()
 
 
-def dumps_payload(obj: Any, cloud: bool = False, pool: _shm.SegmentPool | None = None) -> Payload:
+def dumps_payload(
+    obj: Any, cloud: bool = False, pool: _shm.SegmentPool | None = None, pull: bool = False
+) -> Payload:
     """Pickle ``obj`` (with cloudpickle when ``cloud`` or when the standard pickler fails).
 
-    Large buffers go to a segment of ``pool`` when given, else to a segment of their own.
+    Large buffers go to a segment of ``pool`` when given, else to a segment of their own. With
+    ``pull`` (and a pool) they are not copied: the receiver reads them from this process.
     """
     buffers = _Buffers() if _shm.AVAILABLE else None
     data = None
@@ -152,6 +159,10 @@ def dumps_payload(obj: Any, cloud: bool = False, pool: _shm.SegmentPool | None =
         data = _cloudpickle_dumps(obj, buffers)
     if buffers is None or not buffers.large:
         return Payload(data)
+    if pool is not None and pull:
+        sources = [(_pull.address_of(buf), buf.nbytes) for buf in buffers.large]
+        pooled, spans, hold = pool.reserve(buffers.large)
+        return Payload(data, pooled, spans, hold, (os.getpid(), sources))
     if pool is not None:
         pooled, spans, hold = pool.write(buffers.large)
         return Payload(data, pooled, spans, hold)
@@ -252,17 +263,24 @@ def callable_payload(fn: Any, what: str = "function") -> Payload:
 
 
 def items_payload(
-    items: list[Any], mode: int, first_index: int = 0, pool: _shm.SegmentPool | None = None
+    items: list[Any],
+    mode: int,
+    first_index: int = 0,
+    pool: _shm.SegmentPool | None = None,
+    pull: bool = False,
 ) -> Payload:
-    """Pickle a chunk of items, or raise a TypeError naming the first item that cannot be sent."""
+    """Pickle a chunk of items, or raise a TypeError naming the first item that cannot be sent.
+
+    ``pull``: large buffers are read by the worker out of this process (see conveyor._pull).
+    """
     try:
-        payload = dumps_payload(items, pool=pool)
+        payload = dumps_payload(items, pool=pool, pull=pull)
     except Exception as exc:
         raise _unsendable(items, mode, first_index, exc) from exc
     wrapped = share_large_bytes(items, mode, len(payload.data))
     if wrapped is not None:
         payload.release()
-        payload = dumps_payload(wrapped, pool=pool)
+        payload = dumps_payload(wrapped, pool=pool, pull=pull)
     return payload
 
 

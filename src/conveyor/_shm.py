@@ -44,6 +44,7 @@ workers are told to forget their mappings of closed segments with their next bat
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import mmap
 import os
@@ -173,7 +174,7 @@ class Hold:
 class PooledSegment:
     """A segment owned by a :class:`SegmentPool`; reused once every hold on it is released."""
 
-    __slots__ = ("capacity", "fd", "holds", "idle_since", "pool", "pool_id")
+    __slots__ = ("capacity", "fd", "holds", "idle_since", "keep", "pool", "pool_id")
 
     def __init__(self, pool: SegmentPool, pool_id: int, fd: int, capacity: int):
         self.pool = pool
@@ -182,6 +183,9 @@ class PooledSegment:
         self.capacity = capacity
         self.holds = 0
         self.idle_since = 0.0
+        #: for a reserved segment, the sender's buffers its receivers copy from (conveyor._pull):
+        #: kept alive until every hold is released
+        self.keep: Sequence[memoryview] | None = None
 
     @property
     def size(self) -> int:
@@ -222,6 +226,17 @@ class SegmentPool:
             hold.release()
             raise
         return segment, spans, hold
+
+    def reserve(
+        self, buffers: Sequence[memoryview]
+    ) -> tuple[PooledSegment, list[tuple[int, int]], Hold]:
+        """A free (or new) segment for ``buffers`` that each receiver fills itself by reading
+        them from this process (see :mod:`conveyor._pull`): no copy here. The segment keeps
+        ``buffers`` alive until its last hold is released."""
+        spans, size = _layout(buffers)
+        segment = self._take(size)
+        segment.keep = list(buffers)
+        return segment, spans, Hold(segment)
 
     def hold(self, segment: PooledSegment) -> Hold:
         """Another claim on ``segment`` (a worker it is sent to)."""
@@ -280,6 +295,7 @@ class SegmentPool:
             segment.holds -= 1
             if segment.holds > 0:
                 return
+            segment.keep = None  # nobody can read the sender's buffers any more
             if self._closed:
                 self._drop(segment)
                 return
@@ -326,6 +342,28 @@ class WorkerMappings:
         self._exact = sys.implementation.name == "cpython"
 
     def view(self, pool_id: int, segment: Segment, offset: int, length: int) -> memoryview:
+        mapping = self._mapping(pool_id, segment)
+        return memoryview(mapping)[offset : offset + length]
+
+    def fill(
+        self,
+        pool_id: int,
+        segment: Segment,
+        spans: Sequence[tuple[int, int]],
+        pid: int,
+        sources: Sequence[tuple[int, int]],
+    ) -> None:
+        """Copy the sender's buffers (``sources`` in process ``pid``) into our mapping of a
+        reserved segment, at ``spans`` (see :mod:`conveyor._pull`)."""
+        from . import _pull
+
+        mapping = self._mapping(pool_id, segment)
+        exported = ctypes.c_char.from_buffer(mapping)
+        base = ctypes.addressof(exported)
+        del exported  # no export may outlive this call: released() counts references
+        _pull.read(pid, sources, [(base + offset, length) for offset, length in spans])
+
+    def _mapping(self, pool_id: int, segment: Segment) -> mmap.mmap:
         mapping = self._maps.get(pool_id)
         if mapping is None:
             mapping = _map(segment.fd, segment.size, mmap.MAP_SHARED)
@@ -334,7 +372,7 @@ class WorkerMappings:
         self._maps.move_to_end(pool_id)
         if pool_id not in self._used:
             self._used.append(pool_id)
-        return memoryview(mapping)[offset : offset + length]
+        return mapping
 
     def released(self) -> list[int]:
         """Segments used since the last call (or retained before) with no view left."""

@@ -69,7 +69,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ... import _shm
+from ... import _pull, _shm
 from ..._envmark import kill_marked, new_token
 from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
@@ -316,6 +316,9 @@ class ProcessBackend(Backend):
         self._max_memory = max_memory_per_worker
         self._functions = _FunctionCache()
         self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
+        #: whether workers may read a map's large arguments out of our memory (conveyor._pull):
+        #: unknown until the first worker says READY
+        self._pull_ok: bool | None = None
 
         self._lock = threading.Lock()
         self._queue = WorkQueue()
@@ -680,6 +683,10 @@ class ProcessBackend(Backend):
                 kind = message[0]
                 if kind == READY:
                     worker.ready = True
+                    # Every worker of a pool runs where the first did: its answer stands for
+                    # all, but one that could not read our memory turns pulling off for good.
+                    if self._pull_ok is None or not message[2]:
+                        self._pull_ok = bool(message[2])
                     self._startup_deaths = 0
                     continue
                 if kind == INIT_FAILED:
@@ -928,7 +935,10 @@ class ProcessBackend(Backend):
         if unit.wire is None:
             key, fn_payload = self._functions.get(unit.fn)
             first = unit.tags[0] if unit.tags and isinstance(unit.tags[0], int) else 0
-            items = items_payload(unit.items, unit.mode, first, self._segments)
+            # A map's chunk (pickled here, as it is sent) lets the worker copy its large
+            # buffers itself; a submit is copied by its caller now (see conveyor._pull).
+            pull = not unit.eager and self._pull_ok is True
+            items = items_payload(unit.items, unit.mode, first, self._segments, pull)
             unit.wire = _Wire(key, fn_payload, items)
         return unit.wire
 
@@ -974,6 +984,9 @@ class ProcessBackend(Backend):
                         mark,
                         token,
                         close_fds,
+                        _pull.probe_args()
+                        if self._segments is not None and _pull.AVAILABLE
+                        else None,
                     ),
                     f"conveyor-worker-{next(_worker_numbers)}",
                 )

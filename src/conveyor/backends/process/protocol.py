@@ -133,24 +133,30 @@ decode = pickle.loads
 
 
 #: a payload on the wire: (pickle stream, index of its segment among the message's fds or -1,
-#: the (offset, length) of each out-of-band buffer in that segment, the segment's pool id or -1)
-WirePayload = tuple[bytes, int, list[tuple[int, int]], int]
+#: the (offset, length) of each out-of-band buffer in that segment, the segment's pool id or -1,
+#: and for a segment the receiver fills itself, (sender's pid, [(address, length), ...]) or None)
+WirePayload = tuple[bytes, int, list[tuple[int, int]], int, Any]
 
 
 def to_wire(payload: Payload, fds: list[int]) -> WirePayload:
     """The wire form of ``payload``, adding its segment's descriptor to ``fds``."""
     if payload.segment is None:
-        return (payload.data, -1, [], -1)
+        return (payload.data, -1, [], -1, None)
     fds.append(payload.segment.fd)
-    return (payload.data, len(fds) - 1, payload.spans, payload.segment.pool_id)
+    return (payload.data, len(fds) - 1, payload.spans, payload.segment.pool_id, payload.pull)
 
 
 def from_wire(
     wire: WirePayload, segments: list[Segment], mappings: WorkerMappings | None = None
 ) -> Any:
-    """Unpickle a wire payload; out-of-band buffers become views of the received segments."""
-    data, index, spans, pool_id = wire
+    """Unpickle a wire payload; out-of-band buffers become views of the received segments.
+
+    A reserved segment is filled first, from the sender's memory (see conveyor._pull).
+    """
+    data, index, spans, pool_id, pull = wire
     segment = segments[index] if index >= 0 else None
+    if pull is not None and segment is not None and mappings is not None:
+        mappings.fill(pool_id, segment, spans, *pull)
     return loads_payload(data, segment, spans, pool_id, mappings)
 
 

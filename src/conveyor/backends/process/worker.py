@@ -51,7 +51,7 @@ from typing import Any
 
 import cloudpickle
 
-from ... import _shm
+from ... import _pull, _shm
 from ..._envmark import VARIABLE, ItemTokens, kill_marked
 from ..._errors import TaskTimeout, format_exception_text
 from ..._serialize import Payload, dumps_payload, share_large_bytes
@@ -258,12 +258,15 @@ def worker_main(
     mark: Mark,
     token: str,
     close_fds: tuple[int, ...] = (),
+    pull_probe: tuple[int, int, bytes] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
 
     ``close_fds``: the parent's ends of the pool's pipes, inherited through ``fork`` (the write
     end of our own lifeline among them: kept open here, it would keep us alive after the parent).
     ``token`` goes into the environment, for every program a task starts (see _envmark).
+    ``pull_probe``: where to try reading the parent's memory; READY says whether it worked
+    (then the parent lets us copy a map's large arguments ourselves, see conveyor._pull).
     """
     os.environ[VARIABLE] = token
     for fd in close_fds:
@@ -295,7 +298,7 @@ def worker_main(
             conn.send_bytes(encode((INIT_FAILED, format_exception_text(exc))))
             return
     channel = _Channel(conn, fd_sock)
-    channel.send(READY, [])
+    channel.send(READY, [], pull_probe is not None and _pull.probe(*pull_probe))
     _serve(channel, report_memory, mark, ItemTokens(token))
 
 
