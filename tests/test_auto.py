@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Iterator
 
@@ -51,6 +52,18 @@ def test_cpu_bound_python_goes_to_processes(caplog: pytest.LogCaptureFixture) ->
     n = 200_000  # ~10 ms of pure Python
     assert conveyor.map(spin, [n] * 12) == [spin(n)] * 12
     assert chosen(caplog) == "process"
+
+
+def test_cpu_bound_python_goes_to_threads_without_a_gil(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI has no free-threaded build: the interpreter's answer to "is the GIL on?" is replaced,
+    # the measurement (made in a real worker) and the choice are real.
+    caplog.set_level(logging.INFO, logger="conveyor")
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    n = 200_000
+    assert conveyor.map(spin, [n] * 12) == [spin(n)] * 12
+    assert chosen(caplog) == "thread"
 
 
 def test_io_bound_work_goes_to_threads(caplog: pytest.LogCaptureFixture) -> None:
