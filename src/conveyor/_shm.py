@@ -24,7 +24,8 @@ objects that view it.
 The sender writes with ``pwrite`` rather than through a mapping, so the parent's resident memory
 does not grow by the copy. A map's chunks skip even that: the parent only *reserves* a pooled
 segment (:meth:`SegmentPool.reserve`) and the worker fills its own mapping of it from the
-parent's memory (:meth:`WorkerMappings.fill`, see :mod:`conveyor._pull`). Where memory files or descriptor passing do not exist (not Linux),
+parent's memory (:meth:`WorkerMappings.fill`, see :mod:`conveyor._pull`).
+Where memory files or descriptor passing do not exist (not Linux),
 :data:`AVAILABLE` is False and large buffers simply travel in the pickle stream.
 
 Recycling (arguments only). A fresh memory file costs the kernel a page allocation for every
