@@ -133,6 +133,50 @@ class SerialEngine(Engine):
         return [fn(x) for x in items]
 
 
+class BareProcessesEngine(Engine):
+    """No pool: one fork per worker takes the next item from a shared counter until none is
+    left and pipes its results back. The machine's own floor for CPU-bound work: no pickling
+    of work, no dispatcher, balanced as well as any pool (this machine's two cores do not run
+    at the same speed when both are busy, so a fixed split would be no floor)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        import multiprocessing
+        import pickle
+
+        counter = multiprocessing.get_context("fork").Value("q", 0)
+        children = []
+        for _ in range(self.workers):
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # child: take items until none is left, send the results, leave
+                try:
+                    os.close(read_end)
+                    done = []
+                    while True:
+                        with counter.get_lock():
+                            index = counter.value
+                            counter.value += 1
+                        if index >= len(items):
+                            break
+                        done.append((index, fn(items[index])))
+                    with os.fdopen(write_end, "wb") as out:
+                        out.write(pickle.dumps(done))
+                finally:
+                    os._exit(0)
+            os.close(write_end)
+            children.append((pid, read_end))
+        results: list[Any] = [None] * len(items)
+        for pid, read_end in children:
+            with os.fdopen(read_end, "rb") as f:
+                for index, value in pickle.loads(f.read()):
+                    results[index] = value
+            os.waitpid(pid, 0)
+        return results
+
+
 class ConveyorEngine(Engine):
     def __init__(self, workers: int, backend: str) -> None:
         import conveyor
@@ -348,6 +392,7 @@ SPECS: dict[str, Spec] = {
     s.name: s
     for s in [
         Spec("serial", "serial", "serial", lambda w: SerialEngine()),
+        Spec("bare processes", "serial", "bare", BareProcessesEngine),
         Spec("conveyor process", "conveyor", "process", lambda w: ConveyorEngine(w, "process")),
         Spec("conveyor thread", "conveyor", "thread", lambda w: ConveyorEngine(w, "thread")),
         Spec("conveyor auto", "conveyor", "auto", ConveyorAutoEngine),
@@ -575,10 +620,59 @@ def run_map_workload(
         items, check = inputs()
         return (lambda engine: engine.map(fn, items)), check
 
-    return [
-        measure(spec, workload, workers, prepare, opts, warmup=spec.kind != "serial")
-        for spec in pick(names, opts)
-    ]
+    return measure_interleaved(pick(names, opts), workload, workers, prepare, opts)
+
+
+def measure_interleaved(
+    specs: Sequence[Spec],
+    workload: str,
+    workers: int,
+    prepare: Callable[[], Batch],
+    opts: Options,
+) -> list[Row]:
+    """Like :func:`measure` for several contenders at once, timed round-robin: every pool is
+    created and warmed up first, then each round times one call of every contender in turn, so
+    that a change in the machine's speed (a shared virtual machine's cores slow down and speed
+    up by tens of percent from one minute to the next) reaches every contender alike instead of
+    deciding a ratio. Then every pool is shut down."""
+    live: list[tuple[Spec, Row, Engine]] = []
+    rows: list[Row] = []
+    for spec in specs:
+        row = new_row(spec, workload, workers if spec.kind != "serial" else 1)
+        rows.append(row)
+        engine: Engine | None = None
+        try:
+            with deadline(opts.timeout):
+                engine = spec.make(workers)
+                if spec.kind != "serial":  # the serial reference needs no warm-up
+                    call, check = prepare()
+                    check(call(engine))
+            live.append((spec, row, engine))
+        except Exception as exc:
+            row.error = describe_error(exc)
+            if engine is not None:
+                close_quietly(engine, row)
+    try:
+        for _ in range(opts.repeats):
+            for _spec, row, engine in live:
+                if row.error is not None:
+                    continue
+                try:
+                    with deadline(opts.timeout):
+                        call, check = prepare()
+                        gc.collect()
+                        t0 = time.perf_counter()
+                        out = call(engine)
+                        row.times.append(time.perf_counter() - t0)
+                        check(out)
+                except Exception as exc:
+                    row.error = describe_error(exc)
+    finally:
+        for _, row, engine in live:
+            close_quietly(engine, row)
+    for spec, row in zip(specs, rows):
+        log(f"  {workload:8} {spec.name:22} {fmt_seconds(row.best):>9}  {row.error or ''}")
+    return rows
 
 
 def constant(items: Sequence[Any], check: Check) -> Callable[[], tuple[Sequence[Any], Check]]:
@@ -632,7 +726,7 @@ def wl_cpu(opts: Options) -> Section:
     items = [n + k for k in range(opts.cpu_blocks)]
     log(f"cpu: {len(items)} blocks of {n:,} iterations (~{opts.cpu_block_seconds * 1000:.0f} ms)")
     expected = [cpu_block(x) for x in items]
-    names = ["serial", *conveyor_names("cpu", opts), *MAP_PEERS]
+    names = ["serial", "bare processes", *conveyor_names("cpu", opts), *MAP_PEERS]
     rows = run_map_workload(
         "cpu", names, cpu_block, constant(items, expect_equal(expected)), opts.workers, opts
     )
@@ -650,49 +744,23 @@ def wl_cpu(opts: Options) -> Section:
     # What this machine gives two CPU-bound processes that share nothing: on a virtual machine
     # whose cores share a physical one, each runs slower when both are busy, and no pool can
     # beat that. Reported beside the target, never instead of it.
-    floor = Row("cpu", "bare processes", "os.fork", "serial", opts.workers, note="no pool")
-    floor.times = [bare_processes(cpu_block, items, opts.workers) for _ in range(opts.repeats)]
-    rows.insert(1, floor)
+    floor = next((r for r in rows if r.contender == "bare processes"), None)
+    floor_best = floor.best if floor is not None else None
     section.ref_label = "vs serial/cores"
     section.notes.append(
         f"serial {fmt_seconds(serial)} s; serial/cores = {fmt_seconds(ideal)} s "
-        f"(cores = {opts.workers}); bare processes (one fork per core running its share of the "
-        f"blocks, no pool, no pickling) {fmt_seconds(floor.best)} s = "
-        f"{fmt_ratio(floor.best / ideal if floor.best else None)} serial/cores: the machine's floor"
+        f"(cores = {opts.workers}); bare processes (one fork per core taking blocks from a "
+        f"shared counter: no pool, no pickling) {fmt_seconds(floor_best)} s = "
+        f"{fmt_ratio(floor_best / ideal if floor_best else None)} serial/cores: the machine's floor"
     )
     for row in rows:
         ratio = row.best / ideal if row.best is not None else None
         section.ref[row.contender] = ratio
         if row.is_conveyor and row.kind != "thread":  # threads cannot scale GIL-bound work
             verdict_at_most(row, ratio, 1.05, "serial/cores")
-            if row.best is not None and floor.best:
-                row.verdict += f"; {row.best / floor.best:.2f}x bare processes"
+            if row.best is not None and floor_best:
+                row.verdict += f"; {row.best / floor_best:.2f}x bare processes"
     return section
-
-
-def bare_processes(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> float:
-    """Seconds for ``workers`` forked processes to run ``fn`` over their share of ``items``
-    (item i goes to process i % workers), from a start signal to the last one's exit."""
-    go_r, go_w = os.pipe()
-    pids = []
-    for k in range(workers):
-        pid = os.fork()
-        if pid == 0:  # child: wait for the start, run its share, leave without cleanup
-            try:
-                os.read(go_r, 1)
-                for item in items[k::workers]:
-                    fn(item)
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    os.close(go_r)
-    started = time.perf_counter()
-    os.write(go_w, b"g" * workers)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    elapsed = time.perf_counter() - started
-    os.close(go_w)
-    return elapsed
 
 
 def wl_io(opts: Options) -> Section:

@@ -88,14 +88,15 @@ def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
 
 
 _readv = _load()
-ctypes.pythonapi.PyObject_GetBuffer.argtypes = [
-    ctypes.py_object,
-    ctypes.POINTER(_PyBuffer),
-    ctypes.c_int,
-]
-ctypes.pythonapi.PyObject_GetBuffer.restype = ctypes.c_int
-ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
-ctypes.pythonapi.PyBuffer_Release.restype = None
+if _readv is not None:  # CPython only: the buffer protocol through its C API
+    ctypes.pythonapi.PyObject_GetBuffer.argtypes = [
+        ctypes.py_object,
+        ctypes.POINTER(_PyBuffer),
+        ctypes.c_int,
+    ]
+    ctypes.pythonapi.PyObject_GetBuffer.restype = ctypes.c_int
+    ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    ctypes.pythonapi.PyBuffer_Release.restype = None
 #: whether this system has ``process_vm_readv`` at all (a worker still has to :func:`probe`)
 AVAILABLE = _readv is not None
 _PROBE = secrets.token_bytes(32)
