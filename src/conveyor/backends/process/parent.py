@@ -821,6 +821,17 @@ class ProcessBackend(Backend):
             and (not self._closing or worker.batch or not self._drained())
         ):
             self._start_worker()
+        if self._stop_now:
+            # terminate() killed it (or it died as terminate() began): what it held was stopped
+            # by the pool, not by a crash of its own; it fails as terminate() says, PoolClosed,
+            # like every other unfinished task (a race: the death is seen before _finish runs).
+            held = worker.held_units()
+            worker.batch, worker.queued = None, None
+            _fail(
+                held, self._broken or PoolClosed("the pool was terminated before the task finished")
+            )
+            worker.reaped.set()
+            return
         queued, worker.queued = worker.queued, None
         if queued is not None:  # sent ahead, never started (see protocol.py): not to blame
             owner = worker.cancelled_owner
