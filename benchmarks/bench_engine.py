@@ -495,6 +495,16 @@ Check = Callable[[Any], None]
 Batch = tuple[Callable[[Engine], Any], Check]
 
 
+def time_call(engine: Engine, prepare: Callable[[], Batch], row: Row) -> None:
+    """One timed call: inputs prepared and garbage collected untimed, the result checked."""
+    call, check = prepare()
+    gc.collect()
+    t0 = time.perf_counter()
+    out = call(engine)
+    row.times.append(time.perf_counter() - t0)
+    check(out)
+
+
 def measure(
     spec: Spec,
     workload: str,
@@ -516,12 +526,7 @@ def measure(
                 call, check = prepare()
                 check(call(engine))
             for _ in range(opts.repeats):
-                call, check = prepare()
-                gc.collect()
-                t0 = time.perf_counter()
-                out = call(engine)
-                row.times.append(time.perf_counter() - t0)
-                check(out)
+                time_call(engine, prepare, row)
     except Exception as exc:
         row.error = describe_error(exc)
     finally:
@@ -659,12 +664,7 @@ def measure_interleaved(
                     continue
                 try:
                     with deadline(opts.timeout):
-                        call, check = prepare()
-                        gc.collect()
-                        t0 = time.perf_counter()
-                        out = call(engine)
-                        row.times.append(time.perf_counter() - t0)
-                        check(out)
+                        time_call(engine, prepare, row)
                 except Exception as exc:
                     row.error = describe_error(exc)
     finally:

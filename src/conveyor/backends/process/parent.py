@@ -827,9 +827,7 @@ class ProcessBackend(Backend):
             # like every other unfinished task (a race: the death is seen before _finish runs).
             held = worker.held_units()
             worker.batch, worker.queued = None, None
-            _fail(
-                held, self._broken or PoolClosed("the pool was terminated before the task finished")
-            )
+            _fail(held, self._unfinished_error())
             worker.reaped.set()
             return
         queued, worker.queued = worker.queued, None
@@ -1026,6 +1024,10 @@ class ProcessBackend(Backend):
             if worker.process.exitcode is None:
                 worker.kill()
 
+    def _unfinished_error(self) -> BaseException:
+        """What a task gets that the pool stopped before it finished."""
+        return self._broken or PoolClosed("the pool was terminated before the task finished")
+
     def _finish(self) -> None:
         """Last act of the dispatcher: no worker left, nothing owed left unsaid."""
         with self._lock:
@@ -1042,8 +1044,7 @@ class ProcessBackend(Backend):
             _kill_group(worker.pid, None)
             worker.close_channels()
             worker.reaped.set()
-        error = self._broken or PoolClosed("the pool was terminated before the task finished")
-        _fail(dropped, error)
+        _fail(dropped, self._unfinished_error())
         for worker in workers:
             worker.release_holds()
         if self._segments is not None:
