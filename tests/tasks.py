@@ -49,3 +49,50 @@ class Counted:
 def _rebuild_counted(payload: bytes) -> Counted:
     Counted.loads += 1
     return Counted(payload)
+
+
+class TwoArgError(Exception):
+    """An exception whose ``__init__`` takes other arguments than its ``args``."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__(f"{a}-{b}")
+        self.a = a
+        self.b = b
+
+
+class KeywordOnlyError(ValueError):
+    """An exception built with a keyword-only argument."""
+
+    def __init__(self, *, code: int):
+        super().__init__(f"code {code}")
+        self.code = code
+
+
+class LockedError(RuntimeError):
+    """An exception holding an attribute that cannot be pickled."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.lock = threading.Lock()
+        self.detail = "kept"
+
+
+class CustomOSError(OSError):
+    """An OSError subclass with its own ``__init__`` (OSError's ``__new__`` is special)."""
+
+    def __init__(self, path: str):
+        super().__init__(2, "gone", path)
+        self.where = path
+
+
+def raise_error(kind: str) -> None:
+    """Raise one of the awkward exceptions above."""
+    if kind == "two":
+        raise TwoArgError(1, 2)
+    if kind == "kwonly":
+        raise KeywordOnlyError(code=7)
+    if kind == "locked":
+        raise LockedError("held a lock")
+    if kind == "oserror":
+        raise CustomOSError("/nowhere")
+    raise AssertionError(kind)

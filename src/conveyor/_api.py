@@ -3,10 +3,13 @@
 A default pool is started lazily for each ``(backend, workers, start_method)`` the program
 uses, kept for later calls (so a second call pays no start-up) and terminated at interpreter
 exit. A call with an ``initializer`` gets a pool of its own, closed when the call is done.
+A process forked from this one starts its own default pools afresh (the parent's serve the
+parent only).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
@@ -21,6 +24,17 @@ __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 
 _defaults: dict[tuple[str, int | None, str | None], Pool] = {}
 _defaults_lock = threading.Lock()
+
+
+def _forget_defaults_after_fork() -> None:
+    """In a forked child: the parent's default pools are not ours (and the lock may be held)."""
+    global _defaults_lock
+    _defaults_lock = threading.Lock()
+    _defaults.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_defaults_after_fork)
 
 
 def _default_pool(backend: str, workers: int | None, start_method: str | None) -> Pool:

@@ -21,6 +21,13 @@ Guarantees, and where they are kept:
   ``on_error="raise"``, or Ctrl-C all close the job: queued chunks are cancelled, outcomes that
   still arrive are dropped by :meth:`_Chunk.deliver`, and the pool stays usable. On Ctrl-C the
   process backend also kills the workers running the job's chunks and waits until they are reaped.
+* **A started map survives a shutdown.** The job takes a ticket from the backend when it is
+  made (see backends/queue.py): a ``shutdown`` from another thread lets it send the rest of
+  its input and waits for it, as ``Executor.map``'s submitted futures are waited for. The
+  ticket is given back when the job closes, or when the job is dropped unused (a finalizer),
+  so a forgotten ``imap`` never holds a shutdown up; a shutdown from the thread that drives
+  the job does not wait for it (it cannot go on meanwhile) and its later input fails with
+  PoolClosed.
 * **Each item is settled exactly once**: a result, a retry (a new one-item unit held back by a
   small backoff), a Failure, a skip, or the error that is raised.
 """
@@ -29,7 +36,9 @@ from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
@@ -150,6 +159,8 @@ class MapJob:
         self._raise: BaseException | None = None
         self._progress = Progress(progress, total, getattr(fn, "__name__", "conveyor"))
         self._on_interrupt = on_interrupt
+        self._ticket = backend.begin_job()
+        self._end_job = weakref.finalize(self, backend.end_job, self._ticket)
         if head is not None and head[0]:
             self._settle_head(*head)
 
@@ -176,8 +187,11 @@ class MapJob:
 
     def batches(self) -> Iterator[list[Any]]:
         """Lists of results, as they become ready to hand out."""
+        ticket = self._ticket
         try:
             while True:
+                if ticket is not None:
+                    ticket.thread = threading.current_thread()  # who drives it (see above)
                 self._top_up()
                 if self._ready:
                     ready, self._ready = self._ready, []
@@ -230,7 +244,7 @@ class MapJob:
                 estimate=self._chunker.estimate(len(items)),
                 eager=False,
             )
-            self.backend.submit([unit])
+            self.backend.submit([unit], self._ticket)
 
     def _wait(self) -> None:
         event = self.events.get()
@@ -306,7 +320,7 @@ class MapJob:
                 not_before=time.monotonic() + retry_backoff(attempts),
                 estimate=self._chunker.estimate(1),
             )
-            self.backend.submit([retry])
+            self.backend.submit([retry], self._ticket)
             return _PENDING
         chunk.flagged = True
         if self.on_error == "return":
@@ -353,6 +367,7 @@ class MapJob:
                 self._on_interrupt()
         else:
             self.backend.cancel(self)
+        self._end_job()
         # Chunks point back at the job: break the cycle now, so results (and the shared
         # memory they may view) go when the caller drops them, not when the collector runs.
         self._finished.clear()

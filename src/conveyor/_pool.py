@@ -13,7 +13,12 @@ Guarantees:
 
 * A future is marked running exactly once, when its unit is first handed to a worker
   (``set_running_or_notify_cancel``); a future cancelled before that never runs.
-* ``shutdown(cancel_futures=True)`` cancels every future that has not started.
+* ``shutdown(cancel_futures=True)`` cancels every future that has not started, and (like
+  ``ProcessPoolExecutor``) leaves it CANCELLED_AND_NOTIFIED, so ``wait()`` and
+  ``as_completed()`` count it as done; so does ``terminate()``, and so does the dispatcher
+  for a future its caller cancelled (:meth:`_FutureTask.deliver`, ``starting``).
+* A submitted task is finished by ``shutdown``, its retries too (they are follow-ups, which a
+  shutting-down backend takes); so is a map that has started (see backends/queue.py).
 * Leaving a ``with Pool()`` block by Ctrl-C (KeyboardInterrupt) or SystemExit terminates the
   workers instead of waiting for them, so an interrupt never hangs on running tasks.
 * A pool that is garbage-collected or still open at interpreter exit is shut down: workers are
@@ -37,6 +42,7 @@ from ._job import MapJob, retry_backoff
 from ._options import check_backend, check_callable, check_options, check_timeout, check_workers
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
+from .backends.queue import FOLLOW_UP
 
 __all__ = ["Pool"]
 
@@ -82,13 +88,20 @@ class _FutureTask:
         values, errors = loader()
         error = errors.get(0)
         if self.future.done():
+            if not self.started:  # its caller cancelled it, and it was dropped unrun
+                self.started = True
+                self.future.set_running_or_notify_cancel()
             return
         if error is None:
             self.times.observe(elapsed)
             self.future.set_result(values[0])
             return
         if isinstance(error, PoolClosed) and not self.started:
+            # dropped unrun by shutdown(cancel_futures=True) or terminate(): cancelled, and
+            # notified, so that wait() and as_completed() see it (starting() never will)
+            self.started = True
             self.future.cancel()
+            self.future.set_running_or_notify_cancel()
             return
         self.attempts += 1
         if self.attempts <= self.retries and not isinstance(error, PoolClosed):
@@ -102,7 +115,7 @@ class _FutureTask:
                 not_before=time.monotonic() + retry_backoff(self.attempts),
             )
             try:
-                self.backend.submit([retry])
+                self.backend.submit([retry], FOLLOW_UP)
                 return
             except Exception as exc:
                 error = exc
@@ -478,12 +491,26 @@ class Pool(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted (or cancel what has not started).
 
+        As with ``concurrent.futures``: submitted tasks finish (retries included), and so do
+        maps and imaps already running in other threads (they keep taking their input); with
+        ``cancel_futures=True`` what has not started is cancelled (a running map then raises
+        PoolClosed). An imap left suspended in the calling thread cannot go on while it waits:
+        it is not waited for, and its later input fails with PoolClosed. Called with
+        ``wait=True`` on one of the pool's own threads (a task or done-callback), it shuts the
+        pool down and raises RuntimeError instead of waiting for itself, as the stdlib does.
+
         Example::
 
             >>> pool = conveyor.Pool(); pool.shutdown()
         """
+        error: RuntimeError | None = None
         for backend in self._all_backends():
-            backend.shutdown(wait=wait, cancel_pending=cancel_futures)
+            try:
+                backend.shutdown(wait=wait, cancel_pending=cancel_futures)
+            except RuntimeError as exc:  # called from the pool's own thread: shut, not joined
+                error = error or exc
+        if error is not None:
+            raise error
 
     def terminate(self) -> None:
         """Stop at once: kill the workers; what had not finished fails with PoolClosed.

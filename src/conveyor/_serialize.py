@@ -12,6 +12,16 @@ of that segment. A :class:`Payload` is the pickle stream plus that segment.
 
 When something cannot be sent, the error names it: which argument of which item, its type and
 its repr, and suggests ``backend="thread"``, which needs no pickling at all.
+
+An exception raised by a task goes back as itself (:func:`portable_exception`). Python pickles
+an exception as ``type(exc)(*exc.args)`` plus its ``__dict__``, which fails for a class whose
+``__init__`` takes other arguments than ``args`` (or keyword-only ones), or with an attribute
+that cannot be pickled. Such an exception is rebuilt without calling its class's ``__init__``:
+its ``__new__``, the ``__init__`` of the built-in exception it derives from (which sets
+``OSError``'s ``errno`` and ``filename``, say), then ``args`` and the attributes that can be
+pickled (those that cannot are named in a note, ``__notes__``). Only when even that cannot
+work (the class itself cannot be pickled, or its ``__new__`` needs other arguments) does a
+``RuntimeError`` naming the original type and message stand in for it.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ __all__ = [
     "dumps_payload",
     "loads",
     "loads_payload",
+    "portable_exception",
 ]
 
 PROTOCOL = 5
@@ -188,6 +199,90 @@ def loads_payload(
     else:
         views = [segment.view(offset, length) for offset, length in spans]
     return pickle.loads(data, buffers=views)
+
+
+def portable_exception(exc: BaseException) -> BaseException | _RebuiltException:
+    """``exc``, or what unpickles as an exception of its type; a RuntimeError as a last resort.
+
+    Example::
+
+        >>> class Custom(Exception):
+        ...     def __init__(self, a, b):
+        ...         super().__init__(f"{a}-{b}")
+        >>> back = cloudpickle.loads(cloudpickle.dumps(portable_exception(Custom(1, 2))))
+        >>> type(back).__name__, back.args
+        ('Custom', ('1-2',))
+    """
+    for module in (pickle, cloudpickle):
+        try:
+            module.loads(module.dumps(exc, PROTOCOL))
+            return exc
+        except Exception:
+            pass
+    try:
+        rebuilt = _RebuiltException(exc)
+        cloudpickle.loads(cloudpickle.dumps(rebuilt, PROTOCOL))
+        return rebuilt
+    except Exception:
+        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+
+
+class _RebuiltException:
+    """Pickles as ``exc`` rebuilt without its ``__init__`` (see the module docstring)."""
+
+    def __init__(self, exc: BaseException):
+        self.cls = type(exc)
+        self.args = _picklable_args(exc.args)
+        # what the built-in base class is made from (OSError: errno, strerror, filename)
+        self.native_args = self.args
+        try:
+            reduced = exc.__reduce__()
+            if isinstance(reduced, tuple) and len(reduced) > 1 and isinstance(reduced[1], tuple):
+                self.native_args = _picklable_args(reduced[1])
+        except Exception:
+            pass
+        self.state: dict[str, Any] = {}
+        lost = []
+        for name, value in getattr(exc, "__dict__", {}).items():
+            if _picklable(value):
+                self.state[name] = value
+            else:
+                lost.append(name)
+        if lost:
+            notes = list(self.state.get("__notes__", []))
+            notes.append(
+                f"(conveyor: attribute {', '.join(map(repr, lost))} of this exception could "
+                f"not be pickled, and was left behind in the worker process)"
+            )
+            self.state["__notes__"] = notes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_exception, (self.cls, self.native_args, self.args, self.state)
+
+
+def _picklable_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a if _picklable(a) else repr(a) for a in args)
+
+
+def _rebuild_exception(
+    cls: type[BaseException],
+    native_args: tuple[Any, ...],
+    args: tuple[Any, ...],
+    state: dict[str, Any],
+) -> BaseException:
+    try:
+        exc = cls.__new__(cls, *native_args)
+    except TypeError:
+        exc = cls.__new__(cls)
+    native = next(c for c in cls.__mro__ if c.__module__ == "builtins")
+    try:
+        native.__init__(exc, *native_args)  # type: ignore[misc]
+    except Exception:
+        pass
+    exc.args = args
+    for name, value in state.items():
+        setattr(exc, name, value)
+    return exc
 
 
 def share_large_bytes(values: list[Any], mode: int, stream_size: int) -> list[Any] | None:

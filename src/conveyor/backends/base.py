@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import abc
+import os
+import weakref
 from collections.abc import Sequence
 
 from .._work import Unit
+from .queue import JobTicket
 
 __all__ = ["Backend"]
+
+# Every backend of this process, so that a forked child can disown them (see _after_fork).
+_instances: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 class Backend(abc.ABC):
@@ -19,7 +25,12 @@ class Backend(abc.ABC):
       unless it is cancelled (:meth:`cancel`, or the sink's ``starting`` returned False) or the
       backend is terminated (then its sink gets an error outcome for each item still owed);
     * outcomes of one unit arrive in item order (a unit may be delivered in several pieces);
-    * :meth:`submit` raises in the caller's thread for work that cannot be sent (unpicklable).
+    * :meth:`submit` raises in the caller's thread for work that cannot be sent (unpicklable);
+    * once shut down it refuses new work, but takes the units of a job whose ticket is open
+      (:meth:`begin_job`) and retries (:data:`~.queue.FOLLOW_UP`), and stays up for them;
+    * in a process forked from the one that made it, it refuses everything with
+      :class:`~conveyor.PoolClosed` and its shutdown and terminate return at once, touching
+      nothing of the parent's (its workers and threads serve the parent only).
     """
 
     #: "thread" or "process"
@@ -29,10 +40,33 @@ class Backend(abc.ABC):
 
     def __init__(self, workers: int):
         self.workers = workers
+        self.owner_pid = os.getpid()
+        _instances.add(self)
 
     @abc.abstractmethod
-    def submit(self, units: Sequence[Unit]) -> None:
-        """Queue units to run (held back until each one's ``not_before``)."""
+    def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
+        """Queue units to run (held back until each one's ``not_before``).
+
+        ``ticket``: the units continue a job (or a task) begun before a shutdown.
+        """
+
+    def begin_job(self) -> JobTicket | None:
+        """Register a map job that starts now; raises PoolClosed once shut down."""
+        return None
+
+    def end_job(self, ticket: JobTicket | None) -> None:  # noqa: B027 (optional to override)
+        """The job of ``ticket`` has ended: a shutdown need not wait for it any more."""
+
+    def forget_after_fork(self) -> None:  # noqa: B027 (optional to override)
+        """Called in a forked child: disown the parent's workers, refuse all use (override)."""
+
+    def fork_error(self) -> str:
+        """Why a forked child cannot use this backend."""
+        return (
+            f"this pool belongs to the parent process {self.owner_pid}, from which this "
+            f"process ({os.getpid()}) was forked; its workers serve the parent only. "
+            f"Make a new Pool in this process"
+        )
 
     @abc.abstractmethod
     def cancel(self, owner: object) -> None:
@@ -58,3 +92,12 @@ class Backend(abc.ABC):
     def alive(self) -> bool:
         """False once shut down or terminated."""
         return True
+
+
+def _after_fork() -> None:
+    for backend in list(_instances):
+        backend.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

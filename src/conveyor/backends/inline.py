@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from .._work import Unit, outcomes_of, run_items
 from .base import Backend
+from .queue import JobTicket
 
 __all__ = ["InlineBackend"]
 
@@ -30,7 +31,7 @@ class InlineBackend(Backend):
     def __init__(self) -> None:
         super().__init__(1)
 
-    def submit(self, units: Sequence[Unit]) -> None:
+    def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
         for unit in units:
             delay = unit.not_before - time.monotonic()
             if delay > 0:

@@ -30,7 +30,15 @@ Races, and what settles them:
 * the watchdog reads each thread's ``current`` once per look (a worker may clear it meanwhile);
 * the watchdog ends with the pool: closing and every worker thread's exit wake it up;
 * ``terminate()`` against a task ending: the same lock, around ``unit``/``position`` (the
-  items not yet delivered), which every worker thread keeps while it runs anything.
+  items not yet delivered), which every worker thread keeps while it runs anything;
+* the last thread leaving while work comes in (a retry, a job's chunk after ``shutdown``): a
+  thread leaves only under ``_cv`` with nothing queued, held or expected (no open job ticket),
+  and ``submit`` starts a thread under ``_cv`` when none is left; a thread abandoned while
+  work is queued is always replaced, also during a shutdown;
+* ``shutdown(wait=True)`` waits until no worker thread is left (not for abandoned ones: they
+  may be stuck in C for good). Called on one of the pool's own threads (a task, a
+  done-callback) it would wait for itself: it shuts the pool down and raises RuntimeError, as
+  ``ThreadPoolExecutor`` does.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from typing import Any
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend
-from .queue import WorkQueue
+from .queue import JobTicket, WorkQueue
 
 __all__ = ["ThreadBackend"]
 
@@ -99,6 +107,7 @@ class ThreadBackend(Backend):
         self._cv = threading.Condition()
         self._queue = WorkQueue()
         self._states: set[_ThreadState] = set()
+        self._exited: list[threading.Thread] = []  # threads that left, to join in shutdown
         self._closing = False
         self._terminated = False
         self._broken: BaseException | None = None
@@ -109,37 +118,70 @@ class ThreadBackend(Backend):
 
     # ----------------------------------------------------------------- front (any thread)
 
-    def submit(self, units: Sequence[Unit]) -> None:
+    def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
+        with self._cv:
+            if self._broken is not None:
+                raise self._broken
+            if self._terminated or (self._closing and not (ticket is not None and ticket.open)):
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            self._queue.add(units, time.monotonic())
+            if not self._states:  # every thread left (shutting down): one must run these
+                self._start_thread()
+            self._cv.notify(len(units))
+
+    def begin_job(self) -> JobTicket:
         with self._cv:
             if self._broken is not None:
                 raise self._broken
             if self._closing or self._terminated:
                 raise PoolClosed("cannot submit to a pool that was shut down")
-            self._queue.add(units, time.monotonic())
-            self._cv.notify(len(units))
+            return self._queue.open_job()
+
+    def end_job(self, ticket: JobTicket | None) -> None:
+        if ticket is None:
+            return
+        with self._cv:
+            self._queue.close_jobs([ticket])
+            self._cv.notify_all()  # threads waiting for it may leave now
 
     def cancel(self, owner: object) -> None:
         with self._cv:
             self._queue.cancel(owner)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        current = threading.current_thread()
         with self._cv:
             self._closing = True
-            dropped = self._take_all_queued() if cancel_pending else []
+            dropped = []
+            if cancel_pending:
+                dropped = self._take_all_queued()
+                self._queue.close_jobs()
+            elif wait:
+                self._queue.close_jobs(self._queue.jobs_driven_by(current))
             self._cv.notify_all()
-            threads = [s.thread for s in self._states if s.thread is not None]
+            own = current is self._watchdog or any(s.thread is current for s in self._states)
         _fail(dropped, PoolClosed("the pool was shut down before the task started"))
         self._poke_watchdog()
-        if wait:
-            current = threading.current_thread()
-            for thread in threads:
-                if thread is not current:
-                    thread.join()
+        if not wait:
+            return
+        if own:
+            raise RuntimeError(
+                "cannot join current thread: shutdown(wait=True) was called on one of the "
+                "pool's own threads (by a task or a done-callback), which it would wait for; "
+                "the pool is shutting down. Use shutdown(wait=False) there"
+            )
+        with self._cv:
+            while self._states:
+                self._cv.wait()
+            exited, self._exited = self._exited, []
+        for thread in exited:
+            thread.join()
 
     def terminate(self) -> None:
         with self._cv:
             self._terminated = self._closing = True
             dropped = self._take_all_queued()
+            self._queue.close_jobs()
             self._cv.notify_all()
             states = list(self._states)
         _fail(dropped, PoolClosed("the pool was terminated before the task started"))
@@ -153,12 +195,26 @@ class ThreadBackend(Backend):
                 state.abandoned = True
                 state.unit = state.current = None
                 _stop_thread(state)
+            with self._cv:
+                self._states.discard(state)  # a shutdown(wait=True) must not wait for it
+                self._cv.notify_all()
             error = PoolClosed("the pool was terminated while the task ran")
             unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
 
     @property
     def alive(self) -> bool:
         return not (self._closing or self._terminated)
+
+    def forget_after_fork(self) -> None:
+        # This child has none of the threads; locks may have been held by them at the fork.
+        self._cv = threading.Condition()
+        self._watch_cv = threading.Condition()
+        self._queue = WorkQueue()
+        self._states = set()
+        self._exited = []
+        self._watchdog = None
+        self._closing = self._terminated = True
+        self._broken = PoolClosed(self.fork_error())
 
     # ----------------------------------------------------------------- worker threads
 
@@ -182,29 +238,37 @@ class ThreadBackend(Backend):
         with self._cv:
             while True:
                 if self._terminated or state.abandoned or self._broken is not None:
-                    self._states.discard(state)
+                    self._leave(state)
                     return None
                 now = time.monotonic()
                 self._queue.release_due(now)
                 if self._queue.ready:
                     return self._queue.ready.popleft()
-                if self._closing and not self._queue.has_held:
-                    self._states.discard(state)
-                    self._cv.notify_all()
+                if self._closing and not self._queue.has_held and not self._queue.jobs:
+                    self._leave(state)
                     self._poke_watchdog()  # the last thread out lets the watchdog end too
                     return None
                 due = self._queue.next_due()
                 wait = None if due is None else due - now
                 self._cv.wait(wait)
 
+    def _leave(self, state: _ThreadState) -> None:
+        """The thread of ``state`` ends (call holding ``_cv``)."""
+        if state not in self._states:
+            return
+        self._states.discard(state)
+        if state.thread is not None and not state.abandoned:
+            self._exited.append(state.thread)
+        self._cv.notify_all()
+
     def _thread_main(self, state: _ThreadState) -> None:
-        if self._initializer is not None:
-            try:
-                self._initializer(*self._initargs)
-            except BaseException as exc:
-                self._break(exc)
-                return
         try:
+            if self._initializer is not None:
+                try:
+                    self._initializer(*self._initargs)
+                except BaseException as exc:
+                    self._break(exc)
+                    return
             while True:
                 unit = self._next_unit(state)
                 if unit is None:
@@ -218,6 +282,9 @@ class ThreadBackend(Backend):
             # after the task had ended. The item was settled by the watchdog already.
             if not state.abandoned:
                 raise
+        finally:
+            with self._cv:
+                self._leave(state)  # however it ends, a shutdown must not wait for it
 
     def _run_unit(self, state: _ThreadState, unit: Unit) -> None:
         timeout = unit.timeout
@@ -309,7 +376,7 @@ class ThreadBackend(Backend):
             rest = unit.piece(position + 1) if position + 1 < len(unit.items) else None
             if rest is not None:
                 self._queue.ready.appendleft(rest)
-            if not (self._closing or self._terminated):
+            if not self._terminated and (not self._closing or self._queue or self._queue.jobs):
                 self._start_thread()
             self._cv.notify()
         error = TaskTimeout(f"task ran past its timeout of {timeout:g} s", timeout)

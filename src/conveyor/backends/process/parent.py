@@ -47,6 +47,19 @@ Guarantees, and where they are kept:
   an item that cannot be pickled fails its unit with :class:`~conveyor._errors.Unsendable`,
   which the map raises whatever ``on_error`` says. A ``submit`` is pickled by its caller: its
   error belongs in that call, and one small task costs little GIL time.
+* **No worker idles while work is queued.** The dispatcher waits without a deadline only after
+  a pass in which every batch it took was sent: a batch that came to nothing (its futures were
+  cancelled, its items could not be pickled) leaves its worker idle, so it takes batches again
+  at once (:meth:`ProcessBackend._assign_work`). A worker at its ``max_tasks_per_worker`` is
+  replaced also while the pool shuts down, as long as work is left for it.
+* **A shutdown finishes what was submitted**, and the maps that have started (see
+  :mod:`..queue`, the job tickets): the dispatcher stops the workers only when nothing is
+  queued, held or expected. ``shutdown(wait=True)`` on the dispatcher thread (a done-callback)
+  would wait for itself: it raises RuntimeError instead, as ``ProcessPoolExecutor`` does.
+* **A forked child disowns the pool.** The child has no dispatcher thread, and the workers are
+  its parent's: it closes its copies of the pool's pipes (a copy of a worker's lifeline would
+  keep that worker alive after the parent's death), forgets the workers without touching them,
+  and refuses all use with PoolClosed; its exit does not wait for anything.
 * **Wakeups are never lost.** A caller sets ``_wake_pending`` and writes to the wakeup pipe only
   when it was clear; the dispatcher drains the pipe, clears the flag under the lock and only then
   takes work, so work queued after the clear is seen now or wakes the next wait.
@@ -76,7 +89,7 @@ from ..._serialize import Payload, callable_payload, dumps_callable, items_paylo
 from ..._shm import Segment
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
-from ..queue import WorkQueue
+from ..queue import JobTicket, WorkQueue
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
@@ -333,6 +346,7 @@ class ProcessBackend(Backend):
         # Units sent back exact after a death at an unknown item (dispatcher thread only).
         self._suspects: weakref.WeakSet[Unit] = weakref.WeakSet()
         self._finished = threading.Event()
+        self._forked = False  # set in a forked child (see forget_after_fork)
 
         try:
             for _ in range(workers):
@@ -348,7 +362,9 @@ class ProcessBackend(Backend):
 
     # ================================================================= front (any thread)
 
-    def submit(self, units: Sequence[Unit]) -> None:
+    def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
+        if self._broken is not None:
+            raise self._broken  # before any lock: in a forked child it may be held for good
         for unit in units:
             if unit.wire is None:
                 if unit.eager:
@@ -358,13 +374,32 @@ class ProcessBackend(Backend):
         with self._lock:
             if self._broken is not None:
                 raise self._broken
-            if self._closing:
+            if self._stop_now or (self._closing and not (ticket is not None and ticket.open)):
                 raise PoolClosed("cannot submit to a pool that was shut down")
             self._queue.add(units, time.monotonic())
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
             self._wake()
+
+    def begin_job(self) -> JobTicket:
+        if self._broken is not None:
+            raise self._broken
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            if self._closing:
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            return self._queue.open_job()
+
+    def end_job(self, ticket: JobTicket | None) -> None:
+        if ticket is None or self._broken is not None:
+            return
+        with self._lock:
+            self._queue.close_jobs([ticket])
+            closing = self._closing
+        if closing:
+            self._wake()  # the dispatcher may be waiting for this job alone
 
     def cancel(self, owner: object) -> None:
         with self._lock:
@@ -390,23 +425,59 @@ class ProcessBackend(Backend):
             worker.reaped.wait(10.0)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        if self._forked:
+            return
+        current = threading.current_thread()
         with self._lock:
             self._closing = True
-            dropped = self._take_queued() if cancel_pending else []
+            dropped = []
+            if cancel_pending:
+                dropped = self._take_queued()
+                self._queue.close_jobs()
+            elif wait:
+                self._queue.close_jobs(self._queue.jobs_driven_by(current))
         _fail(dropped, PoolClosed("the pool was shut down before the task started"))
         self._wake()
-        if wait and threading.current_thread() is not self._thread:
-            self._finished.wait()
+        if not wait:
+            return
+        if current is self._thread:
+            raise RuntimeError(
+                "cannot join current thread: shutdown(wait=True) was called on the pool's "
+                "dispatcher thread (by a done-callback), which it would wait for; the pool is "
+                "shutting down. Use shutdown(wait=False) there"
+            )
+        self._finished.wait()
 
     def terminate(self) -> None:
+        if self._forked:
+            return
         with self._lock:
             self._closing = self._stop_now = True
+            self._queue.close_jobs()
             workers = list(self._workers.values())
         for worker in workers:
             worker.kill()
         self._wake()
         if threading.current_thread() is not self._thread:
             self._finished.wait(30.0)
+
+    def forget_after_fork(self) -> None:
+        global _parent_fds_lock
+        # The child has no dispatcher, and any lock may have been held by a thread at the fork.
+        _parent_fds_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._forked = True
+        self._broken = PoolClosed(self.fork_error())
+        self._closing = self._stop_now = True
+        self._queue = WorkQueue()
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            # Our copies only: closing them does nothing to the parent's; the workers are not
+            # ours to kill, join or reap.
+            _close(worker.conn, worker.lifeline, worker.fd_sock)
+            _forget_child(worker.process)
+        _close(self._wake_r, self._wake_w)
+        self._finished.set()
 
     @property
     def alive(self) -> bool:
@@ -461,6 +532,8 @@ class ProcessBackend(Backend):
     def _assign_work(self) -> bool:
         """Send batches to idle workers; False when the pool must stop now.
 
+        Repeats while a batch came to nothing (cancelled, unpicklable) and work is queued:
+        its worker is idle again, and nothing else may wake the dispatcher for it.
         A method of its own so that no local variable of the loop keeps a unit (and its
         shared-memory segment) alive while the dispatcher waits.
         """
@@ -470,14 +543,18 @@ class ProcessBackend(Backend):
                     if pool_id in worker.mapped:
                         worker.mapped.discard(pool_id)
                         worker.to_forget.append(pool_id)
-        with self._lock:
-            if self._stop_now:
-                return False
-            self._release_held()
-            batches = self._take_batches()
-        for worker, units, ahead in batches:
-            self._send(worker, units, ahead)
-        return True
+        while True:
+            with self._lock:
+                if self._stop_now:
+                    return False
+                self._release_held()
+                batches = self._take_batches()
+            wasted = False
+            for worker, units, ahead in batches:
+                self._send(worker, units, ahead)
+                wasted = wasted or (not ahead and worker.batch is None)
+            if not wasted:
+                return True
 
     def _waitables(self) -> list[Any]:
         objs: list[Any] = [self._wake_r]
@@ -513,7 +590,7 @@ class ProcessBackend(Backend):
 
     def _drained(self) -> bool:
         with self._lock:
-            queued = bool(self._queue)
+            queued = bool(self._queue) or bool(self._queue.jobs)
         return not queued and all(not w.held_units() for w in self._workers.values())
 
     # ----------------------------------------------------------------- sending work
@@ -754,7 +831,7 @@ class ProcessBackend(Backend):
             return
         too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks
         too_big = self._max_memory is not None and rss > self._max_memory
-        if (too_many or too_big) and not self._closing:
+        if (too_many or too_big) and not (self._closing and self._drained()):
             self._retire(worker)
 
     def _retire(self, worker: _Worker) -> None:
@@ -1075,6 +1152,14 @@ def _all_but(batch: list[Unit], first: _Position, position: _Position) -> list[U
     """The items of ``batch`` from ``first`` on, without the one at ``position``."""
     index, item = position
     return _cut(batch, first, position) + _cut(batch, (index, item + 1), None)
+
+
+def _forget_child(process: BaseProcess) -> None:
+    """Make multiprocessing forget a worker that this (forked) process did not start, so that
+    its exit handler does not try to join it."""
+    from multiprocessing import process as mp_process
+
+    mp_process._children.discard(process)  # type: ignore[attr-defined]
 
 
 def _decode_message(data: bytes) -> tuple[Any, ...]:

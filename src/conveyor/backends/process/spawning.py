@@ -22,12 +22,18 @@ with SIGINT blocked would make all their processes (and the programs those run) 
 A forkserver worker is therefore exposed from its fork to the first lines of ``worker_main``,
 about a millisecond; a Ctrl-C in exactly that window ends that new worker (with a traceback on
 stderr) and the pool replaces it.
+
+A process made by a plain ``os.fork()`` inherits multiprocessing's record of its parent's fork
+server, which is not its child: starting any forkserver process there fails with
+``ChildProcessError``. :func:`_forget_fork_server` makes such a child start a fork server of its
+own (leaving the parent's running, untouched).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.spawn
+import os
 import signal
 import sys
 import threading
@@ -115,3 +121,24 @@ def start_worker(
             # A Ctrl-C that came meanwhile is delivered now, as KeyboardInterrupt as usual.
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     return process
+
+
+def _forget_fork_server() -> None:
+    """In a forked child: forget the parent's fork server (the next worker starts our own)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    server._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    alive_fd = server._forkserver_alive_fd
+    server._forkserver_pid = server._forkserver_address = server._forkserver_alive_fd = None
+    if alive_fd is not None:
+        try:
+            os.close(alive_fd)  # our copy; the parent's keeps its server running
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_fork_server)

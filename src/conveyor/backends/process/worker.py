@@ -29,8 +29,10 @@ Guarantees kept here:
   main thread, where they interrupt the task's blocking system call.
 * Before each unit (and each item of an exact or streamed unit) the worker writes where it is
   into ``mark``, memory shared with the parent, so a death is charged to the right item.
-* An exception that cannot be pickled, or that would not unpickle in the parent, is replaced by a
-  ``RuntimeError`` carrying its type, message and traceback text, never lost.
+* An exception that cannot be pickled, or that would not unpickle in the parent, is rebuilt as
+  its own type without its ``__init__`` (see conveyor._serialize.portable_exception), or, when
+  even that cannot be, replaced by a ``RuntimeError`` carrying its type, message and traceback
+  text; never lost.
 * If the parent dies (even by SIGKILL) the worker exits: the lifeline thread sees end-of-file and
   kills the worker's process group, so the children its tasks started go with it.
 """
@@ -54,7 +56,7 @@ import cloudpickle
 from ... import _pull, _shm
 from ..._envmark import VARIABLE, ItemTokens, kill_marked
 from ..._errors import TaskTimeout, format_exception_text
-from ..._serialize import Payload, dumps_payload, share_large_bytes
+from ..._serialize import Payload, dumps_payload, portable_exception, share_large_bytes
 from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
 from .protocol import (
@@ -133,20 +135,11 @@ class _Alarm:
         return result
 
 
-def _picklable_error(exc: BaseException) -> tuple[BaseException, str]:
+def _picklable_error(exc: BaseException) -> tuple[Any, str]:
     """The exception and its traceback text, made safe to unpickle in the parent."""
     tb = format_exception_text(exc)
     exc.__traceback__ = None
-    try:
-        pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
-        return exc, tb
-    except Exception:
-        pass
-    try:
-        cloudpickle.loads(cloudpickle.dumps(exc))
-        return exc, tb
-    except Exception:
-        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"), tb
+    return portable_exception(exc), tb
 
 
 def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Payload:
