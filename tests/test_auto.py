@@ -87,7 +87,7 @@ def test_tiny_work_runs_inline(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_tiny_work_with_a_timeout_is_not_run_inline(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="conveyor")
-    assert conveyor.map(tiny, range(1000), timeout=5) == list(range(1, 1001))
+    assert conveyor.map(tiny, range(1000), task_timeout=5) == list(range(1, 1001))
     assert chosen(caplog) != "inline"
 
 
@@ -140,6 +140,6 @@ def test_a_crashing_function_is_measured_safely() -> None:
 def test_auto_pool_runs_every_api(caplog: pytest.LogCaptureFixture) -> None:
     with conveyor.Pool(workers=2, backend="auto") as pool:
         assert pool.submit(tiny, 1).result() == 2
-        assert pool.map(tiny, range(100)) == list(range(1, 101))
+        assert list(pool.imap(tiny, range(100))) == list(range(1, 101))
         assert list(pool.imap(wait, [0.01] * 5)) == [0.01] * 5
         assert pool.starmap(pow, [(2, 3)]) == [8]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 from ._chunking import Chunker, ItemTimes
-from ._errors import Failure, PoolClosed, Unsendable, traceback_text
+from ._errors import Failure, PoolClosed, Unsendable, missed_deadline, traceback_text
 from ._progress import Progress
 from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
@@ -106,6 +106,7 @@ class MapJob:
         mode: int,
         ordered: bool = True,
         chunksize: int | str = "auto",
+        task_timeout: float | None = None,
         timeout: float | None = None,
         retries: int = 0,
         on_error: str = "raise",
@@ -119,7 +120,11 @@ class MapJob:
         self.fn = fn
         self.mode = mode
         self.ordered = ordered
+        self.task_timeout = task_timeout
+        # timeout: a deadline for the whole call, from now (see _wait)
         self.timeout = timeout
+        self._end_time = None if timeout is None else time.monotonic() + timeout
+        self._end_time = getattr(timeout, "end", self._end_time)  # a Deadline started earlier
         self.retries = retries
         self.on_error = on_error
         self.closed = False
@@ -226,14 +231,25 @@ class MapJob:
                 mode=self.mode,
                 sink=chunk,
                 tags=range(chunk.start, chunk.start + len(items)),
-                timeout=self.timeout,
+                timeout=self.task_timeout,
                 estimate=self._chunker.estimate(len(items)),
                 eager=False,
             )
             self.backend.submit([unit])
 
     def _wait(self) -> None:
-        event = self.events.get()
+        if self._end_time is None:
+            event = self.events.get()
+        else:
+            try:
+                event = self.events.get(timeout=max(0.0, self._end_time - time.monotonic()))
+            except queue.Empty:
+                assert self.timeout is not None
+                # Past the call's deadline: stop its work (the process backend kills the workers
+                # running its chunks, as on Ctrl-C; threads cannot be stopped, their queued
+                # chunks are dropped) and raise.
+                self._close(interrupt=True)
+                raise missed_deadline("the map call", self.timeout) from None
         self._handle(*event)
         while True:
             try:
@@ -302,7 +318,7 @@ class MapJob:
                 mode=self.mode,
                 sink=chunk,
                 tags=range(chunk.start + offset, chunk.start + offset + 1),
-                timeout=self.timeout,
+                timeout=self.task_timeout,
                 not_before=time.monotonic() + retry_backoff(attempts),
                 estimate=self._chunker.estimate(1),
             )

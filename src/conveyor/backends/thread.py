@@ -211,8 +211,11 @@ class ThreadBackend(Backend):
                     return
                 if unit.sink.starting(unit):
                     self._run_unit(state, unit)
-                    if state.abandoned:
-                        return
+                # Let go of the unit (its function, items and sink) before waiting for the next:
+                # a finished task must not be kept alive by an idle thread.
+                unit = None
+                if state.abandoned:
+                    return
         except BaseException:
             # Only an abandoned thread gets here: the watchdog's asynchronous exception arrived
             # after the task had ended. The item was settled by the watchdog already.
