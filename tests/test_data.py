@@ -78,7 +78,7 @@ def test_an_array_argument_is_a_view_of_shared_memory_in_the_worker(pool) -> Non
 
 
 def test_small_arrays_stay_in_the_pipe(pool) -> None:
-    assert not list(pool.imap(where_is, [np.ones(10)]))[0].startswith("/memfd:")
+    assert not next(pool.imap(where_is, [np.ones(10)])).startswith("/memfd:")
 
 
 def test_a_result_array_is_a_view_of_shared_memory_here(pool) -> None:

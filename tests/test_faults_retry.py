@@ -102,7 +102,7 @@ def test_retries_after_crashes_and_timeouts(tmp_path: Path) -> None:
     with conveyor.Pool(workers=2) as pool:
         crash_twice = functools.partial(faults.crash_times, str(tmp_path), times=2)
         assert pool.options(retries=2).submit(crash_twice, 7).result(timeout=30) == 7
-        failure = list(pool.imap(crash_twice, [8], retries=1, on_error="return"))[0]
+        (failure,) = pool.imap(crash_twice, [8], retries=1, on_error="return")
         assert isinstance(failure.exception, conveyor.WorkerCrashed)
         assert failure.attempts == 2 and failure.item == 8
         assert failure.exception.signal_name == "SIGKILL"

@@ -32,7 +32,7 @@ def _default_pool(backend: str, workers: int | None, start_method: str | None) -
     key = (backend, workers, start_method)
     with _defaults_lock:
         pool = _defaults.get(key)
-        if pool is None or not pool._backend.alive:
+        if pool is None or not pool._open():
             pool = Pool(workers=workers, backend=backend, start_method=start_method)
             _defaults[key] = pool
         return pool

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +33,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
-from ._errors import PoolClosed, TaskStopped, TaskTimeout, WorkerCrashed
+from ._errors import PoolClosed, TaskStopped, TaskTimeout
 from ._executor_map import executor_map
 from ._job import MapJob, retry_backoff
 from ._options import (
@@ -177,20 +178,50 @@ class Pool(Executor):
         self._initializer = (initializer, initargs)
         self._threads: Backend | None = None  # backend="auto": made when first chosen
         self._inline: Backend | None = None
-        self._backend = _make_backend(
-            "process" if backend == "auto" else backend,
-            workers,
+        self._options: dict[str, Any] = dict(
             start_method=start_method,
             initializer=initializer,
             initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
         )
-        self.workers = self._backend.workers
-        _live_backends.add(self._backend)
-        self._finalizer = weakref.finalize(self, _shutdown_quietly, self._backend)
+        self._closed = False
+        self._lock = threading.Lock()
+        # backend="auto" starts no process until processes are chosen (see _backend)
+        self._primary: Backend | None = None
+        if backend != "auto":
+            self._start_primary()
+        self.workers = self._primary.workers if self._primary else (workers or usable_cpus())
         self._times = _SubmitTimes()
         self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
+
+    def _start_primary(self) -> Backend:
+        primary = _make_backend(
+            "process" if self.backend_name == "auto" else self.backend_name,
+            self._requested_workers,
+            **self._options,
+        )
+        _live_backends.add(primary)
+        weakref.finalize(self, _shutdown_quietly, primary)
+        self._primary = primary
+        return primary
+
+    @property
+    def _backend(self) -> Backend:
+        """The pool's own backend (backend="auto": its processes, started on first use)."""
+        primary = self._primary
+        if primary is not None:
+            return primary
+        with self._lock:
+            if self._primary is not None:
+                return self._primary
+            if self._closed:
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            return self._start_primary()
+
+    def _open(self) -> bool:
+        """Whether work may still be submitted (without starting anything)."""
+        return not self._closed and (self._primary is None or self._primary.alive)
 
     # ----------------------------------------------------------------- Executor
 
@@ -320,7 +351,7 @@ class Pool(Executor):
             _check_iterable(iterable)
         check_options(task_timeout=task_timeout, retries=retries)
         timeout = check_deadline(timeout)
-        if not self._backend.alive:
+        if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
         return executor_map(
             self._backend,
@@ -474,7 +505,7 @@ class Pool(Executor):
             ordered=ordered,
         )
         deadline = check_deadline(timeout)
-        if not self._backend.alive:
+        if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
         if iterables:
             iterable, mode = zip(iterable, *iterables), MODE_STAR
@@ -529,6 +560,11 @@ class Pool(Executor):
             else:
                 assert forced is not None
                 choice = forced
+        if choice.backend == "process" and not self._sendable(fn, mode, head):
+            choice = _auto.Choice(
+                "thread",
+                "the function or its arguments cannot be pickled, and threads need no pickling",
+            )
         _auto.report(choice, fn, explain)
         backend = self._backend_for(choice.backend)
         if choice.backend == "inline" and options["chunksize"] == "auto":
@@ -545,66 +581,54 @@ class Pool(Executor):
         )
 
     def _probe(
-        self, fn: Callable[..., Any], mode: int, head: list[Any], timeout: float | None
+        self, fn: Callable[..., Any], mode: int, head: list[Any], task_timeout: float | None
     ) -> tuple[Any, int, Any, Any]:
-        """Run the probe in a worker.
+        """Measure ``fn`` on the first items, in this process (see _auto.py): no process is
+        started to measure, and every item the probe runs has its side effects here.
 
-        Returns (a choice forced by how it failed, or None; how many items it ran; their
-        outcomes; the measurement, or None when it failed).
+        Without a ``task_timeout`` the probe runs in the caller's thread; with one, in a thread
+        of the pool's, waited for at most 3x the limit. Returns (a choice forced by how it
+        failed, or None; how many items it ran; their outcomes; the measurement, or None).
         """
         from . import _auto
 
+        bytes_per_item = sum(_auto.rough_size(item) for item in head) / len(head)
+        if task_timeout is None:
+            done, outcomes, measurement = _auto.probe(fn, mode, head)
+            return None, done, outcomes, measurement.with_bytes(bytes_per_item)
+        threads = self._backend_for("thread")
         future: Future[Any] = Future()
-        task = _FutureTask(self._backend, future, 0, self._times)
+        task = _FutureTask(threads, future, 0, self._times)
         unit = Unit(
             fn=_auto.probe,
             items=[((fn, mode, head), {})],
             mode=MODE_CALL,
             sink=task,
             tags=[0],
-            timeout=None if timeout is None else 3 * timeout,
+            timeout=3 * task_timeout,
         )
-        try:
-            self._backend.submit([unit])
-            sent = getattr(unit.wire, "items", None)  # its pickled form: what moving it costs
-            bytes_per_item = sent.nbytes / len(head) if sent is not None else 0.0
-        except TypeError:
-            return (
-                _auto.Choice(
-                    "thread",
-                    "the function or its arguments cannot be pickled, and threads need no pickling",
-                ),
-                0,
-                None,
-                None,
-            )
+        threads.submit([unit])
         try:
             done, outcomes, measurement = future.result()
-        except KeyboardInterrupt:
-            self._backend.interrupt(task)
-            raise
         except TaskTimeout:
-            return (
-                _auto.Choice(
-                    "process", "measuring it ran past its timeout; processes can stop such tasks"
-                ),
-                0,
-                None,
-                None,
+            choice = _auto.Choice(
+                "process", "measuring it ran past its task_timeout; processes can stop such tasks"
             )
-        except WorkerCrashed:
-            return (
-                _auto.Choice(
-                    "process", "measuring it crashed its worker; processes isolate such tasks"
-                ),
-                0,
-                None,
-                None,
-            )
-        except Exception:
-            # The probe itself failed (the items failed in ways the job will report itself).
-            return _auto.Choice("process", "it could not be measured"), 0, None, None
+            return choice, 0, None, None
         return None, done, outcomes, measurement.with_bytes(bytes_per_item)
+
+    def _sendable(self, fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
+        """Whether the function and a first item can be pickled for a worker process (checked
+        before any process is started for them)."""
+        from ._serialize import callable_payload, items_payload
+
+        try:
+            callable_payload(fn).release()
+            if head:
+                items_payload(head[:1], mode).release()
+        except TypeError:
+            return False
+        return True
 
     def _backend_for(self, name: str) -> Backend:
         if name == "process":
@@ -631,6 +655,8 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.shutdown()
         """
+        with self._lock:
+            self._closed = True
         for backend in self._all_backends():
             backend.shutdown(wait=wait, cancel_pending=cancel_futures)
 
@@ -641,6 +667,8 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.terminate()
         """
+        with self._lock:
+            self._closed = True
         for backend in self._all_backends():
             backend.terminate()
 
@@ -667,7 +695,7 @@ class Pool(Executor):
         self.terminate()
 
     def _all_backends(self) -> list[Backend]:
-        return [b for b in (self._backend, self._threads) if b is not None]
+        return [b for b in (self._primary, self._threads) if b is not None]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
@@ -681,7 +709,7 @@ class Pool(Executor):
         return None
 
     def __repr__(self) -> str:
-        state = "open" if self._backend.alive else "shut down"
+        state = "open" if self._open() else "shut down"
         return f"<conveyor.Pool backend={self.backend_name!r} workers={self.workers} {state}>"
 
 

@@ -1179,7 +1179,8 @@ def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader
     def load() -> Outcomes:
         try:
             return decode_outcomes(payload, segments)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a result whose unpickling calls sys.exit()
+            # must fail its task, not end the dispatcher thread (CPython's test_deadlock)
             error = RuntimeError(f"the task's result could not be unpickled here: {exc!r}")
             error.__cause__ = exc
             return [None] * count, dict.fromkeys(range(count), error)
