@@ -135,7 +135,7 @@ def test_map_bad_arguments_are_named(pool: conveyor.Pool) -> None:
     with pytest.raises(TypeError, match="buffersize"):
         pool.map(abs, [1], buffersize=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="task_timeout"):
-        pool.options(timeout=5)  # type: ignore[call-arg]
+        pool.options(timeout=5)  # type: ignore[arg-type]
 
 
 def test_closing_the_map_cancels_what_has_not_started() -> None:
