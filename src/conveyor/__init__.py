@@ -7,9 +7,13 @@ Example::
     [0, 1, 4, 9, 16]
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._api import as_completed, imap, imap_unordered, map, starmap
     from ._errors import (
         Failure,

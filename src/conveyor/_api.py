@@ -10,15 +10,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
 
 from ._errors import PoolClosed
 from ._options import Deadline, check_backend, check_deadline, check_workers
 from ._pool import Pool
 from ._work import MODE_MAP, MODE_STAR
 
-T = TypeVar("T")
-R = TypeVar("R")
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R")
+
 
 __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 

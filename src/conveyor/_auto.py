@@ -39,17 +39,19 @@ runs past 3x its task_timeout chooses processes, which stop such work.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from ._work import Outcomes, function_key, run_items
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Choice", "Measurement", "choose", "probe", "take_head"]
 
@@ -85,20 +87,40 @@ _measurements: OrderedDict[Any, Measurement] = OrderedDict()
 _measurements_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
 class Measurement:
     """What the probe saw, per item: seconds of wall and CPU time; and for two items at once in
-    two threads, their wall time and how many CPUs they kept busy (their CPU time over it)."""
+    two threads, their wall time and how many CPUs they kept busy (their CPU time over it).
 
-    wall: float
-    cpu: float
-    pair_wall: float | None = None
-    pair_parallelism: float | None = None
-    #: bytes of pickled arguments per item (measured in the parent when it sent the probe)
-    bytes_per_item: float = 0.0
+    ``bytes_per_item``: about how many bytes of arguments each item carries (what sending it
+    to a process would copy). (A plain class, not a dataclass: ``dataclasses`` imports
+    ``inspect``, which a short script's first call must not pay for.)
+
+    Example::
+
+        >>> Measurement(1e-6, 1e-6).describe()
+        '1.0 us per item, CPU 100% of that'
+    """
+
+    __slots__ = ("bytes_per_item", "cpu", "pair_parallelism", "pair_wall", "wall")
+
+    def __init__(
+        self,
+        wall: float,
+        cpu: float,
+        pair_wall: float | None = None,
+        pair_parallelism: float | None = None,
+        bytes_per_item: float = 0.0,
+    ):
+        self.wall = wall
+        self.cpu = cpu
+        self.pair_wall = pair_wall
+        self.pair_parallelism = pair_parallelism
+        self.bytes_per_item = bytes_per_item
 
     def with_bytes(self, bytes_per_item: float) -> Measurement:
-        return dataclasses.replace(self, bytes_per_item=bytes_per_item)
+        return Measurement(
+            self.wall, self.cpu, self.pair_wall, self.pair_parallelism, bytes_per_item
+        )
 
     def describe(self) -> str:
         share = min(100.0, 100 * self.cpu / max(self.wall, 1e-9))
@@ -113,13 +135,21 @@ class Measurement:
         return text
 
 
-@dataclass(frozen=True)
 class Choice:
-    """The backend chosen (``"inline"``, ``"thread"`` or ``"process"``) and why."""
+    """The backend chosen (``"inline"``, ``"thread"`` or ``"process"``) and why.
 
-    backend: str
-    reason: str
-    measurement: Measurement | None = None
+    Example::
+
+        >>> Choice("thread", "it waits").backend
+        'thread'
+    """
+
+    __slots__ = ("backend", "measurement", "reason")
+
+    def __init__(self, backend: str, reason: str, measurement: Measurement | None = None):
+        self.backend = backend
+        self.reason = reason
+        self.measurement = measurement
 
     def explain(self, fn: Callable[..., Any]) -> str:
         name = getattr(fn, "__qualname__", type(fn).__name__)

@@ -12,7 +12,11 @@ import signal
 import traceback
 from concurrent.futures import BrokenExecutor, CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import Any
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Failure",

@@ -44,11 +44,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from typing import TYPE_CHECKING, Any
 
 from ._errors import PoolClosed, missed_deadline
 from ._job import retry_backoff
 from ._work import MODE_MAP, MODE_STAR, Loader, Unit
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from .backends.base import Backend

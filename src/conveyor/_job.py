@@ -31,13 +31,17 @@ import itertools
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
 
 from ._chunking import Chunker, ItemTimes
 from ._errors import Failure, PoolClosed, Unsendable, missed_deadline, traceback_text
 from ._progress import Progress
 from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["MapJob"]
 
@@ -139,9 +143,10 @@ class MapJob:
         # call runs are seen, as iterating would see them. With ``head``, a sequence holds the
         # head's items too (they are skipped by index); any other iterable starts after them.
         # (exact types: a subclass may iterate differently from how it slices)
-        self._sequence = (
-            cast("Sequence[Any]", iterable) if type(iterable) in (list, tuple, range) else None
-        )
+        sequence: Sequence[Any] | None = None
+        if type(iterable) in (list, tuple, range):
+            sequence = iterable  # type: ignore[assignment]
+        self._sequence = sequence
         self._next_index = 0
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None

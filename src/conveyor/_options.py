@@ -5,7 +5,11 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Callable
-from typing import Any
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BACKENDS",

@@ -29,7 +29,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
-from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
@@ -47,12 +46,18 @@ from ._options import (
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
 
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
 __all__ = ["Pool"]
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _TASK = "_conveyor_task"
 

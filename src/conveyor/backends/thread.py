@@ -35,18 +35,21 @@ Races, and what settles them:
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend
 from .queue import WorkQueue
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ThreadBackend"]
 
@@ -343,5 +346,7 @@ def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
     """Ask a thread to raise ``exc_type`` at its next bytecode (CPython only; a no-op elsewhere)."""
     if sys.implementation.name != "cpython":
         return
+    import ctypes  # only here: a thread pool that never abandons a task does not load it
+
     set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
     set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
