@@ -145,10 +145,7 @@ def map(
         progress=progress,
         explain=explain,
     )
-    out: list[R] = []
-    for values in _run(fn, iterable, MODE_MAP, call, options):
-        out.extend(values)
-    return out
+    return _collect(_run(fn, iterable, MODE_MAP, call, options))
 
 
 def starmap(
@@ -187,10 +184,7 @@ def starmap(
         progress=progress,
         explain=explain,
     )
-    out: list[R] = []
-    for values in _run(fn, iterable, MODE_STAR, call, options):
-        out.extend(values)
-    return out
+    return _collect(_run(fn, iterable, MODE_STAR, call, options))
 
 
 def imap(
@@ -281,6 +275,18 @@ def imap_unordered(
             explain=explain,
         ),
     )
+
+
+def _collect(batches: Iterable[list[Any]]) -> list[Any]:
+    """The batches as one list; the first batch is that list (a call that ran inline in one
+    chunk hands its results over without a copy: the job keeps no reference to its batches)."""
+    out: list[Any] | None = None
+    for values in batches:
+        if out is None:
+            out = values
+        else:
+            out.extend(values)
+    return [] if out is None else out
 
 
 def _started(timeout: Any) -> Deadline | None:

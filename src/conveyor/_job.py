@@ -220,7 +220,13 @@ class MapJob:
             if self._sequence is not None:
                 index = self._next_index
                 piece = self._sequence[index : index + size]
-                items = piece if type(piece) is list else list(piece)
+                # (a range slice stays a range inline: nothing is sent, so nothing to build)
+                inline = self.backend.name == "inline"
+                items: list[Any] = (
+                    piece  # type: ignore[assignment]
+                    if type(piece) is list or inline
+                    else list(piece)
+                )
             else:
                 items = list(itertools.islice(self._input, size))
             if len(items) < size:
