@@ -184,7 +184,7 @@ class ConveyorEngine(Engine):
         self.pool = conveyor.Pool(workers=workers, backend=backend)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
+        return list(self.pool.imap(fn, items))
 
     def submit_all(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         futures = [self.pool.submit(fn, x) for x in items]

@@ -112,11 +112,11 @@ def main() -> int:
     seen_pids: set[int] = set()
     with conveyor.Pool(workers=args.workers) as pool:
         # An untimed warm-up, then the best of three rounds without kills: the baseline.
-        assert pool.map(work, items) == expected
+        assert list(pool.imap(work, items)) == expected
         runs = []
         for _ in range(3):
             started = time.perf_counter()
-            assert pool.map(work, items) == expected
+            assert list(pool.imap(work, items)) == expected
             runs.append(time.perf_counter() - started)
         baseline = min(runs)
         print(f"baseline (no kills): {baseline:.3f} s per round")
@@ -130,7 +130,7 @@ def main() -> int:
             started = time.perf_counter()
             killer.start()
             try:
-                results = pool.map(work, items, retries=args.retries, on_error="return")
+                results = list(pool.imap(work, items, retries=args.retries, on_error="return"))
             finally:
                 killer.stop.set()
                 killer.join()
@@ -158,7 +158,7 @@ def main() -> int:
         while len(pool._backend.worker_pids()) != args.workers and time.monotonic() < deadline:
             time.sleep(0.01)
         width = len(pool._backend.worker_pids())
-        assert pool.map(work, items) == expected
+        assert list(pool.imap(work, items)) == expected
         seen_pids.update(pool._backend.worker_pids())
         shutdown_started = time.perf_counter()
     shutdown = time.perf_counter() - shutdown_started

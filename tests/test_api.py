@@ -33,6 +33,12 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "Failure",
             "TaskTimeout",
             "WorkerCrashed",
+            # every exception a user can meet (issue 8)
+            "PoolClosed",
+            "RemoteTraceback",
+            "TaskStopped",
+            "Unsendable",
+            "WorkerInitError",
         ]
     )
 
@@ -97,7 +103,7 @@ def test_breaking_out_of_imap_leaves_the_pool_usable(pool: conveyor.Pool) -> Non
     for result in pool.imap(tasks.slow_identity, [0.0] * 5 + [0.2] * 50, chunksize=1):
         if result == 0.2:
             break
-    assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+    assert list(pool.imap(tasks.square, range(10))) == [x * x for x in range(10)]
 
 
 def test_input_iterator_errors_surface_in_the_caller(backend: str) -> None:
@@ -128,8 +134,8 @@ def test_workers_none_uses_the_usable_cpus() -> None:
 def test_lambdas_closures_and_partials_run_in_processes() -> None:
     offset = 10
     with conveyor.Pool(workers=2, backend="process") as pool:
-        assert pool.map(lambda x: x + offset, range(3)) == [10, 11, 12]
-        assert pool.map(functools.partial(tasks.add, b=5), range(3)) == [5, 6, 7]
+        assert list(pool.imap(lambda x: x + offset, range(3))) == [10, 11, 12]
+        assert list(pool.imap(functools.partial(tasks.add, b=5), range(3))) == [5, 6, 7]
         assert pool.submit(lambda: os.getpid()).result() != os.getpid()
 
 
@@ -167,7 +173,7 @@ def test_functions_typed_into_an_interactive_session() -> None:
 def test_a_function_is_sent_once_per_worker() -> None:
     counted = tasks.Counted(b"x" * 1000)
     with conveyor.Pool(workers=2, backend="process") as pool:
-        loads = pool.map(counted, range(40), chunksize=1)
+        loads = list(pool.imap(counted, range(40), chunksize=1))
         loads += [pool.submit(counted, 0).result() for _ in range(10)]
     assert set(loads) == {1}
 
@@ -214,8 +220,8 @@ def test_an_unpicklable_item_later_in_a_map_is_raised_whatever_on_error(on_error
     items[37] = threading.Lock()
     with conveyor.Pool(workers=2, backend="process") as pool:
         with pytest.raises(TypeError, match="item 37"):
-            pool.map(tasks.square, items, chunksize=4, on_error=on_error, retries=2)
-        assert pool.map(tasks.square, range(10)) == [x * x for x in range(10)]
+            list(pool.imap(tasks.square, items, chunksize=4, on_error=on_error, retries=2))
+        assert list(pool.imap(tasks.square, range(10))) == [x * x for x in range(10)]
 
 
 def test_unpicklable_function_is_named() -> None:
@@ -238,7 +244,8 @@ def test_unpicklable_function_is_named() -> None:
         ({"workers": "two"}, "workers"),
         ({"backend": "gpu"}, "backend"),
         ({"chunksize": 0}, "chunksize"),
-        ({"timeout": -1}, "timeout"),
+        ({"task_timeout": -1}, "task_timeout"),
+        ({"timeout": "soon"}, "timeout"),
         ({"retries": -1}, "retries"),
         ({"on_error": "ignore"}, "on_error"),
         ({"ordered": "yes"}, "ordered"),
@@ -290,7 +297,7 @@ def test_submit_exception_has_remote_traceback(pool: conveyor.Pool) -> None:
 
 
 def test_pool_map_zips_several_iterables(pool: conveyor.Pool) -> None:
-    assert pool.map(pow, [2, 3, 4], [5, 2]) == [32, 9]
+    assert list(pool.imap(pow, [2, 3, 4], [5, 2])) == [32, 9]
 
 
 def test_pool_imap_and_starmap(pool: conveyor.Pool) -> None:
@@ -305,7 +312,7 @@ def test_shutdown_then_submit_is_refused(backend: str) -> None:
     with pytest.raises(RuntimeError, match="shut down"):
         pool.submit(tasks.square, 2)
     with pytest.raises(RuntimeError, match="shut down"):
-        pool.map(tasks.square, [2])
+        list(pool.imap(tasks.square, [2]))
 
 
 def test_shutdown_waits_for_submitted_work(backend: str) -> None:
@@ -349,7 +356,7 @@ def test_initializer_runs_once_per_worker(backend: str, tmp_path) -> None:
     with conveyor.Pool(
         workers=2, backend=backend, initializer=_append_line, initargs=(str(log),)
     ) as pool:
-        pool.map(tasks.square, range(200), chunksize=1)
+        list(pool.imap(tasks.square, range(200), chunksize=1))
     assert len(log.read_text().splitlines()) == 2
 
 

@@ -72,13 +72,13 @@ def pool():
 def test_an_array_argument_is_a_view_of_shared_memory_in_the_worker(pool) -> None:
     data = np.random.default_rng(0).random(4 * MB // 8)
     halves = np.array_split(data, 2)
-    places = pool.map(where_is, halves)
+    places = list(pool.imap(where_is, halves))
     assert all(place.startswith("/memfd:conveyor") for place in places), places
-    assert pool.map(total, halves) == pytest.approx([h.sum() for h in halves])
+    assert list(pool.imap(total, halves)) == pytest.approx([h.sum() for h in halves])
 
 
 def test_small_arrays_stay_in_the_pipe(pool) -> None:
-    assert not pool.map(where_is, [np.ones(10)])[0].startswith("/memfd:")
+    assert not next(pool.imap(where_is, [np.ones(10)])).startswith("/memfd:")
 
 
 def test_a_result_array_is_a_view_of_shared_memory_here(pool) -> None:
@@ -91,7 +91,7 @@ def test_a_result_array_is_a_view_of_shared_memory_here(pool) -> None:
 def test_bytes_bytearray_and_memoryview_round_trip(pool) -> None:
     blob = os.urandom(MB)
     values = [blob, bytearray(blob), memoryview(blob)]
-    back = pool.map(echo, values, chunksize=1)
+    back = list(pool.imap(echo, values, chunksize=1))
     assert back[0] == blob and type(back[0]) is bytes
     assert back[1] == bytearray(blob) and type(back[1]) is bytearray
     assert bytes(back[2]) == blob
@@ -102,9 +102,9 @@ def test_a_captured_array_is_shared_once_per_pool(pool) -> None:
     summer = functools.partial(block_sum, data)
     bounds = [(i * len(data) // 8, (i + 1) * len(data) // 8) for i in range(8)]
     before = len(memfd_fds())
-    first = pool.map(summer, bounds, chunksize=1)
+    first = list(pool.imap(summer, bounds, chunksize=1))
     after_first = len(memfd_fds())
-    second = pool.map(summer, bounds, chunksize=1)
+    second = list(pool.imap(summer, bounds, chunksize=1))
     assert sum(r[0] for r in first) == pytest.approx(data.sum())
     assert all(r[1].startswith("/memfd:conveyor") for r in first + second)
     # every task of both calls saw the array at the address it was first mapped at in its
@@ -122,8 +122,8 @@ def busy_segments(pool) -> int:
 def test_no_descriptor_is_left_after_tasks_and_shutdown() -> None:
     before = memfd_fds()
     with conveyor.Pool(workers=2, backend="process") as p:
-        results = p.map(make_array, [MB] * 4, chunksize=1)
-        p.map(total, results)
+        results = list(p.imap(make_array, [MB] * 4, chunksize=1))
+        list(p.imap(total, results))
         del results
         # argument segments are kept for reuse, but none is held once the tasks are done
         assert busy_segments(p) == 0
@@ -139,7 +139,7 @@ def test_no_descriptor_or_mapping_is_left_after_a_fault(pool, fault: str) -> Non
         "hard_timeout": _sleep_deaf_to_alarm,
         "crash": _sigkill_self,
     }[fault]
-    out = pool.map(task, [data], timeout=1.0, on_error="return")
+    out = list(pool.imap(task, [data], task_timeout=1.0, on_error="return"))
     assert isinstance(out[0], conveyor.Failure)
     del out
     # every segment is free again: no unit and no worker holds it
@@ -190,8 +190,8 @@ def _memfd_mappings(_: int) -> list[str]:
 
 def test_dev_shm_is_untouched(pool) -> None:
     before = set(os.listdir("/dev/shm"))
-    pool.map(total, np.array_split(np.ones(4 * MB), 4))
-    pool.map(make_array, [MB] * 2)
+    list(pool.imap(total, np.array_split(np.ones(4 * MB), 4)))
+    list(pool.imap(make_array, [MB] * 2))
     assert set(os.listdir("/dev/shm")) == before
 
 
@@ -203,8 +203,8 @@ def test_the_parent_does_not_hold_a_copy() -> None:
         data = np.ones(50_000_000)  # 400 MB
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         with conveyor.Pool(workers=2, backend="process") as pool:
-            sums = pool.map(float, [s.sum() for s in []])  # start-up
-            sums = pool.map(np.sum, np.array_split(data, 8), chunksize=1)
+            sums = list(pool.imap(float, [s.sum() for s in []]))  # start-up
+            sums = list(pool.imap(np.sum, np.array_split(data, 8), chunksize=1))
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert abs(sum(sums) - 50_000_000) < 1
         print((after - before) // 1024)
@@ -227,10 +227,10 @@ def test_a_map_chunk_is_copied_by_its_worker_into_shared_memory(pool) -> None:
     before = pool._backend._segments.counts()
     for round_ in range(3):  # segments are recycled; every round must see its own data
         data[::MB] += 1.0
-        sums = pool.map(total, np.array_split(data, 4), chunksize=1)
+        sums = list(pool.imap(total, np.array_split(data, 4), chunksize=1))
         assert sums == [float(part.sum()) for part in np.array_split(data, 4)], round_
     assert pool._backend._pull_ok is True
-    where = pool.map(where_is, [data[:MB]])
+    where = list(pool.imap(where_is, [data[:MB]]))
     assert "/memfd:conveyor" in where[0]
     assert pool._backend._segments.counts()[0] == before[0]  # nothing still held
 
@@ -250,7 +250,7 @@ def test_a_worker_that_cannot_read_the_parent_gets_a_copy(monkeypatch) -> None:
     monkeypatch.setattr(_pull, "probe_args", lambda: (pid, address, bytes(len(expected))))
     with conveyor.Pool(workers=2, backend="process") as pool:
         data = np.arange(2 * MB, dtype=np.float64)
-        assert pool.map(total, np.array_split(data, 4)) == [
+        assert list(pool.imap(total, np.array_split(data, 4))) == [
             float(part.sum()) for part in np.array_split(data, 4)
         ]
         assert pool._backend._pull_ok is False

@@ -43,7 +43,9 @@ def test_a_crash_costs_exactly_the_culprit(how: str, chunksize: int | str) -> No
     chunksize = 10 if chunksize == "10-timed" else chunksize
     with faults.no_leftovers(), conveyor.Pool(workers=2) as pool:
         before = set(pool._backend.worker_pids())
-        results = pool.map(task, range(40), chunksize=chunksize, timeout=timeout, on_error="return")
+        results = list(
+            pool.imap(task, range(40), chunksize=chunksize, task_timeout=timeout, on_error="return")
+        )
 
         assert [r for i, r in enumerate(results) if i != 17] == [
             i * i for i in range(40) if i != 17
@@ -63,8 +65,8 @@ def test_a_crash_costs_exactly_the_culprit(how: str, chunksize: int | str) -> No
         after = set(pool._backend.worker_pids())
         assert after != before
         faults.wait_gone(before - after, what="dead workers")
-        assert pool.map(faults.square, range(100)) == [i * i for i in range(100)]
-        assert len(set(pool.map(faults.pid_after, [0.2] * 4, chunksize=1))) == 2
+        assert list(pool.imap(faults.square, range(100))) == [i * i for i in range(100)]
+        assert len(set(list(pool.imap(faults.pid_after, [0.2] * 4, chunksize=1)))) == 2
 
 
 @pytest.mark.parametrize("how", sorted(CRASHES))
@@ -72,9 +74,9 @@ def test_a_crash_raises_with_on_error_raise(how: str) -> None:
     task = functools.partial(faults.crash_on, bad=5, how=how)
     with conveyor.Pool(workers=2) as pool:
         with pytest.raises(conveyor.WorkerCrashed) as info:
-            pool.map(task, range(20), chunksize=4)
+            list(pool.imap(task, range(20), chunksize=4))
         assert info.value.exitcode == CRASHES[how][0]
-        assert pool.map(abs, [-1, -2]) == [1, 2]
+        assert list(pool.imap(abs, [-1, -2])) == [1, 2]
 
 
 def test_a_crash_on_starmap_and_imap_unordered() -> None:
@@ -127,14 +129,14 @@ def test_two_killers_in_one_chunk_and_a_crash_with_retries(tmp_path: Path) -> No
         return -x
 
     with conveyor.Pool(workers=2) as pool:
-        out = pool.map(task, range(12), chunksize=12, on_error="return")
+        out = list(pool.imap(task, range(12), chunksize=12, on_error="return"))
         assert [type(o.exception) for o in (out[3], out[8])] == [conveyor.WorkerCrashed] * 2
         assert [o for i, o in enumerate(out) if i not in (3, 8)] == [
             -i for i in range(12) if i not in (3, 8)
         ]
         # An item that kills its worker twice, then succeeds: retries=2 is enough.
         task2 = functools.partial(faults.crash_times, str(tmp_path), times=2)
-        assert pool.map(task2, range(6), chunksize=6, retries=2) == list(range(6))
+        assert list(pool.imap(task2, range(6), chunksize=6, retries=2)) == list(range(6))
 
 
 def test_an_item_that_kills_the_worker_as_it_is_unpickled() -> None:
@@ -142,11 +144,11 @@ def test_an_item_that_kills_the_worker_as_it_is_unpickled() -> None:
     # more, then item by item, and only the poisoned item fails.
     items = [faults.Poison(i) if i == 6 else i for i in range(20)]
     with faults.no_leftovers(), conveyor.Pool(workers=2) as pool:
-        out = pool.map(faults.value_of, items, chunksize=20, on_error="return")
+        out = list(pool.imap(faults.value_of, items, chunksize=20, on_error="return"))
         assert [o for i, o in enumerate(out) if i != 6] == [i for i in range(20) if i != 6]
         assert isinstance(out[6].exception, conveyor.WorkerCrashed)
         assert out[6].exception.signal_name == "SIGSEGV"
-        assert pool.map(faults.square, range(4)) == [0, 1, 4, 9]
+        assert list(pool.imap(faults.square, range(4))) == [0, 1, 4, 9]
 
 
 def test_a_sigint_sent_to_a_worker_ends_it_quietly(capfd: pytest.CaptureFixture[str]) -> None:
@@ -166,7 +168,7 @@ def test_many_crashes_in_a_row_never_break_the_pool() -> None:
         for _ in range(10):
             with pytest.raises(conveyor.WorkerCrashed):
                 pool.submit(faults.sigkill_self).result(timeout=30)
-        assert pool.map(faults.square, range(50)) == [i * i for i in range(50)]
+        assert list(pool.imap(faults.square, range(50))) == [i * i for i in range(50)]
         worker_count(pool, 2)
 
 
@@ -200,7 +202,7 @@ def test_max_tasks_per_worker_recycles_workers() -> None:
         worker_count(pool, 1)
 
     with conveyor.Pool(workers=2, max_tasks_per_worker=5) as pool:
-        pids = pool.map(faults.pid_of, range(60), chunksize=1)
+        pids = list(pool.imap(faults.pid_of, range(60), chunksize=1))
         counts = {pid: pids.count(pid) for pid in pids}
         assert max(counts.values()) <= 5
         assert len(counts) >= 12

@@ -38,7 +38,7 @@ HANGING = {
     "    [f.result() for f in [pool.submit(task, i) for i in range(4)]]",
     "submit_unclosed": "pool = conveyor.Pool(workers=2)\n"
     "[f.result() for f in [pool.submit(task, i) for i in range(4)]]",
-    "timeout": f"conveyor.map(task, range(4), timeout=600, {P})",
+    "timeout": f"conveyor.map(task, range(4), task_timeout=600, {P})",
     # grandchildren in sessions of their own: found by the token in their environment
     "map_setsid": "task = functools.partial(task, new_session=True)\n"
     f"conveyor.map(task, range(4), {P})",
@@ -148,10 +148,10 @@ task = functools.partial(faults.spawn_grandchild_and_hang, directory)
 announce_when(directory, "grandchild", 2)
 with conveyor.Pool(workers=2) as pool:
     try:
-        pool.map(task, range(4), chunksize=1)
+        list(pool.imap(task, range(4), chunksize=1))
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
-    print("AFTER", pool.map(faults.square, range(6)), len(pool._backend.worker_pids()),
+    print("AFTER", list(pool.imap(faults.square, range(6))), len(pool._backend.worker_pids()),
           flush=True)
 """,
         tmp_path,

@@ -33,7 +33,7 @@ def pool(request: pytest.FixtureRequest):
 def test_an_item_that_fails_twice_then_succeeds(pool: conveyor.Pool, tmp_path: Path) -> None:
     task = functools.partial(faults.fail_times, str(tmp_path), times=2)
     started = time.monotonic()
-    assert pool.map(task, range(10), retries=2) == list(range(10))
+    assert list(pool.imap(task, range(10), retries=2)) == list(range(10))
     # every item was tried exactly three times, with a small backoff (50 ms, then 100 ms)
     assert [int((tmp_path / f"attempts.{i}").read_text()) for i in range(10)] == [3] * 10
     assert time.monotonic() - started >= 0.15
@@ -43,7 +43,7 @@ def test_retries_run_out_and_the_failure_says_everything(
     pool: conveyor.Pool, tmp_path: Path
 ) -> None:
     task = functools.partial(faults.fail_times, str(tmp_path), times=5)
-    out = pool.map(task, range(4), retries=1, on_error="return")
+    out = list(pool.imap(task, range(4), retries=1, on_error="return"))
     line = raise_line(faults.fail_times, "raise RuntimeError")
     for item, failure in enumerate(out):
         assert isinstance(failure, conveyor.Failure)
@@ -59,19 +59,19 @@ def test_retries_run_out_and_the_failure_says_everything(
 
 def test_on_error_return_skip_and_raise(pool: conveyor.Pool) -> None:
     task = functools.partial(faults.fail_on, bad=3)
-    out = pool.map(task, range(8), on_error="return")
+    out = list(pool.imap(task, range(8), on_error="return"))
     assert [o for i, o in enumerate(out) if i != 3] == [i * i for i in range(8) if i != 3]
     assert isinstance(out[3], conveyor.Failure) and out[3].item == 3 and out[3].attempts == 1
     assert "in fail_on" in out[3].traceback
 
-    assert pool.map(task, range(8), on_error="skip") == [i * i for i in range(8) if i != 3]
+    assert list(pool.imap(task, range(8), on_error="skip")) == [i * i for i in range(8) if i != 3]
     assert sorted(pool.imap_unordered(task, range(8), on_error="skip")) == sorted(
         i * i for i in range(8) if i != 3
     )
 
     with pytest.raises(ValueError, match="item 3 is bad"):
-        pool.map(task, range(8), on_error="raise")
-    assert pool.map(faults.square, range(5)) == [0, 1, 4, 9, 16]  # still serves
+        list(pool.imap(task, range(8), on_error="raise"))
+    assert list(pool.imap(faults.square, range(5))) == [0, 1, 4, 9, 16]  # still serves
 
 
 def test_on_error_raise_stops_taking_input(pool: conveyor.Pool) -> None:
@@ -102,7 +102,7 @@ def test_retries_after_crashes_and_timeouts(tmp_path: Path) -> None:
     with conveyor.Pool(workers=2) as pool:
         crash_twice = functools.partial(faults.crash_times, str(tmp_path), times=2)
         assert pool.options(retries=2).submit(crash_twice, 7).result(timeout=30) == 7
-        failure = pool.map(crash_twice, [8], retries=1, on_error="return")[0]
+        (failure,) = pool.imap(crash_twice, [8], retries=1, on_error="return")
         assert isinstance(failure.exception, conveyor.WorkerCrashed)
         assert failure.attempts == 2 and failure.item == 8
         assert failure.exception.signal_name == "SIGKILL"

@@ -1,5 +1,5 @@
 """Per-task timeouts: the in-worker alarm (soft tier, the worker lives on), the parent's hard
-deadline (the worker is killed and replaced), on every call that takes ``timeout=``, and the
+deadline (the worker is killed and replaced), on every call that takes ``task_timeout=``, and the
 thread backend, which can only abandon a task."""
 
 from __future__ import annotations
@@ -31,12 +31,22 @@ def run(api: str, pool: conveyor.Pool | None, ignore_alarm: bool) -> list[Any]:
     """Outcomes of ITEMS through ``api`` (a Pool method, or the one-shot call when ``pool`` is
     None), in input order: the value, or the exception of a Failure / a failed future."""
     args = [(s, ignore_alarm) for s in ITEMS]
-    opts: dict[str, Any] = dict(timeout=TIMEOUT, chunksize=1, on_error="return")
+    opts: dict[str, Any] = dict(task_timeout=TIMEOUT, chunksize=1, on_error="return")
     one_shot = dict(opts, workers=2, backend="process")
     if api == "submit":
         assert pool is not None
-        futures = [pool.options(timeout=TIMEOUT).submit(faults.nap, *a) for a in args]
+        futures = [pool.options(task_timeout=TIMEOUT).submit(faults.nap, *a) for a in args]
         return [f.exception(timeout=30) or f.result() for f in futures]
+    if api == "map" and pool is not None:
+        # Executor.map: the item's TaskTimeout is raised when iteration reaches it (and ends it)
+        task = faults.nap if not ignore_alarm else faults.sleep_ignoring_alarm
+        results = pool.map(task, ITEMS, task_timeout=TIMEOUT)
+        out = [next(results)]
+        with pytest.raises(conveyor.TaskTimeout) as raised:
+            next(results)
+        out.append(raised.value)
+        out += list(pool.map(task, ITEMS[2:], task_timeout=TIMEOUT))
+        return out
     if api == "starmap":
         out = (
             pool.starmap(faults.nap, args, **opts)
@@ -71,7 +81,7 @@ def test_timeout_on_every_pool_call(api: str, tier: str) -> None:
         assert ("worker process was killed" in str(error)) == (tier == "hard")
         assert elapsed < (HARD if tier == "hard" else TIMEOUT) + SLACK
         # The pool goes on at full width.
-        assert len(set(pool.map(faults.pid_after, [0.2] * 4, chunksize=1))) == 2
+        assert len(set(list(pool.imap(faults.pid_after, [0.2] * 4, chunksize=1)))) == 2
 
 
 @pytest.mark.parametrize("tier", ["soft", "hard"])
@@ -87,8 +97,14 @@ def test_soft_timeout_keeps_the_worker() -> None:
     with conveyor.Pool(workers=1) as pool:
         (pid,) = pool._backend.worker_pids()
         started = time.monotonic()
-        out = pool.map(
-            faults.pid_after, [0.01, HANG, 0.01], timeout=TIMEOUT, chunksize=1, on_error="return"
+        out = list(
+            pool.imap(
+                faults.pid_after,
+                [0.01, HANG, 0.01],
+                task_timeout=TIMEOUT,
+                chunksize=1,
+                on_error="return",
+            )
         )
         elapsed = time.monotonic() - started
         assert out[0] == out[2] == pid  # the same process ran the items before and after
@@ -104,7 +120,7 @@ def test_soft_timeout_keeps_the_worker() -> None:
 def test_hard_timeout_kills_and_replaces_the_worker() -> None:
     with faults.no_leftovers(), conveyor.Pool(workers=1) as pool:
         (pid,) = pool._backend.worker_pids()
-        future = pool.options(timeout=TIMEOUT).submit(faults.sleep_ignoring_alarm, HANG)
+        future = pool.options(task_timeout=TIMEOUT).submit(faults.sleep_ignoring_alarm, HANG)
         started = time.monotonic()
         error = future.exception(timeout=30)
         elapsed = time.monotonic() - started
@@ -122,12 +138,12 @@ def test_a_task_that_swallows_the_alarm() -> None:
         (pid,) = pool._backend.worker_pids()
         # It catches the TaskTimeout and returns before the hard deadline: still a timeout,
         # and the worker lives on.
-        late = pool.options(timeout=TIMEOUT).submit(faults.swallow_timeouts, TIMEOUT + 0.2)
+        late = pool.options(task_timeout=TIMEOUT).submit(faults.swallow_timeouts, TIMEOUT + 0.2)
         error = late.exception(timeout=30)
         assert isinstance(error, conveyor.TaskTimeout) and "caught" in str(error)
         assert pool._backend.worker_pids() == [pid]
         # It never returns: the hard deadline kills it.
-        stuck = pool.options(timeout=TIMEOUT).submit(faults.swallow_timeouts, HANG)
+        stuck = pool.options(task_timeout=TIMEOUT).submit(faults.swallow_timeouts, HANG)
         error = stuck.exception(timeout=30)
         assert isinstance(error, conveyor.TaskTimeout) and "was killed" in str(error)
         faults.wait_gone([pid], what="the killed worker")
@@ -136,8 +152,10 @@ def test_a_task_that_swallows_the_alarm() -> None:
 def test_timeouts_with_retries_and_a_chunk_of_timed_items() -> None:
     with conveyor.Pool(workers=2) as pool:
         items = [0.01] * 5 + [HANG] + [0.02] * 5
-        out = pool.map(
-            faults.nap, items, timeout=TIMEOUT, chunksize=11, retries=1, on_error="return"
+        out = list(
+            pool.imap(
+                faults.nap, items, task_timeout=TIMEOUT, chunksize=11, retries=1, on_error="return"
+            )
         )
         assert out[:5] == [0.01] * 5 and out[6:] == [0.02] * 5
         assert isinstance(out[5].exception, conveyor.TaskTimeout)
@@ -148,7 +166,7 @@ def test_shutdown_and_gc_never_hang_after_faults() -> None:
     with faults.no_leftovers():
         pool = conveyor.Pool(workers=2)
         futures = [
-            pool.options(timeout=TIMEOUT).submit(faults.sleep_ignoring_alarm, HANG),
+            pool.options(task_timeout=TIMEOUT).submit(faults.sleep_ignoring_alarm, HANG),
             pool.submit(faults.sigkill_self),
             pool.submit(faults.segfault),
             pool.submit(abs, -1),
@@ -184,7 +202,9 @@ def test_thread_backend_abandons_a_timed_out_task_on_time(tmp_path: Path) -> Non
         threads_before = set(threading.enumerate())
         started = time.monotonic()
         stuck = [
-            pool.options(timeout=TIMEOUT).submit(faults.touch_and_wait, str(tmp_path), i, str(go))
+            pool.options(task_timeout=TIMEOUT).submit(
+                faults.touch_and_wait, str(tmp_path), i, str(go)
+            )
             for i in range(2)
         ]
         for future in stuck:
@@ -216,12 +236,14 @@ def test_thread_backend_map_with_timeout(tmp_path: Path) -> None:
     there.touch()
     with conveyor.Pool(workers=2, backend="thread") as pool:
         started = time.monotonic()
-        out = pool.map(
-            faults.wait_for_path,
-            [str(there), str(never), str(there)],
-            timeout=TIMEOUT,
-            chunksize=1,
-            on_error="return",
+        out = list(
+            pool.imap(
+                faults.wait_for_path,
+                [str(there), str(never), str(there)],
+                task_timeout=TIMEOUT,
+                chunksize=1,
+                on_error="return",
+            )
         )
         assert time.monotonic() - started < TIMEOUT + SLACK
         assert out[0] is True and out[2] is True
@@ -266,13 +288,15 @@ def test_a_timed_out_item_takes_its_programs_along(tmp_path: Path, new_session: 
     with conveyor.Pool(workers=1) as pool:
         (pid,) = pool._backend.worker_pids()
         keeper = pool.submit(faults.spawn_child, str(tmp_path), "kept").result(timeout=60)
-        out = pool.map(
-            faults.spawn_grandchild_and_hang,
-            [str(tmp_path)],
-            [0],
-            [new_session],
-            timeout=TIMEOUT,
-            on_error="return",
+        out = list(
+            pool.imap(
+                faults.spawn_grandchild_and_hang,
+                [str(tmp_path)],
+                [0],
+                [new_session],
+                task_timeout=TIMEOUT,
+                on_error="return",
+            )
         )
         assert isinstance(out[0].exception, conveyor.TaskTimeout)
         (grandchild,) = faults.read_pids(tmp_path, "grandchild")

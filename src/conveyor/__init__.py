@@ -7,11 +7,24 @@ Example::
     [0, 1, 4, 9, 16]
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._api import as_completed, imap, imap_unordered, map, starmap
-    from ._errors import Failure, TaskTimeout, WorkerCrashed
+    from ._errors import (
+        Failure,
+        PoolClosed,
+        RemoteTraceback,
+        TaskStopped,
+        TaskTimeout,
+        Unsendable,
+        WorkerCrashed,
+        WorkerInitError,
+    )
     from ._pool import Pool
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
@@ -22,8 +35,13 @@ _WHERE = {
     "map": "_api",
     "starmap": "_api",
     "Failure": "_errors",
+    "PoolClosed": "_errors",
+    "RemoteTraceback": "_errors",
+    "TaskStopped": "_errors",
     "TaskTimeout": "_errors",
+    "Unsendable": "_errors",
     "WorkerCrashed": "_errors",
+    "WorkerInitError": "_errors",
     "Pool": "_pool",
 }
 
@@ -46,8 +64,13 @@ def __dir__() -> list[str]:
 __all__ = [
     "Failure",
     "Pool",
+    "PoolClosed",
+    "RemoteTraceback",
+    "TaskStopped",
     "TaskTimeout",
+    "Unsendable",
     "WorkerCrashed",
+    "WorkerInitError",
     "as_completed",
     "imap",
     "imap_unordered",

@@ -13,12 +13,20 @@ import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any
 
 from ._errors import PoolClosed
-from ._options import check_backend, check_workers
+from ._options import Deadline, check_backend, check_deadline, check_workers
 from ._pool import Pool
 from ._work import MODE_MAP, MODE_STAR
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R")
+
 
 __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 
@@ -43,7 +51,7 @@ def _default_pool(backend: str, workers: int | None, start_method: str | None) -
     key = (backend, workers, start_method)
     with _defaults_lock:
         pool = _defaults.get(key)
-        if pool is None or not pool._backend.alive:
+        if pool is None or not pool._open():
             pool = Pool(workers=workers, backend=backend, start_method=start_method)
             _defaults[key] = pool
         return pool
@@ -53,42 +61,58 @@ def _run(
     fn: Callable[..., Any],
     iterable: Iterable[Any],
     mode: int,
-    ordered: bool,
-    workers: int | None,
-    backend: str,
-    start_method: str | None,
-    initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
+    call: _Call,
     options: dict[str, Any],
 ) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own."""
-    if initializer is None:
-        pool = _default_pool(backend, workers, start_method)
+    if call.initializer is None:
+        pool = _default_pool(call.backend, call.workers, call.start_method)
         try:
-            job = pool._job(fn, iterable, (), ordered=ordered, mode=mode, **options)
+            job = pool._job(fn, iterable, (), mode=mode, **options)
         except PoolClosed:  # shut down under us (at exit, or by a broken initializer)
-            pool = _default_pool(backend, workers, start_method)
-            job = pool._job(fn, iterable, (), ordered=ordered, mode=mode, **options)
+            pool = _default_pool(call.backend, call.workers, call.start_method)
+            job = pool._job(fn, iterable, (), mode=mode, **options)
         yield from job.batches()
         return
     with Pool(
-        workers=workers,
-        backend=backend,
-        start_method=start_method,
-        initializer=initializer,
-        initargs=initargs,
+        workers=call.workers,
+        backend=call.backend,
+        start_method=call.start_method,
+        initializer=call.initializer,
+        initargs=call.initargs,
     ) as own:
-        yield from own._job(fn, iterable, (), ordered=ordered, mode=mode, **options).batches()
+        yield from own._job(fn, iterable, (), mode=mode, **options).batches()
+
+
+class _Call:
+    """The options of a one-shot call that choose its pool."""
+
+    __slots__ = ("backend", "initargs", "initializer", "start_method", "workers")
+
+    def __init__(
+        self,
+        workers: int | None,
+        backend: str,
+        start_method: str | None,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+    ):
+        self.workers = workers
+        self.backend = backend
+        self.start_method = start_method
+        self.initializer = initializer
+        self.initargs = initargs
 
 
 def map(
-    fn: Callable[..., Any],
-    iterable: Iterable[Any],
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
     *,
     workers: int | None = None,
     backend: str = "auto",
     ordered: bool = True,
     chunksize: int | str = "auto",
+    task_timeout: float | None = None,
     timeout: float | None = None,
     retries: int = 0,
     on_error: str = "raise",
@@ -97,14 +121,19 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
-) -> list[Any]:
+) -> list[R]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
     * ``backend``: ``"process"`` (conveyor's worker processes; any callable works, lambdas
       included), ``"thread"``, or ``"auto"``.
     * ``ordered=False``: results in completion order.
     * ``chunksize``: ``"auto"`` measures per-item time and sizes chunks to it; or a number.
-    * ``timeout``: seconds per item; an item past it raises :class:`conveyor.TaskTimeout`.
+    * ``task_timeout``: seconds per item; an item past it is stopped and raises
+      :class:`conveyor.TaskTimeout` (a ``TimeoutError``).
+    * ``timeout``: seconds for the whole call, as in ``concurrent.futures``; past it the call
+      raises ``TimeoutError`` (``concurrent.futures.TimeoutError``) and its work is stopped
+      (queued items dropped; on processes, the workers running its items are killed and
+      replaced). With a ``timeout``, ``backend="auto"`` never runs the work inline.
     * ``retries``: run a failed, timed-out or crashed item up to this many more times.
     * ``on_error``: ``"raise"`` the first error, ``"return"`` a :class:`conveyor.Failure` in the
       item's place, or ``"skip"`` the item.
@@ -119,32 +148,38 @@ def map(
         >>> conveyor.map(lambda x: x * x, range(5))
         [0, 1, 4, 9, 16]
     """
+    call = _Call(workers, backend, start_method, initializer, initargs)
     options = dict(
+        ordered=ordered,
         chunksize=chunksize,
+        task_timeout=task_timeout,
         timeout=timeout,
         retries=retries,
         on_error=on_error,
         progress=progress,
         explain=explain,
     )
-    out: list[Any] = []
-    for values in _run(
-        fn,
-        iterable,
-        MODE_MAP,
-        ordered,
-        workers,
-        backend,
-        start_method,
-        initializer,
-        initargs,
-        options,
-    ):
-        out.extend(values)
-    return out
+    return _collect(_run(fn, iterable, MODE_MAP, call, options))
 
 
-def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
+def starmap(
+    fn: Callable[..., R],
+    iterable: Iterable[Iterable[Any]],
+    *,
+    workers: int | None = None,
+    backend: str = "auto",
+    ordered: bool = True,
+    chunksize: int | str = "auto",
+    task_timeout: float | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: str = "raise",
+    progress: bool | dict[str, Any] = False,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    start_method: str | None = None,
+    explain: bool = False,
+) -> list[R]:
     """``[fn(*args) for args in iterable]`` in parallel; the options of :func:`map`.
 
     Example::
@@ -152,14 +187,42 @@ def starmap(fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options
         >>> conveyor.starmap(pow, [(2, 5), (3, 2)])
         [32, 9]
     """
-    return _collect(fn, iterable, MODE_STAR, **options)
+    call = _Call(workers, backend, start_method, initializer, initargs)
+    options = dict(
+        ordered=ordered,
+        chunksize=chunksize,
+        task_timeout=task_timeout,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+        explain=explain,
+    )
+    return _collect(_run(fn, iterable, MODE_STAR, call, options))
 
 
-def imap(fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> Iterator[Any]:
+def imap(
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    workers: int | None = None,
+    backend: str = "auto",
+    chunksize: int | str = "auto",
+    task_timeout: float | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: str = "raise",
+    progress: bool | dict[str, Any] = False,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    start_method: str | None = None,
+    explain: bool = False,
+) -> Iterator[R]:
     """Lazily yield ``fn(x)`` in input order; input is read as results are consumed.
 
     At most a few chunks per worker are in flight, so an endless generator is fine, and
-    breaking out of the loop cancels what is queued. The options of :func:`map`.
+    breaking out of the loop cancels what is queued. The options of :func:`map`; ``timeout``
+    is counted from this call.
 
     Example::
 
@@ -168,13 +231,41 @@ def imap(fn: Callable[..., Any], iterable: Iterable[Any], **options: Any) -> Ite
         ...     if square > 100:
         ...         break
     """
-    options.setdefault("ordered", True)
-    return _iterate(fn, iterable, MODE_MAP, **options)
+    call = _Call(workers, backend, start_method, initializer, initargs)
+    return _iterate(
+        fn,
+        iterable,
+        call,
+        dict(
+            ordered=True,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            timeout=_started(timeout),
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
+            explain=explain,
+        ),
+    )
 
 
 def imap_unordered(
-    fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
-) -> Iterator[Any]:
+    fn: Callable[[T], R],
+    iterable: Iterable[T],
+    *,
+    workers: int | None = None,
+    backend: str = "auto",
+    chunksize: int | str = "auto",
+    task_timeout: float | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    on_error: str = "raise",
+    progress: bool | dict[str, Any] = False,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+    start_method: str | None = None,
+    explain: bool = False,
+) -> Iterator[R]:
     """Like :func:`imap`, yielding results as they finish.
 
     Example::
@@ -182,57 +273,47 @@ def imap_unordered(
         >>> sorted(conveyor.imap_unordered(abs, [-3, -1, -2]))
         [1, 2, 3]
     """
-    options["ordered"] = False
-    return _iterate(fn, iterable, MODE_MAP, **options)
-
-
-_CALL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "ordered")
-_JOB_OPTIONS = ("chunksize", "timeout", "retries", "on_error", "progress", "explain")
-
-
-def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    unknown = sorted(set(options) - set(_CALL_OPTIONS) - set(_JOB_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unexpected option {unknown[0]!r}; the options are "
-            f"{', '.join(_CALL_OPTIONS + _JOB_OPTIONS)}"
-        )
-    call = {k: options[k] for k in _CALL_OPTIONS if k in options}
-    job = {k: options[k] for k in _JOB_OPTIONS if k in options}
-    return call, job
-
-
-def _batches(
-    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
-) -> Generator[list[Any], None, None]:
-    call, job = _split(options)
-    return _run(
+    call = _Call(workers, backend, start_method, initializer, initargs)
+    return _iterate(
         fn,
         iterable,
-        mode,
-        call.get("ordered", True),
-        call.get("workers"),
-        call.get("backend", "auto"),
-        call.get("start_method"),
-        call.get("initializer"),
-        call.get("initargs", ()),
-        job,
+        call,
+        dict(
+            ordered=False,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            timeout=_started(timeout),
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
+            explain=explain,
+        ),
     )
 
 
-def _collect(
-    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
-) -> list[Any]:
-    out: list[Any] = []
-    for values in _batches(fn, iterable, mode, **options):
-        out.extend(values)
-    return out
+def _collect(batches: Iterable[list[Any]]) -> list[Any]:
+    """The batches as one list; the first batch is that list (a call that ran inline in one
+    chunk hands its results over without a copy: the job keeps no reference to its batches)."""
+    out: list[Any] | None = None
+    for values in batches:
+        if out is None:
+            out = values
+        else:
+            out.extend(values)
+    return [] if out is None else out
+
+
+def _started(timeout: Any) -> Deadline | None:
+    """imap's ``timeout`` counts from the call, not from the first ``next()`` (the generator's
+    body runs only then): its end is fixed here."""
+    timeout = check_deadline(timeout)
+    return None if timeout is None else Deadline.starting_now(timeout)
 
 
 def _iterate(
-    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
+    fn: Callable[..., Any], iterable: Iterable[Any], call: _Call, options: dict[str, Any]
 ) -> Iterator[Any]:
-    batches = _batches(fn, iterable, mode, **options)
+    batches = _run(fn, iterable, MODE_MAP, call, options)
     try:
         for values in batches:
             yield from values
@@ -240,13 +321,12 @@ def _iterate(
         batches.close()
 
 
-def as_completed(
-    futures: Iterable[Future[Any]], timeout: float | None = None
-) -> Iterator[Future[Any]]:
+def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> Iterator[Future[R]]:
     """Yield futures as they finish (``concurrent.futures.as_completed``).
 
-    With conveyor's pools, a task that must not run past a deadline should be given
-    ``pool.options(timeout=...)``: that stops the task; this ``timeout`` only stops waiting.
+    With conveyor's pools, a task that must not run past a time limit should be given
+    ``pool.options(task_timeout=...)``: that stops the task; this ``timeout`` only stops
+    waiting.
 
     Example::
 

@@ -2,9 +2,9 @@
 
 Data flow::
 
-    caller thread                                 one worker process of the pool
-    -------------                                 ------------------------------
-    take the first PROBE_ITEMS items  --------->  _probe: run item 0, timing wall and CPU time;
+    caller thread                                 (with a task_timeout: a thread of the pool)
+    -------------                                 -------------------------------------------
+    take the first PROBE_ITEMS items  --------->  probe: run item 0, timing wall and CPU time;
                                                   tiny: run more, up to PROBE_SECONDS;
                                                   CPU-bound and long enough: run items 1 and 2
                                                   at once in two threads (does it scale?)
@@ -12,8 +12,11 @@ Data flow::
     on the chosen backend; the probed
     items' outcomes are kept, not re-run
 
-The probe runs in a worker process, never in the caller, so a function that crashes, hangs or
-exits cannot take the caller down while it is being measured. The rules, in order:
+The probe runs in the caller's process, in its thread (or, with a ``task_timeout``, in a thread
+of the pool's, given up on after 3x the limit): no process is started to measure, none at all
+unless processes are chosen, and when auto ends on threads or inline every item ran in the
+caller's process, its side effects included. A function that crashes the interpreter while it
+is being measured is the user's own hazard, as it is on threads. The rules, in order:
 
 1. The function spends less than 30% of its wall time on the CPU (it waits: I/O, sleeps): threads.
 2. Two items at once in two threads kept at least 1.25 CPUs busy (the work releases the GIL, as
@@ -31,22 +34,24 @@ exits cannot take the caller down while it is being measured. The rules, in orde
 
 A measurement is remembered per function (by its code object) for the rest of the program, so
 later calls choose at once. Unpicklable functions or arguments go to threads; a probe that
-crashes or times out chooses processes, which isolate and stop such work.
+runs past 3x its task_timeout chooses processes, which stop such work.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 from ._work import Outcomes, function_key, run_items
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Choice", "Measurement", "choose", "probe", "take_head"]
 
@@ -82,20 +87,40 @@ _measurements: OrderedDict[Any, Measurement] = OrderedDict()
 _measurements_lock = threading.Lock()
 
 
-@dataclass(frozen=True)
 class Measurement:
     """What the probe saw, per item: seconds of wall and CPU time; and for two items at once in
-    two threads, their wall time and how many CPUs they kept busy (their CPU time over it)."""
+    two threads, their wall time and how many CPUs they kept busy (their CPU time over it).
 
-    wall: float
-    cpu: float
-    pair_wall: float | None = None
-    pair_parallelism: float | None = None
-    #: bytes of pickled arguments per item (measured in the parent when it sent the probe)
-    bytes_per_item: float = 0.0
+    ``bytes_per_item``: about how many bytes of arguments each item carries (what sending it
+    to a process would copy). (A plain class, not a dataclass: ``dataclasses`` imports
+    ``inspect``, which a short script's first call must not pay for.)
+
+    Example::
+
+        >>> Measurement(1e-6, 1e-6).describe()
+        '1.0 us per item, CPU 100% of that'
+    """
+
+    __slots__ = ("bytes_per_item", "cpu", "pair_parallelism", "pair_wall", "wall")
+
+    def __init__(
+        self,
+        wall: float,
+        cpu: float,
+        pair_wall: float | None = None,
+        pair_parallelism: float | None = None,
+        bytes_per_item: float = 0.0,
+    ):
+        self.wall = wall
+        self.cpu = cpu
+        self.pair_wall = pair_wall
+        self.pair_parallelism = pair_parallelism
+        self.bytes_per_item = bytes_per_item
 
     def with_bytes(self, bytes_per_item: float) -> Measurement:
-        return dataclasses.replace(self, bytes_per_item=bytes_per_item)
+        return Measurement(
+            self.wall, self.cpu, self.pair_wall, self.pair_parallelism, bytes_per_item
+        )
 
     def describe(self) -> str:
         share = min(100.0, 100 * self.cpu / max(self.wall, 1e-9))
@@ -110,13 +135,21 @@ class Measurement:
         return text
 
 
-@dataclass(frozen=True)
 class Choice:
-    """The backend chosen (``"inline"``, ``"thread"`` or ``"process"``) and why."""
+    """The backend chosen (``"inline"``, ``"thread"`` or ``"process"``) and why.
 
-    backend: str
-    reason: str
-    measurement: Measurement | None = None
+    Example::
+
+        >>> Choice("thread", "it waits").backend
+        'thread'
+    """
+
+    __slots__ = ("backend", "measurement", "reason")
+
+    def __init__(self, backend: str, reason: str, measurement: Measurement | None = None):
+        self.backend = backend
+        self.reason = reason
+        self.measurement = measurement
 
     def explain(self, fn: Callable[..., Any]) -> str:
         name = getattr(fn, "__qualname__", type(fn).__name__)
@@ -155,18 +188,19 @@ def take_head(items: Iterator[Any], timed: bool = False) -> list[Any]:
     limit = PROBE_ITEMS_TIMED if timed else PROBE_ITEMS
     for item in items:
         head.append(item)
-        size += _rough_size(item)
+        size += rough_size(item)
         if len(head) >= limit or (len(head) >= 3 and size >= PROBE_BYTES):
             break
     return head
 
 
-def _rough_size(obj: Any) -> int:
+def rough_size(obj: Any) -> int:
+    """About how many bytes ``obj`` holds (shallow; arrays by their buffers)."""
     nbytes = getattr(obj, "nbytes", None)  # numpy arrays, memoryview
     if isinstance(nbytes, int):
         return nbytes
     if isinstance(obj, (tuple, list)) and len(obj) <= 16:  # a starmap item, a call's args
-        return sum(_rough_size(part) for part in obj)
+        return sum(rough_size(part) for part in obj)
     try:
         return sys.getsizeof(obj)
     except Exception:

@@ -20,9 +20,13 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from ._work import function_key
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Chunker", "ItemTimes"]
 

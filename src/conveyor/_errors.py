@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import signal
 import traceback
-from typing import Any
+from concurrent.futures import BrokenExecutor, CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeout
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Failure",
     "PoolClosed",
     "RemoteTraceback",
+    "TaskStopped",
     "TaskTimeout",
     "Unsendable",
     "WorkerCrashed",
@@ -23,13 +30,22 @@ __all__ = [
 ]
 
 
-class TaskTimeout(TimeoutError):
-    """A task ran past its ``timeout=`` and was stopped.
+# On Python 3.10 concurrent.futures.TimeoutError is not yet the built-in TimeoutError: a
+# TaskTimeout is both, so `except concurrent.futures.TimeoutError` catches it on every Python.
+_TIMEOUT_BASES: tuple[type, ...] = (
+    (TimeoutError,) if FuturesTimeout is TimeoutError else (TimeoutError, FuturesTimeout)
+)
+
+
+class TaskTimeout(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """A task ran past its ``task_timeout=`` and was stopped.
+
+    A ``TimeoutError`` (and ``concurrent.futures.TimeoutError`` on every Python).
 
     Example::
 
         >>> import conveyor, time
-        >>> conveyor.map(time.sleep, [5], timeout=0.5, on_error="return")[0].exception
+        >>> conveyor.map(time.sleep, [5], task_timeout=0.5, on_error="return")[0].exception
         TaskTimeout('task ran past its timeout of 0.5 s')
     """
 
@@ -41,8 +57,28 @@ class TaskTimeout(TimeoutError):
         return (type(self), (str(self), self.timeout))
 
 
-class WorkerCrashed(RuntimeError):
+class TaskStopped(CancelledError):
+    """A running task was stopped by :meth:`conveyor.Pool.stop`.
+
+    A ``concurrent.futures.CancelledError``: ``except CancelledError`` code treats it as the
+    cancellation it is.
+
+    Example::
+
+        >>> with conveyor.Pool(workers=1) as pool:
+        ...     fut = pool.submit(time.sleep, 60)
+        ...     _ = pool.stop(fut)
+        ...     fut.exception()
+        TaskStopped('the task was stopped by Pool.stop()')
+    """
+
+
+class WorkerCrashed(BrokenExecutor):
     """The worker process running a task died under it (a signal, ``os._exit``, the OOM killer).
+
+    A ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``), as the standard library
+    reports a dead worker; unlike it, only the tasks the worker held fail: the pool replaces
+    the worker and goes on.
 
     ``exitcode`` is the process's exit code (negative: the signal number, as in
     ``multiprocessing``); ``signal_name`` names the signal when there was one.
@@ -79,8 +115,11 @@ class WorkerCrashed(RuntimeError):
         return cls(f"worker process (pid {pid}) died while running the task: {how}", exitcode)
 
 
-class WorkerInitError(RuntimeError):
+class WorkerInitError(BrokenExecutor):
     """A pool's ``initializer`` raised in a worker; the pool cannot run tasks.
+
+    A ``concurrent.futures.BrokenExecutor``, as the standard library's executors report a
+    failed initializer.
 
     Example::
 
@@ -100,12 +139,14 @@ class Unsendable(TypeError):
 
         >>> conveyor.map(len, [threading.Lock()], backend="process")
         Traceback (most recent call last):
-        conveyor._errors.Unsendable: cannot send item 0 to a worker process: ...
+        conveyor.Unsendable: cannot send item 0 to a worker process: ...
     """
 
 
 class PoolClosed(RuntimeError):
-    """Work was submitted to a pool that was shut down.
+    """Work was submitted to a pool that was shut down, or the pool was terminated under it.
+
+    A ``RuntimeError``, as the standard library's executors raise on a submit after shutdown.
 
     Example::
 
@@ -182,6 +223,38 @@ class Failure:
     def reraise(self) -> None:
         """Raise the stored exception (with its remote traceback chained)."""
         raise self.exception
+
+
+def missed_deadline(what: str, timeout: float) -> FuturesTimeout:
+    """The TimeoutError for a call that ran past its ``timeout=`` (a deadline for the call).
+
+    Its message names ``task_timeout=``: code written when ``timeout=`` meant a limit per item
+    learns the new name from the first error it meets.
+
+    Example::
+
+        >>> missed_deadline("conveyor.map", 5)
+        TimeoutError('conveyor.map ran past its timeout of 5 s (timeout= is a deadline for the whole call; a limit per item is task_timeout=)')
+    """  # noqa: E501
+    return FuturesTimeout(
+        f"{what} ran past its timeout of {timeout:g} s (timeout= is a deadline for the whole "
+        f"call; a limit per item is task_timeout=)"
+    )
+
+
+# The public classes print and pickle as conveyor.X (conveyor loads them on first use).
+for _public in (
+    TaskTimeout,
+    TaskStopped,
+    WorkerCrashed,
+    WorkerInitError,
+    Unsendable,
+    PoolClosed,
+    RemoteTraceback,
+    Failure,
+):
+    _public.__module__ = "conveyor"
+del _public
 
 
 def _signal_name(exitcode: int | None) -> str | None:

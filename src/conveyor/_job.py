@@ -40,13 +40,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
 
 from ._chunking import Chunker, ItemTimes
-from ._errors import Failure, PoolClosed, Unsendable, traceback_text
+from ._errors import Failure, PoolClosed, Unsendable, missed_deadline, traceback_text
 from ._progress import Progress
 from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["MapJob"]
 
@@ -115,6 +119,7 @@ class MapJob:
         mode: int,
         ordered: bool = True,
         chunksize: int | str = "auto",
+        task_timeout: float | None = None,
         timeout: float | None = None,
         retries: int = 0,
         on_error: str = "raise",
@@ -128,7 +133,11 @@ class MapJob:
         self.fn = fn
         self.mode = mode
         self.ordered = ordered
+        self.task_timeout = task_timeout
+        # timeout: a deadline for the whole call, from now (see _wait)
         self.timeout = timeout
+        self._end_time = None if timeout is None else time.monotonic() + timeout
+        self._end_time = getattr(timeout, "end", self._end_time)  # a Deadline started earlier
         self.retries = retries
         self.on_error = on_error
         self.closed = False
@@ -143,9 +152,10 @@ class MapJob:
         # call runs are seen, as iterating would see them. With ``head``, a sequence holds the
         # head's items too (they are skipped by index); any other iterable starts after them.
         # (exact types: a subclass may iterate differently from how it slices)
-        self._sequence = (
-            cast("Sequence[Any]", iterable) if type(iterable) in (list, tuple, range) else None
-        )
+        sequence: Sequence[Any] | None = None
+        if type(iterable) in (list, tuple, range):
+            sequence = iterable  # type: ignore[assignment]
+        self._sequence = sequence
         self._next_index = 0
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None
@@ -224,7 +234,13 @@ class MapJob:
             if self._sequence is not None:
                 index = self._next_index
                 piece = self._sequence[index : index + size]
-                items = piece if type(piece) is list else list(piece)
+                # (a range slice stays a range inline: nothing is sent, so nothing to build)
+                inline = self.backend.name == "inline"
+                items: list[Any] = (
+                    piece  # type: ignore[assignment]
+                    if type(piece) is list or inline
+                    else list(piece)
+                )
             else:
                 items = list(itertools.islice(self._input, size))
             if len(items) < size:
@@ -240,14 +256,25 @@ class MapJob:
                 mode=self.mode,
                 sink=chunk,
                 tags=range(chunk.start, chunk.start + len(items)),
-                timeout=self.timeout,
+                timeout=self.task_timeout,
                 estimate=self._chunker.estimate(len(items)),
                 eager=False,
             )
             self.backend.submit([unit], self._ticket)
 
     def _wait(self) -> None:
-        event = self.events.get()
+        if self._end_time is None:
+            event = self.events.get()
+        else:
+            try:
+                event = self.events.get(timeout=max(0.0, self._end_time - time.monotonic()))
+            except queue.Empty:
+                assert self.timeout is not None
+                # Past the call's deadline: stop its work (the process backend kills the workers
+                # running its chunks, as on Ctrl-C; threads cannot be stopped, their queued
+                # chunks are dropped) and raise.
+                self._close(interrupt=True)
+                raise missed_deadline("the map call", self.timeout) from None
         self._handle(*event)
         while True:
             try:
@@ -316,7 +343,7 @@ class MapJob:
                 mode=self.mode,
                 sink=chunk,
                 tags=range(chunk.start + offset, chunk.start + offset + 1),
-                timeout=self.timeout,
+                timeout=self.task_timeout,
                 not_before=time.monotonic() + retry_backoff(attempts),
                 estimate=self._chunker.estimate(1),
             )

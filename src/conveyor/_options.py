@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import numbers
+import time
 from collections.abc import Callable
-from typing import Any
 
-__all__ = ["BACKENDS", "ON_ERROR", "check_callable", "check_options", "check_workers"]
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = [
+    "BACKENDS",
+    "ON_ERROR",
+    "Deadline",
+    "check_callable",
+    "check_deadline",
+    "check_options",
+    "check_timeout",
+    "check_workers",
+]
 
 BACKENDS = ("auto", "thread", "process", "dask")
 ON_ERROR = ("raise", "return", "skip")
@@ -40,7 +54,7 @@ def check_backend(backend: Any) -> str:
 def check_options(
     *,
     chunksize: Any = "auto",
-    timeout: Any = None,
+    task_timeout: Any = None,
     retries: Any = 0,
     on_error: Any = "raise",
     ordered: Any = True,
@@ -52,7 +66,7 @@ def check_options(
         raise ValueError(
             f'chunksize must be "auto" or a whole number of at least 1, got {chunksize!r}'
         )
-    check_timeout(timeout)
+    check_timeout(task_timeout, "task_timeout")
     if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
         raise ValueError(f"retries must be a whole number of at least 0, got {retries!r}")
     if on_error not in ON_ERROR:
@@ -63,10 +77,39 @@ def check_options(
         raise TypeError(f"ordered must be True or False, got {ordered!r}")
 
 
-def check_timeout(timeout: Any) -> float | None:
-    """``timeout`` must be None or a positive number of seconds."""
+def check_timeout(timeout: Any, name: str = "task_timeout") -> float | None:
+    """``timeout`` (the option ``name``) must be None or a positive number of seconds."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
+
+
+class Deadline(float):
+    """A ``timeout`` (seconds) whose clock has started: ``end`` is when it is up (monotonic).
+
+    Example::
+
+        >>> Deadline.starting_now(5.0) == 5.0
+        True
+    """
+
+    end: float
+
+    @classmethod
+    def starting_now(cls, timeout: float) -> Deadline:
+        deadline = cls(timeout)
+        deadline.end = time.monotonic() + timeout
+        return deadline
+
+
+def check_deadline(timeout: Any) -> float | None:
+    """``timeout`` (a deadline for a whole call, as in concurrent.futures) must be None or a
+    number of seconds; zero or less means "already due", as ``Future.result(0)`` does.
+    A :class:`Deadline` is kept as it is (its clock runs from an earlier call)."""
+    if timeout is None or isinstance(timeout, Deadline):
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    return max(0.0, float(timeout))

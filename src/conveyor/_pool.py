@@ -29,24 +29,49 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
-from typing import Any
+from concurrent.futures import Executor, Future, InvalidStateError
 
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
-from ._errors import PoolClosed, TaskTimeout, WorkerCrashed
+from ._errors import PoolClosed, TaskStopped, TaskTimeout
+from ._executor_map import executor_map
 from ._job import MapJob, retry_backoff
-from ._options import check_backend, check_callable, check_options, check_timeout, check_workers
+from ._options import (
+    check_backend,
+    check_callable,
+    check_deadline,
+    check_options,
+    check_timeout,
+    check_workers,
+)
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
 from .backends.queue import FOLLOW_UP
 
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, ParamSpec, TypeVar
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
 __all__ = ["Pool"]
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+_TASK = "_conveyor_task"
+
+
+def _task_of(future: Future[Any]) -> _FutureTask | None:
+    """The sink of a submitted future, while the backend still holds it (see Pool.stop)."""
+    ref = getattr(future, _TASK, None)
+    return None if ref is None else ref()
 
 
 class _SubmitTimes:
@@ -62,7 +87,7 @@ class _SubmitTimes:
 class _FutureTask:
     """The sink of one ``submit``: settles its future, retrying first if asked to."""
 
-    __slots__ = ("attempts", "backend", "future", "retries", "started", "times")
+    __slots__ = ("__weakref__", "attempts", "backend", "future", "retries", "started", "times")
 
     def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
@@ -171,24 +196,54 @@ class Pool(Executor):
         self._initializer = (initializer, initargs)
         self._threads: Backend | None = None  # backend="auto": made when first chosen
         self._inline: Backend | None = None
-        self._backend = _make_backend(
-            "process" if backend == "auto" else backend,
-            workers,
+        self._options: dict[str, Any] = dict(
             start_method=start_method,
             initializer=initializer,
             initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
         )
-        self.workers = self._backend.workers
-        _live_backends.add(self._backend)
-        self._finalizer = weakref.finalize(self, _shutdown_quietly, self._backend)
+        self._closed = False
+        self._lock = threading.Lock()
+        # backend="auto" starts no process until processes are chosen (see _backend)
+        self._primary: Backend | None = None
+        if backend != "auto":
+            self._start_primary()
+        self.workers = self._primary.workers if self._primary else (workers or usable_cpus())
         self._times = _SubmitTimes()
         self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
 
+    def _start_primary(self) -> Backend:
+        primary = _make_backend(
+            "process" if self.backend_name == "auto" else self.backend_name,
+            self._requested_workers,
+            **self._options,
+        )
+        _live_backends.add(primary)
+        weakref.finalize(self, _shutdown_quietly, primary)
+        self._primary = primary
+        return primary
+
+    @property
+    def _backend(self) -> Backend:
+        """The pool's own backend (backend="auto": its processes, started on first use)."""
+        primary = self._primary
+        if primary is not None:
+            return primary
+        with self._lock:
+            if self._primary is not None:
+                return self._primary
+            if self._closed:
+                raise PoolClosed("cannot submit to a pool that was shut down")
+            return self._start_primary()
+
+    def _open(self) -> bool:
+        """Whether work may still be submitted (without starting anything)."""
+        return not self._closed and (self._primary is None or self._primary.alive)
+
     # ----------------------------------------------------------------- Executor
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
 
         Every keyword goes to ``fn``; per-task options go through :meth:`options`.
@@ -201,28 +256,34 @@ class Pool(Executor):
         """
         return self._submit(fn, args, kwargs, None, 0)
 
-    def options(self, *, timeout: float | None = None, retries: int = 0) -> _PoolOptions:
-        """The pool with per-task options for ``submit`` (and defaults for the map calls).
+    def options(
+        self, *, task_timeout: float | None = None, retries: int = 0, **renamed: NoReturn
+    ) -> _PoolOptions:
+        """The pool with per-task options for ``submit`` and the map calls.
 
-        ``pool.options(timeout=5, retries=2).submit(fn, *args, **kwargs)`` passes every keyword
-        to ``fn``, so the options never collide with the function's own keyword arguments.
+        ``task_timeout``: seconds one task (one item of a map) may run; past it, it is stopped
+        and fails with :class:`conveyor.TaskTimeout`. ``retries``: run a failed, timed-out or
+        crashed task up to this many more times. ``pool.options(task_timeout=5).submit(fn, *args,
+        **kwargs)`` passes every keyword to ``fn``, so the options never collide with the
+        function's own keyword arguments.
 
         Example::
 
             >>> with conveyor.Pool() as pool:
-            ...     fut = pool.options(timeout=1.0).submit(time.sleep, 10)
+            ...     fut = pool.options(task_timeout=1.0).submit(time.sleep, 10)
             ...     fut.exception()
             TaskTimeout('task ran past its timeout of 1 s')
         """
-        check_options(timeout=timeout, retries=retries)
-        return _PoolOptions(self, timeout, retries)
+        _reject_renamed("Pool.options", renamed)
+        check_options(task_timeout=task_timeout, retries=retries)
+        return _PoolOptions(self, task_timeout, retries)
 
     def _submit(
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        timeout: float | None,
+        task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
         check_callable(fn)
@@ -234,48 +295,112 @@ class Pool(Executor):
             mode=MODE_CALL,
             sink=task,
             tags=[0],
-            timeout=timeout,
+            timeout=task_timeout,
             estimate=self._times.estimate,
             coalesce=True,
         )
         self._backend.submit([unit])
+        setattr(future, _TASK, weakref.ref(task))  # weak: the future must not keep its task
         return future
 
-    def map(  # type: ignore[override]
-        self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        chunksize: int | str = "auto",
-        timeout: float | None = None,
-        retries: int = 0,
-        on_error: str = "raise",
-        progress: bool | dict[str, Any] = False,
-    ) -> list[Any]:
-        """``[fn(x) for x in iterable]`` on the pool's workers, as a list.
+    def stop(self, future: Future[Any]) -> bool:
+        """Stop one submitted task, even a running one; True if it was stopped.
 
-        Several iterables are zipped, as with the built-in ``map``. ``timeout`` is per item
-        (unlike ``Executor.map``'s overall timeout). See :func:`conveyor.map` for the options.
+        ``future.cancel()`` keeps its standard meaning (only a task that has not started can be
+        cancelled). ``stop`` also stops a running task: on the process backend its worker is
+        killed (with what the task started) and replaced, and the future fails with
+        :class:`conveyor.TaskStopped` (a ``concurrent.futures.CancelledError``). A thread cannot
+        be killed: on the thread backend the future fails at once and the thread's work is
+        abandoned (its result is dropped). False if the task had already finished.
+
+        Example::
+
+            >>> with conveyor.Pool(workers=1) as pool:
+            ...     fut = pool.submit(time.sleep, 60)
+            ...     pool.stop(fut), type(fut.exception()).__name__
+            (True, 'TaskStopped')
+        """
+        if future.cancel():
+            return True
+        task = _task_of(future)
+        if task is None or future.done():
+            return False
+        for backend in self._all_backends():
+            backend.interrupt(task)
+        try:
+            future.set_exception(TaskStopped("the task was stopped by Pool.stop()"))
+        except InvalidStateError:  # it finished just before it could be stopped
+            return False
+        return True
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
+    ) -> Iterator[R]:
+        """``concurrent.futures.Executor.map``, exactly: an iterator over ``fn(*args)`` for the
+        zipped ``iterables``, in order.
+
+        It returns at once, having submitted every task (with ``buffersize``: at most that many
+        tasks are submitted and not yet handed out, and the input is read as results are taken,
+        as in Python 3.14, on every Python). ``timeout`` is a deadline for the whole iteration,
+        counted from this call: past it, iterating raises ``TimeoutError``. An item's exception
+        is raised when iteration reaches it. ``chunksize`` items go to a worker together.
+        ``task_timeout`` (seconds per item; the item fails with :class:`conveyor.TaskTimeout`)
+        and ``retries`` are conveyor's. For a list, chunks sized automatically, results as they
+        finish, ``on_error`` or a progress bar, use :meth:`imap` / :meth:`imap_unordered` (or
+        :func:`conveyor.map`, which returns a list).
 
         Example::
 
             >>> with conveyor.Pool() as pool:
-            ...     pool.map(pow, [2, 3], [5, 2])
+            ...     list(pool.map(pow, [2, 3], [5, 2]))
             [32, 9]
         """
-        return self._job(
-            fn, iterable, iterables, ordered, chunksize, timeout, retries, on_error, progress
-        ).collect()
+        check_callable(fn)
+        if not iterables:
+            raise TypeError("Pool.map() needs at least one iterable")
+        for iterable in iterables:
+            _check_iterable(iterable)
+        check_options(task_timeout=task_timeout, retries=retries)
+        timeout = check_deadline(timeout)
+        if not self._open():
+            raise PoolClosed("cannot submit to a pool that was shut down")
+        return executor_map(
+            self._backend,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            task_timeout=check_timeout(task_timeout),
+            retries=retries,
+            estimate=self._times.estimate,
+        )
 
     def imap(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         iterable: Iterable[Any],
         *iterables: Iterable[Any],
-        **options: Any,
-    ) -> Iterator[Any]:
+        chunksize: int | str = "auto",
+        task_timeout: float | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+    ) -> Iterator[R]:
         """Lazily yield ``fn(x)`` for each ``x``, in input order; takes input as it goes.
+
+        Several iterables are zipped. The options are :func:`conveyor.map`'s: ``task_timeout``
+        per item, ``timeout`` a deadline for the whole call (``TimeoutError``, its work
+        stopped).
 
         Example::
 
@@ -284,16 +409,34 @@ class Pool(Executor):
             ...     for square in pool.imap(abs, itertools.count(-3)):
             ...         if square == 0: break
         """
-        options.setdefault("ordered", True)
-        return iter(self._job(fn, iterable, iterables, **_job_options(options)))
+        job = self._job(
+            fn,
+            iterable,
+            iterables,
+            ordered=True,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
+            explain=explain,
+        )
+        return iter(job)
 
     def imap_unordered(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., R],
         iterable: Iterable[Any],
         *iterables: Iterable[Any],
-        **options: Any,
-    ) -> Iterator[Any]:
+        chunksize: int | str = "auto",
+        task_timeout: float | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+    ) -> Iterator[R]:
         """Like :meth:`imap`, but yields results as they finish.
 
         Example::
@@ -302,13 +445,37 @@ class Pool(Executor):
             ...     sorted(pool.imap_unordered(abs, [-2, -1]))
             [1, 2]
         """
-        options["ordered"] = False
-        return iter(self._job(fn, iterable, iterables, **_job_options(options)))
+        job = self._job(
+            fn,
+            iterable,
+            iterables,
+            ordered=False,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
+            explain=explain,
+        )
+        return iter(job)
 
     def starmap(
-        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any
-    ) -> list[Any]:
-        """``[fn(*args) for args in iterable]`` on the pool's workers, as a list.
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        ordered: bool = True,
+        chunksize: int | str = "auto",
+        task_timeout: float | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+    ) -> list[R]:
+        """``[fn(*args) for args in iterable]`` on the pool's workers, as a list (as
+        ``multiprocessing.Pool.starmap``); the options of :func:`conveyor.map`.
 
         Example::
 
@@ -316,7 +483,20 @@ class Pool(Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
-        job = self._job(fn, iterable, (), mode=MODE_STAR, **_job_options(options))
+        job = self._job(
+            fn,
+            iterable,
+            (),
+            ordered=ordered,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            timeout=timeout,
+            retries=retries,
+            on_error=on_error,
+            progress=progress,
+            mode=MODE_STAR,
+            explain=explain,
+        )
         return job.collect()
 
     def _job(
@@ -326,6 +506,7 @@ class Pool(Executor):
         iterables: tuple[Iterable[Any], ...],
         ordered: bool = True,
         chunksize: int | str = "auto",
+        task_timeout: float | None = None,
         timeout: float | None = None,
         retries: int = 0,
         on_error: str = "raise",
@@ -336,22 +517,24 @@ class Pool(Executor):
         check_callable(fn)
         check_options(
             chunksize=chunksize,
-            timeout=timeout,
+            task_timeout=task_timeout,
             retries=retries,
             on_error=on_error,
             ordered=ordered,
         )
-        if not self._backend.alive:
+        deadline = check_deadline(timeout)
+        if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
         if iterables:
             iterable, mode = zip(iterable, *iterables), MODE_STAR
         _check_iterable(iterable)
-        timeout = check_timeout(timeout)
+        task_timeout = check_timeout(task_timeout)
         options: dict[str, Any] = dict(
             mode=mode,
             ordered=ordered,
             chunksize=chunksize,
-            timeout=timeout,
+            task_timeout=task_timeout,
+            timeout=deadline,
             retries=retries,
             on_error=on_error,
             progress=progress,
@@ -359,7 +542,7 @@ class Pool(Executor):
         )
         if self.backend_name != "auto":
             return MapJob(self._backend, fn, iterable, **options)
-        return self._auto_job(fn, iterable, mode, timeout, explain, options)
+        return self._auto_job(fn, iterable, mode, task_timeout, explain, options)
 
     def _auto_job(
         self,
@@ -378,6 +561,8 @@ class Pool(Executor):
         rest = iter(iterable)
         head: list[Any] = []
         done, outcomes = 0, None
+        if options["timeout"] is not None:
+            inline_ok = False  # a deadline must be able to stop the work: never inline
         measurement = _auto.remembered(fn, mode)
         if measurement is not None:
             choice = _auto.choose(measurement, total, timeout, self.workers, inline_ok)
@@ -393,6 +578,11 @@ class Pool(Executor):
             else:
                 assert forced is not None
                 choice = forced
+        if choice.backend == "process" and not self._sendable(fn, mode, head):
+            choice = _auto.Choice(
+                "thread",
+                "the function or its arguments cannot be pickled, and threads need no pickling",
+            )
         _auto.report(choice, fn, explain)
         backend = self._backend_for(choice.backend)
         if choice.backend == "inline" and options["chunksize"] == "auto":
@@ -409,66 +599,54 @@ class Pool(Executor):
         )
 
     def _probe(
-        self, fn: Callable[..., Any], mode: int, head: list[Any], timeout: float | None
+        self, fn: Callable[..., Any], mode: int, head: list[Any], task_timeout: float | None
     ) -> tuple[Any, int, Any, Any]:
-        """Run the probe in a worker.
+        """Measure ``fn`` on the first items, in this process (see _auto.py): no process is
+        started to measure, and every item the probe runs has its side effects here.
 
-        Returns (a choice forced by how it failed, or None; how many items it ran; their
-        outcomes; the measurement, or None when it failed).
+        Without a ``task_timeout`` the probe runs in the caller's thread; with one, in a thread
+        of the pool's, waited for at most 3x the limit. Returns (a choice forced by how it
+        failed, or None; how many items it ran; their outcomes; the measurement, or None).
         """
         from . import _auto
 
+        bytes_per_item = sum(_auto.rough_size(item) for item in head) / len(head)
+        if task_timeout is None:
+            done, outcomes, measurement = _auto.probe(fn, mode, head)
+            return None, done, outcomes, measurement.with_bytes(bytes_per_item)
+        threads = self._backend_for("thread")
         future: Future[Any] = Future()
-        task = _FutureTask(self._backend, future, 0, self._times)
+        task = _FutureTask(threads, future, 0, self._times)
         unit = Unit(
             fn=_auto.probe,
             items=[((fn, mode, head), {})],
             mode=MODE_CALL,
             sink=task,
             tags=[0],
-            timeout=None if timeout is None else 3 * timeout,
+            timeout=3 * task_timeout,
         )
-        try:
-            self._backend.submit([unit])
-            sent = getattr(unit.wire, "items", None)  # its pickled form: what moving it costs
-            bytes_per_item = sent.nbytes / len(head) if sent is not None else 0.0
-        except TypeError:
-            return (
-                _auto.Choice(
-                    "thread",
-                    "the function or its arguments cannot be pickled, and threads need no pickling",
-                ),
-                0,
-                None,
-                None,
-            )
+        threads.submit([unit])
         try:
             done, outcomes, measurement = future.result()
-        except KeyboardInterrupt:
-            self._backend.interrupt(task)
-            raise
         except TaskTimeout:
-            return (
-                _auto.Choice(
-                    "process", "measuring it ran past its timeout; processes can stop such tasks"
-                ),
-                0,
-                None,
-                None,
+            choice = _auto.Choice(
+                "process", "measuring it ran past its task_timeout; processes can stop such tasks"
             )
-        except WorkerCrashed:
-            return (
-                _auto.Choice(
-                    "process", "measuring it crashed its worker; processes isolate such tasks"
-                ),
-                0,
-                None,
-                None,
-            )
-        except Exception:
-            # The probe itself failed (the items failed in ways the job will report itself).
-            return _auto.Choice("process", "it could not be measured"), 0, None, None
+            return choice, 0, None, None
         return None, done, outcomes, measurement.with_bytes(bytes_per_item)
+
+    def _sendable(self, fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
+        """Whether the function and a first item can be pickled for a worker process (checked
+        before any process is started for them)."""
+        from ._serialize import callable_payload, items_payload
+
+        try:
+            callable_payload(fn).release()
+            if head:
+                items_payload(head[:1], mode).release()
+        except TypeError:
+            return False
+        return True
 
     def _backend_for(self, name: str) -> Backend:
         if name == "process":
@@ -503,6 +681,8 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.shutdown()
         """
+        with self._lock:
+            self._closed = True
         error: RuntimeError | None = None
         for backend in self._all_backends():
             try:
@@ -519,11 +699,35 @@ class Pool(Executor):
 
             >>> pool = conveyor.Pool(); pool.terminate()
         """
+        with self._lock:
+            self._closed = True
         for backend in self._all_backends():
             backend.terminate()
 
+    def terminate_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.terminate_workers()``, on every Python: stop the
+        workers at once (SIGKILL; conveyor's workers lead their own process groups, and a
+        gentler signal would leave what their tasks started running). The pool is shut down;
+        what had not finished fails with :class:`conveyor.PoolClosed`.
+
+        Example::
+
+            >>> pool = conveyor.Pool(); pool.terminate_workers()
+        """
+        self.terminate()
+
+    def kill_workers(self) -> None:
+        """Python 3.14's ``ProcessPoolExecutor.kill_workers()``, on every Python: the same as
+        :meth:`terminate_workers` (both kill; see there).
+
+        Example::
+
+            >>> pool = conveyor.Pool(); pool.kill_workers()
+        """
+        self.terminate()
+
     def _all_backends(self) -> list[Backend]:
-        return [b for b in (self._backend, self._threads) if b is not None]
+        return [b for b in (self._primary, self._threads) if b is not None]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
@@ -537,66 +741,127 @@ class Pool(Executor):
         return None
 
     def __repr__(self) -> str:
-        state = "open" if self._backend.alive else "shut down"
+        state = "open" if self._open() else "shut down"
         return f"<conveyor.Pool backend={self.backend_name!r} workers={self.workers} {state}>"
 
 
 class _PoolOptions:
-    """A pool seen with per-task options; returned by :meth:`Pool.options`."""
+    """A pool seen with per-task options; returned by :meth:`Pool.options`.
 
-    def __init__(self, pool: Pool, timeout: float | None, retries: int):
+    Its calls are the pool's, with this view's ``task_timeout`` and ``retries``.
+    """
+
+    def __init__(self, pool: Pool, task_timeout: float | None, retries: int):
         self._pool = pool
-        self._timeout = check_timeout(timeout)
+        self._task_timeout = check_timeout(task_timeout)
         self._retries = retries
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        """``Pool.submit`` with this view's timeout and retries."""
-        return self._pool._submit(fn, args, kwargs, self._timeout, self._retries)
-
-    def _with_defaults(self, options: dict[str, Any]) -> dict[str, Any]:
-        options.setdefault("timeout", self._timeout)
-        options.setdefault("retries", self._retries)
-        return options
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """``Pool.submit`` with this view's task_timeout and retries."""
+        return self._pool._submit(fn, args, kwargs, self._task_timeout, self._retries)
 
     def map(
         self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
+        fn: Callable[..., R],
         *iterables: Iterable[Any],
-        **options: Any,
-    ) -> list[Any]:
-        """``Pool.map`` with this view's timeout and retries as defaults."""
-        return self._pool.map(fn, iterable, *iterables, **self._with_defaults(options))
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """``Pool.map`` (``Executor.map``) with this view's task_timeout and retries."""
+        return self._pool.map(
+            fn,
+            *iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            task_timeout=self._task_timeout,
+            retries=self._retries,
+        )
 
     def imap(
-        self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
-    ) -> Iterator[Any]:
-        """``Pool.imap`` with this view's timeout and retries as defaults."""
-        return self._pool.imap(fn, iterable, **self._with_defaults(options))
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        chunksize: int | str = "auto",
+        timeout: float | None = None,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+    ) -> Iterator[R]:
+        """``Pool.imap`` with this view's task_timeout and retries."""
+        return self._pool.imap(
+            fn,
+            iterable,
+            *iterables,
+            chunksize=chunksize,
+            task_timeout=self._task_timeout,
+            timeout=timeout,
+            retries=self._retries,
+            on_error=on_error,
+            progress=progress,
+        )
 
     def imap_unordered(
-        self, fn: Callable[..., Any], iterable: Iterable[Any], **options: Any
-    ) -> Iterator[Any]:
-        """``Pool.imap_unordered`` with this view's timeout and retries as defaults."""
-        return self._pool.imap_unordered(fn, iterable, **self._with_defaults(options))
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Any],
+        *iterables: Iterable[Any],
+        chunksize: int | str = "auto",
+        timeout: float | None = None,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+    ) -> Iterator[R]:
+        """``Pool.imap_unordered`` with this view's task_timeout and retries."""
+        return self._pool.imap_unordered(
+            fn,
+            iterable,
+            *iterables,
+            chunksize=chunksize,
+            task_timeout=self._task_timeout,
+            timeout=timeout,
+            retries=self._retries,
+            on_error=on_error,
+            progress=progress,
+        )
 
     def starmap(
-        self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]], **options: Any
-    ) -> list[Any]:
-        """``Pool.starmap`` with this view's timeout and retries as defaults."""
-        return self._pool.starmap(fn, iterable, **self._with_defaults(options))
-
-
-_JOB_OPTIONS = ("ordered", "chunksize", "timeout", "retries", "on_error", "progress", "explain")
-
-
-def _job_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(_JOB_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"unexpected option {unknown[0]!r}; the options are {', '.join(_JOB_OPTIONS)}"
+        self,
+        fn: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        *,
+        ordered: bool = True,
+        chunksize: int | str = "auto",
+        timeout: float | None = None,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+    ) -> list[R]:
+        """``Pool.starmap`` with this view's task_timeout and retries."""
+        return self._pool.starmap(
+            fn,
+            iterable,
+            ordered=ordered,
+            chunksize=chunksize,
+            task_timeout=self._task_timeout,
+            timeout=timeout,
+            retries=self._retries,
+            on_error=on_error,
+            progress=progress,
         )
-    return options
+
+
+def _reject_renamed(call: str, renamed: dict[str, Any]) -> None:
+    """A clear error for an option that does not exist, naming ``task_timeout`` for ``timeout``
+    (its old meaning, a limit per task: guessing would silently change what the call does)."""
+    if not renamed:
+        return
+    name = sorted(renamed)[0]
+    if name == "timeout":
+        raise TypeError(
+            f"{call}() takes no timeout=: the limit per task is called task_timeout= "
+            f"(timeout= means a deadline for waiting, as in concurrent.futures)"
+        )
+    raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
 
 
 def _length(iterable: Any) -> int | None:

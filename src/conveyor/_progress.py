@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 __all__ = ["Progress"]
 

@@ -32,13 +32,17 @@ import pickle
 import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import cloudpickle
 
 from . import _pull, _shm
 from ._errors import Unsendable
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Payload",

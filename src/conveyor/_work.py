@@ -15,7 +15,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
 
 __all__ = [
     "MODE_CALL",
@@ -41,14 +45,18 @@ MODE_MAP = 1
 #: ``fn(*item)`` (``starmap``)
 MODE_STAR = 2
 
-#: ``(True, result)`` or ``(False, exception)``
-Outcome = tuple[bool, Any]
-#: The outcomes of consecutive items: one value per item (None where it failed), and the
-#: exceptions of the failed ones by position. Lists of values rather than pairs keep a chunk of
-#: 10,000 tiny results cheap to pickle and to unpack.
-Outcomes = tuple[list[Any], dict[int, BaseException]]
-#: A zero-argument callable giving the outcomes of consecutive items of a unit.
-Loader = Callable[[], Outcomes]
+# Type aliases, for type checkers (at run time only their names exist: typing is not loaded).
+if TYPE_CHECKING:
+    #: ``(True, result)`` or ``(False, exception)``
+    Outcome = tuple[bool, Any]
+    #: The outcomes of consecutive items: one value per item (None where it failed), and the
+    #: exceptions of the failed ones by position. Lists of values rather than pairs keep a
+    #: chunk of 10,000 tiny results cheap to pickle and to unpack.
+    Outcomes = tuple[list[Any], dict[int, BaseException]]
+    #: A zero-argument callable giving the outcomes of consecutive items of a unit.
+    Loader = Callable[[], Outcomes]
+else:
+    Outcome = Outcomes = Loader = tuple
 
 _unit_ids = itertools.count()
 
@@ -107,24 +115,31 @@ def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
             rest = items[len(values) :]
 
 
-class Sink(Protocol):
-    """Who receives a unit's outcomes. Both methods may be called from any thread.
+if TYPE_CHECKING:
 
-    ``owner`` groups sinks for cancelling: a map job gives all its chunks' sinks itself as owner.
-    """
+    class Sink(Protocol):
+        """Who receives a unit's outcomes. Both methods may be called from any thread.
 
-    @property
-    def owner(self) -> object:
-        """The object whose units can be cancelled together."""
-        ...
+        ``owner`` groups sinks for cancelling: a map job gives all its chunks' sinks itself as
+        owner.
+        """
 
-    def starting(self, unit: Unit) -> bool:
-        """Called once just before a unit (or a piece of it) is run; False drops it unrun."""
-        ...
+        @property
+        def owner(self) -> object:
+            """The object whose units can be cancelled together."""
+            ...
 
-    def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
-        """Outcomes for ``unit.items[start:start + len(loader())]``, which took ``elapsed`` s."""
-        ...
+        def starting(self, unit: Unit) -> bool:
+            """Called once just before a unit (or a piece of it) is run; False drops it unrun."""
+            ...
+
+        def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+            """Outcomes for ``unit.items[start:start + len(loader())]``, which took ``elapsed``
+            seconds."""
+            ...
+
+else:
+    Sink = object  # a protocol for type checkers only (typing is not imported at run time)
 
 
 class Unit:

@@ -43,18 +43,21 @@ Races, and what settles them:
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend
 from .queue import JobTicket, WorkQueue
+
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ThreadBackend"]
 
@@ -275,8 +278,11 @@ class ThreadBackend(Backend):
                     return
                 if unit.sink.starting(unit):
                     self._run_unit(state, unit)
-                    if state.abandoned:
-                        return
+                # Let go of the unit (its function, items and sink) before waiting for the next:
+                # a finished task must not be kept alive by an idle thread.
+                unit = None
+                if state.abandoned:
+                    return
         except BaseException:
             # Only an abandoned thread gets here: the watchdog's asynchronous exception arrived
             # after the task had ended. The item was settled by the watchdog already.
@@ -407,5 +413,7 @@ def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
     """Ask a thread to raise ``exc_type`` at its next bytecode (CPython only; a no-op elsewhere)."""
     if sys.implementation.name != "cpython":
         return
+    import ctypes  # only here: a thread pool that never abandons a task does not load it
+
     set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
     set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))

@@ -147,7 +147,7 @@ def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Paylo
     wire_errors = {pos: _picklable_error(exc) for pos, exc in errors.items()}
     try:
         payload = dumps_payload((values, wire_errors))
-    except Exception:
+    except (Exception, SystemExit):  # a result whose pickling calls sys.exit(): its failure
         payload = None
     if payload is not None:
         shared = share_large_bytes(values, MODE_MAP, len(payload.data))
@@ -161,7 +161,7 @@ def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Paylo
         try:
             cloudpickle.dumps(value, pickle.HIGHEST_PROTOCOL)
             safe.append(value)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             safe.append(None)
             error = TypeError(
                 f"the task's result, of type {type(value).__module__}.{type(value).__qualname__},"
