@@ -64,7 +64,7 @@ def test_an_oserror_subclass_keeps_its_type_and_fields(pool) -> None:
 
 
 def test_in_a_map_the_same_holds(pool) -> None:
-    results = pool.map(tasks.raise_error, ["two", "kwonly"], on_error="return")
+    results = list(pool.imap(tasks.raise_error, ["two", "kwonly"], on_error="return"))
     assert [type(r.exception) for r in results] == [tasks.TwoArgError, tasks.KeywordOnlyError]
 
 
