@@ -11,8 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._api import as_completed, imap, imap_unordered, map, starmap
-    from ._errors import Failure, TaskTimeout, WorkerCrashed
+    from ._errors import (
+        Failure,
+        PoolClosed,
+        TaskTimeout,
+        Unsendable,
+        WorkerCrashed,
+        WorkerInitError,
+    )
     from ._pool import Pool
+    from ._version import __version__ as __version__
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
 _WHERE = {
@@ -22,9 +30,13 @@ _WHERE = {
     "map": "_api",
     "starmap": "_api",
     "Failure": "_errors",
+    "PoolClosed": "_errors",
     "TaskTimeout": "_errors",
+    "Unsendable": "_errors",
     "WorkerCrashed": "_errors",
+    "WorkerInitError": "_errors",
     "Pool": "_pool",
+    "__version__": "_version",  # the installed package's metadata (pyproject.toml's version)
 }
 
 
@@ -40,18 +52,20 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_WHERE))
 
 
 __all__ = [
     "Failure",
     "Pool",
+    "PoolClosed",
     "TaskTimeout",
+    "Unsendable",
     "WorkerCrashed",
+    "WorkerInitError",
     "as_completed",
     "imap",
     "imap_unordered",
     "map",
     "starmap",
 ]
-__version__ = "0.1.0"
