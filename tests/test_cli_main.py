@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import conveyor
 from conveyor.cli.__main__ import main
 
 from cli_helpers import run, run_cli
@@ -42,6 +44,15 @@ def test_top_level_help_and_errors() -> None:
     assert "invalid choice" in r.stderr and "Traceback" not in r.stderr
     r = run_cli()
     assert r.returncode == 255 and "usage" in r.stderr
+
+
+def test_version_is_the_installed_package_metadata() -> None:
+    expected = importlib.metadata.version("conveyor")
+    assert conveyor.__version__ == expected
+    for flag in ("--version", "-V"):
+        r = run_cli(flag)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"conveyor {expected}\n", "")
+    assert "--version" in run_cli("--help").stdout
 
 
 def test_main_function_returns_the_exit_code(capsys: object) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         WorkerInitError,
     )
     from ._pool import Pool
+    from ._version import __version__ as __version__
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
 _WHERE = {
@@ -43,6 +44,7 @@ _WHERE = {
     "WorkerCrashed": "_errors",
     "WorkerInitError": "_errors",
     "Pool": "_pool",
+    "__version__": "_version",  # the installed package's metadata (pyproject.toml's version)
 }
 
 
@@ -58,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_WHERE))
 
 
 __all__ = [
@@ -77,4 +79,3 @@ __all__ = [
     "map",
     "starmap",
 ]
-__version__ = "0.1.0"

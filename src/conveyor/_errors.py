@@ -123,9 +123,12 @@ class WorkerInitError(BrokenExecutor):
 
     Example::
 
-        >>> conveyor.Pool(initializer=int, initargs=("x",)).submit(abs, 1).result()
-        Traceback (most recent call last):
-        conveyor.WorkerInitError: the pool's initializer int('x') failed in a worker: ...
+        >>> with conveyor.Pool(initializer=int, initargs=("x",)) as pool:
+        ...     try:
+        ...         pool.submit(abs, 1).result()
+        ...     except conveyor.WorkerInitError as e:
+        ...         print(str(e).splitlines()[0])
+        the pool's initializer int failed in a worker process:
     """
 
 
@@ -137,9 +140,12 @@ class Unsendable(TypeError):
 
     Example::
 
-        >>> conveyor.map(len, [threading.Lock()], backend="process")
-        Traceback (most recent call last):
-        conveyor.Unsendable: cannot send item 0 to a worker process: ...
+        >>> import threading
+        >>> try:
+        ...     conveyor.map(len, [threading.Lock()], backend="process")
+        ... except conveyor.Unsendable as e:
+        ...     print(e)
+        cannot send the argument of item 0 to a worker process: ..._thread.lock...
     """
 
 
@@ -150,9 +156,12 @@ class PoolClosed(RuntimeError):
 
     Example::
 
-        >>> pool = conveyor.Pool(); pool.shutdown(); pool.submit(abs, 1)
-        Traceback (most recent call last):
-        conveyor.PoolClosed: cannot submit to a pool that was shut down
+        >>> pool = conveyor.Pool(); pool.shutdown()
+        >>> try:
+        ...     pool.submit(abs, 1)
+        ... except conveyor.PoolClosed as e:
+        ...     print(e)
+        cannot submit to a pool that was shut down
     """
 
 

@@ -104,6 +104,7 @@ class MapJob:
 
     Example::
 
+        >>> from conveyor._work import MODE_MAP
         >>> from conveyor.backends.thread import ThreadBackend
         >>> job = MapJob(ThreadBackend(2), abs, [-1, -2], mode=MODE_MAP)
         >>> list(job)

@@ -23,6 +23,9 @@ def _top_parser() -> argparse.ArgumentParser:
         description="Run Python functions and shell commands in parallel.",
         epilog="Run 'conveyor run --help' for the command runner's options.",
     )
+    parser.add_argument(
+        "-V", "--version", action="store_true", help="print conveyor's version and exit"
+    )
     sub = parser.add_subparsers(dest="subcommand", metavar="{run,demo}")
     sub.add_parser(
         "run",
@@ -50,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from conveyor.cli.demo import main as demo_main
 
             return demo_main(args[1:])
+        if args and args[0] in ("-V", "--version"):
+            from conveyor._version import __version__
+
+            print(f"conveyor {__version__}")
+            return 0
         from conveyor.cli.options import UsageError
 
         if not args:
