@@ -65,8 +65,11 @@ class TaskStopped(CancelledError):
 
     Example::
 
-        >>> with conveyor.Pool(workers=1) as pool:
-        ...     fut = pool.submit(time.sleep, 60)
+        >>> import threading, time
+        >>> started = threading.Event()
+        >>> with conveyor.Pool(workers=1, backend="thread") as pool:
+        ...     fut = pool.submit(lambda: (started.set(), time.sleep(60)))
+        ...     _ = started.wait(60)
         ...     _ = pool.stop(fut)
         ...     fut.exception()
         TaskStopped('the task was stopped by Pool.stop()')

@@ -160,7 +160,7 @@ class Pool(Executor):
         >>> import conveyor
         >>> with conveyor.Pool(workers=2) as pool:
         ...     future = pool.submit(pow, 2, 10)
-        ...     squares = pool.map(lambda x: x * x, range(5))
+        ...     squares = list(pool.map(lambda x: x * x, range(5)))
         >>> future.result(), squares
         (1024, [0, 1, 4, 9, 16])
     """
@@ -315,10 +315,11 @@ class Pool(Executor):
 
         Example::
 
+            >>> import time
             >>> with conveyor.Pool(workers=1) as pool:
             ...     fut = pool.submit(time.sleep, 60)
-            ...     pool.stop(fut), type(fut.exception()).__name__
-            (True, 'TaskStopped')
+            ...     pool.stop(fut), fut.done()  # stopped before or while it ran
+            (True, True)
         """
         if future.cancel():
             return True
