@@ -83,7 +83,9 @@ def test_thread_timeout_while_shutting_down_still_runs_the_queued_work(tmp_path)
     # one thread, abandoned by its timeout after shutdown began: a fresh one must run the rest
     pool = conveyor.Pool(workers=1, backend="thread")
     try:
-        stuck = pool.options(task_timeout=0.5).submit(faults.wait_for_path, str(tmp_path / "never"), 5)
+        stuck = pool.options(task_timeout=0.5).submit(
+            faults.wait_for_path, str(tmp_path / "never"), 5
+        )
         queued = pool.submit(abs, -7)
         pool.shutdown(wait=False)
         assert queued.result(timeout=DEADLINE) == 7
