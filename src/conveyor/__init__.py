@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._api import as_completed, imap, imap_unordered, map, starmap
+    from ._checkpoint import Checkpoint, CheckpointError, CheckpointInUse, CheckpointMismatch
     from ._errors import Failure, TaskTimeout, WorkerCrashed
     from ._pool import Pool
 
@@ -21,6 +22,10 @@ _WHERE = {
     "imap_unordered": "_api",
     "map": "_api",
     "starmap": "_api",
+    "Checkpoint": "_checkpoint",
+    "CheckpointError": "_checkpoint",
+    "CheckpointInUse": "_checkpoint",
+    "CheckpointMismatch": "_checkpoint",
     "Failure": "_errors",
     "TaskTimeout": "_errors",
     "WorkerCrashed": "_errors",
@@ -44,6 +49,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointInUse",
+    "CheckpointMismatch",
     "Failure",
     "Pool",
     "TaskTimeout",

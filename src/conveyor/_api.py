@@ -83,6 +83,7 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    checkpoint: Any = None,
 ) -> list[Any]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
@@ -98,6 +99,9 @@ def map(
     * ``initializer(*initargs)`` runs once in each worker (such a call gets its own pool).
     * ``explain=True``: print what ``backend="auto"`` measured and chose (it is also logged at
       INFO on the ``conveyor`` logger).
+    * ``checkpoint="run.db"`` (or a :class:`conveyor.Checkpoint`): keep every item's outcome in
+      that journal as it arrives; the same call run again (after a crash, say) returns every
+      result and computes only what the journal does not hold.
 
     Example::
 
@@ -113,6 +117,16 @@ def map(
         progress=progress,
         explain=explain,
     )
+    if checkpoint is not None:
+        call = dict(
+            workers=workers,
+            backend=backend,
+            start_method=start_method,
+            initializer=initializer,
+            initargs=initargs,
+            ordered=ordered,
+        )
+        return list(_checkpointed(fn, iterable, MODE_MAP, checkpoint, {**call, **options}))
     out: list[Any] = []
     for values in _run(
         fn,
@@ -172,7 +186,15 @@ def imap_unordered(
     return _iterate(fn, iterable, MODE_MAP, **options)
 
 
-_CALL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "ordered")
+_CALL_OPTIONS = (
+    "workers",
+    "backend",
+    "start_method",
+    "initializer",
+    "initargs",
+    "ordered",
+    "checkpoint",
+)
 _JOB_OPTIONS = ("chunksize", "timeout", "retries", "on_error", "progress", "explain")
 
 
@@ -206,9 +228,41 @@ def _batches(
     )
 
 
+def _checkpointed(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    mode: int,
+    checkpoint: Any,
+    options: dict[str, Any],
+) -> Iterator[Any]:
+    """A map through a checkpoint journal (see _checkpoint.py): the engine runs with
+    ``on_error="return"`` on (position, item) pairs; the journal layer applies ``on_error``."""
+    from ._checkpoint import run_checkpointed
+
+    def start_engine(
+        positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+    ) -> Iterator[Any]:
+        engine_options = {**options, "on_error": "return", "ordered": ordered}
+        return _iterate(positioned, pairs, MODE_MAP, **engine_options)
+
+    _split(options)  # unknown options are refused before the journal is opened
+    return run_checkpointed(
+        checkpoint,
+        fn,
+        iterable,
+        star=mode == MODE_STAR,
+        ordered=options.get("ordered", True),
+        on_error=options.get("on_error", "raise"),
+        start_engine=start_engine,
+    )
+
+
 def _collect(
     fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
 ) -> list[Any]:
+    checkpoint = options.pop("checkpoint", None)
+    if checkpoint is not None:
+        return list(_checkpointed(fn, iterable, mode, checkpoint, options))
     out: list[Any] = []
     for values in _batches(fn, iterable, mode, **options):
         out.extend(values)
@@ -216,6 +270,15 @@ def _collect(
 
 
 def _iterate(
+    fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
+) -> Iterator[Any]:
+    checkpoint = options.pop("checkpoint", None)
+    if checkpoint is not None:
+        return _checkpointed(fn, iterable, mode, checkpoint, options)
+    return _iterate_batches(fn, iterable, mode, **options)
+
+
+def _iterate_batches(
     fn: Callable[..., Any], iterable: Iterable[Any], mode: int, **options: Any
 ) -> Iterator[Any]:
     batches = _batches(fn, iterable, mode, **options)

@@ -272,6 +272,8 @@ class Pool(Executor):
             ...         if square == 0: break
         """
         options.setdefault("ordered", True)
+        if options.get("checkpoint") is not None:
+            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options)
         return iter(self._job(fn, iterable, iterables, **_job_options(options)))
 
     def imap_unordered(
@@ -290,6 +292,8 @@ class Pool(Executor):
             [1, 2]
         """
         options["ordered"] = False
+        if options.get("checkpoint") is not None:
+            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options)
         return iter(self._job(fn, iterable, iterables, **_job_options(options)))
 
     def starmap(
@@ -303,8 +307,43 @@ class Pool(Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
+        if options.get("checkpoint") is not None:
+            return list(self._checkpointed(fn, iterable, (), MODE_STAR, options))
         job = self._job(fn, iterable, (), mode=MODE_STAR, **_job_options(options))
         return job.collect()
+
+    def _checkpointed(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        iterables: tuple[Iterable[Any], ...],
+        mode: int,
+        options: dict[str, Any],
+    ) -> Iterator[Any]:
+        """A map through a checkpoint journal (see _checkpoint.py)."""
+        from ._checkpoint import run_checkpointed
+
+        options = dict(options)
+        checkpoint = options.pop("checkpoint")
+        _job_options(options)
+        if iterables:
+            iterable, mode = zip(iterable, *iterables), MODE_STAR
+
+        def start_engine(
+            positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+        ) -> Iterator[Any]:
+            engine = {**options, "on_error": "return", "ordered": ordered}
+            return iter(self._job(positioned, pairs, (), **engine))
+
+        return run_checkpointed(
+            checkpoint,
+            fn,
+            iterable,
+            star=mode == MODE_STAR,
+            ordered=options.get("ordered", True),
+            on_error=options.get("on_error", "raise"),
+            start_engine=start_engine,
+        )
 
     def _job(
         self,
