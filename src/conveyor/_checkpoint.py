@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 FORMAT = "conveyor-checkpoint 1"
-COMMIT_ROWS = 512  # rows per commit: one commit (~20-50 us in WAL mode) spread over many items
+COMMIT_ROWS = 4096  # rows per commit: a commit's fixed cost spread thin over tiny items
 COMMIT_SECONDS = 1.0  # ... or at least this often while results trickle in
 WINDOW_ROWS = 2048  # rows read per query when scanning or handing out stored outcomes
 BUFFER_FILE_BYTES = 64 * 1024  # out-of-band pickle buffers this big go to files of their own
@@ -225,8 +225,17 @@ def _pickled(value: Any) -> bytes:
 
 
 def item_digest(item: Any) -> bytes:
-    """The digest an item is known by: its pickled bytes, hashed."""
-    return hashlib.blake2b(_pickled(item), digest_size=16).digest()
+    """What an item is known by: its pickled bytes, hashed when longer than a hash.
+
+    Example::
+
+        >>> item_digest(7) == item_digest(7) != item_digest(8)
+        True
+    """
+    pickled = _pickled(item)
+    if len(pickled) <= 32:  # a small item is its own (exact, and cheaper) digest
+        return pickled
+    return hashlib.blake2b(pickled, digest_size=16).digest()
 
 
 # --------------------------------------------------------------------- the journal
@@ -240,6 +249,7 @@ class Journal:
         self.path = checkpoint.path
         self.files = self.path.with_name(self.path.name + ".d")
         self._pending: list[tuple[int, bytes, int, bytes, int]] = []
+        self._buffers: list[pickle.PickleBuffer] = []  # of the outcome being recorded
         self._last_commit = time.monotonic()
         try:
             self.db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
@@ -394,16 +404,14 @@ class Journal:
 
     def record(self, position: int, digest: bytes, failed: bool, value: Any) -> None:
         """Queue the outcome of one item; committed with the next batch."""
-        buffers: list[pickle.PickleBuffer] = []
-
-        def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-            if buffer.raw().nbytes < BUFFER_FILE_BYTES:
-                return True  # small: stays in the pickle
-            buffers.append(buffer)
-            return False
-
+        buffers = self._buffers
+        buffers.clear()
+        out_of_band = self._out_of_band
         try:
-            payload = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+            if type(value) in _PLAIN:
+                payload = pickle.dumps(value, protocol=5)
+            else:
+                payload = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
         except Exception:
             try:
                 import cloudpickle
@@ -432,6 +440,13 @@ class Journal:
         ):
             self.commit()
 
+    def _out_of_band(self, buffer: pickle.PickleBuffer) -> bool:
+        """pickle's buffer_callback: a large buffer goes to a file of its own."""
+        if buffer.raw().nbytes < BUFFER_FILE_BYTES:
+            return True  # small: stays in the pickle
+        self._buffers.append(buffer)
+        return False
+
     def commit(self) -> None:
         """Commit the queued rows."""
         if self._pending:
@@ -448,6 +463,9 @@ class Journal:
             self.commit()
         finally:
             self.db.close()
+
+
+_PLAIN = frozenset({int, float, str, bool, type(None), complex})  # no buffers to look for
 
 
 def _buffer_name(position: int, index: int) -> str:
@@ -502,7 +520,6 @@ class _Run:
         self.input = iter(iterable)
         self.resume_failed = resume_failed
         self.digests: dict[int, bytes] = {}  # sent to the engine, not yet recorded
-        self.items: dict[int, Any] = {}  # the same: the items, to name them in a Failure
         # What the scan has seen and the merge has not handed out: [_STORED, start, stop] runs
         # of positions the journal holds and, for an ordered map, [_FRESH, position] for the
         # items sent to the engine (an unordered map hands fresh outcomes out as they come).
@@ -530,23 +547,19 @@ class _Run:
             if self.ordered:
                 self.order.append([_FRESH, position])
             self.digests[position] = digest
-            self.items[position] = item
             yield position, item
 
     def settle(self, outcome: Any) -> tuple[int, bool, Any]:
         """Record one outcome from the engine; returns (position, failed, value)."""
         if isinstance(outcome, Failure):
-            position = outcome.item[0]
-            value: Any = Failure(
-                self.items[position], outcome.exception, outcome.traceback, outcome.attempts
-            )
+            position, item = outcome.item
+            value: Any = Failure(item, outcome.exception, outcome.traceback, outcome.attempts)
             failed = True
         else:
             position, value = outcome
             failed = False
         if not (failed and isinstance(value.exception, PoolClosed)):
             self.journal.record(position, self.digests.pop(position), failed, value)
-        self.items.pop(position, None)
         return position, failed, value
 
     def stored(self, start: int, stop: int) -> Iterator[tuple[int, bool, Any]]:
