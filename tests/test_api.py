@@ -39,6 +39,11 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "TaskStopped",
             "Unsendable",
             "WorkerInitError",
+            # checkpointed maps (issue 14)
+            "Checkpoint",
+            "CheckpointError",
+            "CheckpointInUse",
+            "CheckpointMismatch",
         ]
     )
 

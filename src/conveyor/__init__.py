@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._api import as_completed, imap, imap_unordered, map, starmap
+    from ._checkpoint import Checkpoint, CheckpointError, CheckpointInUse, CheckpointMismatch
     from ._errors import (
         Failure,
         PoolClosed,
@@ -35,6 +36,10 @@ _WHERE = {
     "imap_unordered": "_api",
     "map": "_api",
     "starmap": "_api",
+    "Checkpoint": "_checkpoint",
+    "CheckpointError": "_checkpoint",
+    "CheckpointInUse": "_checkpoint",
+    "CheckpointMismatch": "_checkpoint",
     "Failure": "_errors",
     "PoolClosed": "_errors",
     "RemoteTraceback": "_errors",
@@ -64,6 +69,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointInUse",
+    "CheckpointMismatch",
     "Failure",
     "Pool",
     "PoolClosed",

@@ -121,6 +121,7 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    checkpoint: Any = None,
 ) -> list[R]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
@@ -141,6 +142,9 @@ def map(
     * ``initializer(*initargs)`` runs once in each worker (such a call gets its own pool).
     * ``explain=True``: print what ``backend="auto"`` measured and chose (it is also logged at
       INFO on the ``conveyor`` logger).
+    * ``checkpoint="run.db"`` (or a :class:`conveyor.Checkpoint`): keep every item's outcome in
+      that journal as it arrives; the same call run again (after a crash, say) returns every
+      result and computes only what the journal does not hold.
 
     Example::
 
@@ -149,7 +153,7 @@ def map(
         [0, 1, 4, 9, 16]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options = dict(
+    options: dict[str, Any] = dict(
         ordered=ordered,
         chunksize=chunksize,
         task_timeout=task_timeout,
@@ -159,6 +163,8 @@ def map(
         progress=progress,
         explain=explain,
     )
+    if checkpoint is not None:
+        return list(_checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint))
     return _collect(_run(fn, iterable, MODE_MAP, call, options))
 
 
@@ -179,6 +185,7 @@ def starmap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    checkpoint: Any = None,
 ) -> list[R]:
     """``[fn(*args) for args in iterable]`` in parallel; the options of :func:`map`.
 
@@ -188,7 +195,7 @@ def starmap(
         [32, 9]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options = dict(
+    options: dict[str, Any] = dict(
         ordered=ordered,
         chunksize=chunksize,
         task_timeout=task_timeout,
@@ -198,6 +205,8 @@ def starmap(
         progress=progress,
         explain=explain,
     )
+    if checkpoint is not None:
+        return list(_checkpointed(fn, iterable, MODE_STAR, call, options, checkpoint))
     return _collect(_run(fn, iterable, MODE_STAR, call, options))
 
 
@@ -217,6 +226,7 @@ def imap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    checkpoint: Any = None,
 ) -> Iterator[R]:
     """Lazily yield ``fn(x)`` in input order; input is read as results are consumed.
 
@@ -232,21 +242,19 @@ def imap(
         ...         break
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    return _iterate(
-        fn,
-        iterable,
-        call,
-        dict(
-            ordered=True,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=_started(timeout),
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-        ),
+    options: dict[str, Any] = dict(
+        ordered=True,
+        chunksize=chunksize,
+        task_timeout=task_timeout,
+        timeout=_started(timeout),
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+        explain=explain,
     )
+    if checkpoint is not None:
+        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
+    return _iterate(fn, iterable, call, options)
 
 
 def imap_unordered(
@@ -265,6 +273,7 @@ def imap_unordered(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    checkpoint: Any = None,
 ) -> Iterator[R]:
     """Like :func:`imap`, yielding results as they finish.
 
@@ -274,21 +283,19 @@ def imap_unordered(
         [1, 2, 3]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    return _iterate(
-        fn,
-        iterable,
-        call,
-        dict(
-            ordered=False,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=_started(timeout),
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-        ),
+    options: dict[str, Any] = dict(
+        ordered=False,
+        chunksize=chunksize,
+        task_timeout=task_timeout,
+        timeout=_started(timeout),
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+        explain=explain,
     )
+    if checkpoint is not None:
+        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
+    return _iterate(fn, iterable, call, options)
 
 
 def _collect(batches: Iterable[list[Any]]) -> list[Any]:
@@ -319,6 +326,36 @@ def _iterate(
             yield from values
     finally:
         batches.close()
+
+
+def _checkpointed(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    mode: int,
+    call: _Call,
+    options: dict[str, Any],
+    checkpoint: Any,
+) -> Iterator[Any]:
+    """A call through a checkpoint journal (see _checkpoint.py): the engine runs with
+    ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
+    from ._checkpoint import run_checkpointed
+
+    def start_engine(
+        positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+    ) -> Iterator[Any]:
+        return _iterate(
+            positioned, pairs, call, {**options, "on_error": "return", "ordered": ordered}
+        )
+
+    return run_checkpointed(
+        checkpoint,
+        fn,
+        iterable,
+        star=mode == MODE_STAR,
+        ordered=options["ordered"],
+        on_error=options["on_error"],
+        start_engine=start_engine,
+    )
 
 
 def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> Iterator[Future[R]]:

@@ -396,6 +396,7 @@ class Pool(Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """Lazily yield ``fn(x)`` for each ``x``, in input order; takes input as it goes.
 
@@ -410,10 +411,7 @@ class Pool(Executor):
             ...     for square in pool.imap(abs, itertools.count(-3)):
             ...         if square == 0: break
         """
-        job = self._job(
-            fn,
-            iterable,
-            iterables,
+        options: dict[str, Any] = dict(
             ordered=True,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -423,7 +421,9 @@ class Pool(Executor):
             progress=progress,
             explain=explain,
         )
-        return iter(job)
+        if checkpoint is not None:
+            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
+        return iter(self._job(fn, iterable, iterables, **options))
 
     def imap_unordered(
         self,
@@ -437,6 +437,7 @@ class Pool(Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """Like :meth:`imap`, but yields results as they finish.
 
@@ -446,10 +447,7 @@ class Pool(Executor):
             ...     sorted(pool.imap_unordered(abs, [-2, -1]))
             [1, 2]
         """
-        job = self._job(
-            fn,
-            iterable,
-            iterables,
+        options: dict[str, Any] = dict(
             ordered=False,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -459,7 +457,9 @@ class Pool(Executor):
             progress=progress,
             explain=explain,
         )
-        return iter(job)
+        if checkpoint is not None:
+            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
+        return iter(self._job(fn, iterable, iterables, **options))
 
     def starmap(
         self,
@@ -474,6 +474,7 @@ class Pool(Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        checkpoint: Any = None,
     ) -> list[R]:
         """``[fn(*args) for args in iterable]`` on the pool's workers, as a list (as
         ``multiprocessing.Pool.starmap``); the options of :func:`conveyor.map`.
@@ -484,10 +485,7 @@ class Pool(Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
-        job = self._job(
-            fn,
-            iterable,
-            (),
+        options: dict[str, Any] = dict(
             ordered=ordered,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -495,10 +493,43 @@ class Pool(Executor):
             retries=retries,
             on_error=on_error,
             progress=progress,
-            mode=MODE_STAR,
             explain=explain,
         )
-        return job.collect()
+        if checkpoint is not None:
+            return list(self._checkpointed(fn, iterable, (), MODE_STAR, options, checkpoint))
+        return self._job(fn, iterable, (), mode=MODE_STAR, **options).collect()
+
+    def _checkpointed(
+        self,
+        fn: Callable[..., Any],
+        iterable: Iterable[Any],
+        iterables: tuple[Iterable[Any], ...],
+        mode: int,
+        options: dict[str, Any],
+        checkpoint: Any,
+    ) -> Iterator[Any]:
+        """A map through a checkpoint journal (see _checkpoint.py): the engine runs with
+        ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
+        from ._checkpoint import run_checkpointed
+
+        if iterables:
+            iterable, mode = zip(iterable, *iterables), MODE_STAR
+
+        def start_engine(
+            positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+        ) -> Iterator[Any]:
+            engine = {**options, "on_error": "return", "ordered": ordered}
+            return iter(self._job(positioned, pairs, (), **engine))
+
+        return run_checkpointed(
+            checkpoint,
+            fn,
+            iterable,
+            star=mode == MODE_STAR,
+            ordered=options["ordered"],
+            on_error=options["on_error"],
+            start_engine=start_engine,
+        )
 
     def _job(
         self,
