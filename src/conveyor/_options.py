@@ -6,7 +6,14 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKENDS", "ON_ERROR", "check_callable", "check_options", "check_workers"]
+__all__ = [
+    "BACKENDS",
+    "ON_ERROR",
+    "check_callable",
+    "check_options",
+    "check_workers",
+    "engine_limits",
+]
 
 BACKENDS = ("auto", "thread", "process", "dask")
 ON_ERROR = ("raise", "return", "skip")
@@ -70,3 +77,21 @@ def check_timeout(timeout: Any) -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
+
+
+def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
+    """The per-task limits as the engine's keyword arguments (``Pool.options``, ``Pool._job``).
+
+    The one place where a front that says ``task_timeout`` (the drop-ins in
+    ``conveyor.multiprocessing`` and ``conveyor.joblib``) meets the engine's own name for it.
+
+    Example::
+
+        >>> engine_limits(task_timeout=2, retries=1)
+        {'timeout': 2.0, 'retries': 1}
+    """
+    try:
+        check_options(timeout=task_timeout, retries=retries)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("timeout must", "task_timeout must", 1)) from None
+    return {"timeout": check_timeout(task_timeout), "retries": int(retries)}
