@@ -7,6 +7,7 @@ library cannot do: a worker killed under a task, Ctrl-C in a child interpreter, 
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.pool
 import operator
@@ -23,9 +24,10 @@ from hypothesis import strategies as st
 
 import conveyor
 import conveyor.multiprocessing as cmp
+from conveyor._errors import PoolClosed
+
 import faults
 import tasks
-from conveyor._errors import PoolClosed
 
 KINDS = {
     "process": (cmp.Pool, multiprocessing.Pool),
@@ -122,7 +124,9 @@ def test_constructor_errors_match(kind: str) -> None:
     if kind == "process":
         bad += [{"maxtasksperchild": 0}, {"maxtasksperchild": 1.5}]
     for kwargs in bad:
-        assert outcome(lambda: ours(**kwargs)) == outcome(lambda: theirs(**kwargs)), kwargs
+        assert outcome(functools.partial(ours, **kwargs)) == outcome(
+            functools.partial(theirs, **kwargs)
+        ), kwargs
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
