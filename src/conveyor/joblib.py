@@ -65,7 +65,7 @@ from ._options import engine_limits
 __all__ = ["ConveyorBackend", "register"]
 
 
-class ConveyorBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+class ConveyorBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's ``ParallelBackendBase`` on conveyor's pool; see the module's notes.
 
     Example::
