@@ -335,3 +335,41 @@ def test_ctrl_c_in_a_script_using_the_drop_in_is_clean(tmp_path: Path, call: str
     child.wait_ready()
     child.signal_and_time(signal.SIGINT)
     check_clean_interrupt(child, tmp_path, shm_before, f"conveyor.multiprocessing {call}")
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    size=st.integers(0, 300),
+    takes=st.lists(st.tuples(st.sampled_from(["next", "loop"]), st.integers(1, 40)), max_size=8),
+)
+def test_mixing_next_and_for_loops_over_imap_loses_nothing(
+    pools: tuple[Any, Any], size: int, takes: list[tuple[str, int]]
+) -> None:
+    """next(), a for loop left by break, another loop: as with the standard library."""
+
+    def consume(iterator: Any) -> list[Any]:
+        seen: list[Any] = []
+        for how, count in takes:
+            if how == "next":
+                for _ in range(count):
+                    seen.append(outcome(lambda: iterator.next(60)))
+            else:
+                for taken, value in enumerate(iterator, 1):
+                    seen.append(("loop", value))
+                    if taken == count:
+                        break
+        seen.append(("rest", list(iterator)))
+        return seen
+
+    ours, theirs = pools
+    items = list(range(size))
+    assert consume(ours.imap(faults.square, items, chunksize=1)) == consume(
+        theirs.imap(faults.square, items, chunksize=1)
+    )
+    assert consume(ours.imap(faults.square, items)) == consume(
+        theirs.imap(faults.square, items, chunksize=1)
+    )

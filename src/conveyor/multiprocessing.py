@@ -205,6 +205,15 @@ class AsyncResult:
 ApplyResult = AsyncResult
 
 
+def _first_failure(values: list[Any], job: MapJob) -> Failure | None:
+    """The first Failure among a job's results (none to look for while it counted none)."""
+    if job.failures:
+        for value in values:
+            if type(value) is Failure:
+                return value
+    return None
+
+
 class MapResult(AsyncResult):
     """The result of ``map_async``/``starmap_async``: a list, or the first failure.
 
@@ -215,12 +224,15 @@ class MapResult(AsyncResult):
         [1, 2]
     """
 
-    def _settle_values(self, values: list[Any]) -> None:
-        for value in values:
-            if type(value) is Failure:
-                self._settle(False, value.exception)
-                return
-        self._settle(True, values)
+    def _settle_values(self, values: list[Any], job: MapJob) -> None:
+        failure = _first_failure(values, job)
+        if failure is not None:
+            self._settle(False, failure.exception)
+        else:
+            self._settle(True, values)
+
+
+_END = object()
 
 
 class IMapIterator(Iterator[Any]):
@@ -238,22 +250,56 @@ class IMapIterator(Iterator[Any]):
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._batches: deque[list[Any]] = deque()
-        self._current: list[Any] = []
-        self._index = 0
+        # (values, whether they may hold a Failure), in the order they are handed out
+        self._batches: deque[tuple[list[Any], bool]] = deque()
+        # The batch being handed out, as a list iterator: its position is the only copy of
+        # "how far the consumer got", shared by next() and every generator from __iter__, so
+        # mixing them (or leaving a for loop and starting another) loses and repeats nothing.
+        self._current: tuple[Iterator[Any], bool] = (iter(()), False)
         self._done = False
         self._error: BaseException | None = None
 
-    def __iter__(self) -> IMapIterator:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        """A generator over the same results (the standard library's ``imap`` with
+        ``chunksize > 1`` returns one too): a batch without failures goes at C speed."""
+        return self._generate()
+
+    def _generate(self) -> Iterator[Any]:
+        while True:
+            current = self._current
+            values, flagged = current
+            if flagged:
+                for value in values:
+                    if type(value) is Failure:
+                        raise value.exception
+                    yield value
+            else:
+                yield from values
+            try:
+                self._advance(current, None)
+            except StopIteration:
+                return
 
     def next(self, timeout: float | None = None) -> Any:
         """The next result; ``multiprocessing.TimeoutError`` if none comes within ``timeout``."""
+        while True:
+            current = self._current
+            value = next(current[0], _END)
+            if value is not _END:
+                break
+            self._advance(current, timeout)
+        if current[1] and type(value) is Failure:
+            raise value.exception
+        return value
+
+    __next__ = next
+
+    def _advance(self, finished: tuple[Iterator[Any], bool], timeout: float | None) -> None:
+        """Make the next batch current (unless another consumer already did)."""
         with self._cond:
-            while self._index >= len(self._current):
-                if self._batches:
-                    self._current, self._index = self._batches.popleft(), 0
-                    continue
+            if self._current is not finished:
+                return
+            while not self._batches:
                 if self._error is not None:
                     error, self._error = self._error, None
                     raise error
@@ -261,19 +307,14 @@ class IMapIterator(Iterator[Any]):
                     raise StopIteration
                 if not self._cond.wait(timeout):
                     raise TimeoutError
-            value = self._current[self._index]
-            self._index += 1
-        if type(value) is Failure:
-            raise value.exception
-        return value
-
-    __next__ = next
+            values, flagged = self._batches.popleft()
+            self._current = (iter(values), flagged)
 
     # Called from the driver thread.
-    def _put(self, values: list[Any]) -> None:
+    def _put(self, values: list[Any], flagged: bool) -> None:
         if values:
             with self._cond:
-                self._batches.append(values)
+                self._batches.append((values, flagged))
                 self._cond.notify()
 
     def _end(self, error: BaseException | None) -> None:
@@ -507,10 +548,11 @@ class Pool:
         self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
-        values = self._job(func, iterable, chunksize, mode).collect()
-        for value in values:
-            if type(value) is Failure:
-                raise value.exception
+        job = self._job(func, iterable, chunksize, mode)
+        values = job.collect()
+        failure = _first_failure(values, job)
+        if failure is not None:
+            raise failure.exception
         return values
 
     def _map_async(
@@ -534,7 +576,7 @@ class Pool:
             except BaseException as exc:
                 result._settle(False, exc)
             else:
-                result._settle_values(values)
+                result._settle_values(values, job)
 
         self._start_driver(drive)
         return result
@@ -553,7 +595,8 @@ class Pool:
         def drive() -> None:
             try:
                 for values in job.batches():
-                    stream._put(values)
+                    # a Failure is counted before the batch holding it is handed out
+                    stream._put(values, job.failures > 0)
             except BaseException as exc:
                 stream._end(exc)
             else:
