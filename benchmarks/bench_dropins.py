@@ -185,11 +185,14 @@ def joblib_rows(workers: int, repeats: int) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("groups", nargs="*", choices=["mp", "joblib"], default=[])
+    parser.add_argument("groups", nargs="*", help="mp, joblib (default: both)")
     parser.add_argument("-r", "--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=usable_cores())
     args = parser.parse_args()
     groups = args.groups or ["mp", "joblib"]
+    unknown = set(groups) - {"mp", "joblib"}
+    if unknown:
+        parser.error(f"unknown group {sorted(unknown)[0]!r}; the groups are mp, joblib")
     rows: list[list[str]] = []
     if "mp" in groups:
         rows += multiprocessing_rows(args.workers, args.repeats)

@@ -41,7 +41,8 @@ Data flow::
     caller thread                      driver thread (one per *_async/imap call)  conveyor.Pool
     -------------                      ----------------------------------------   ------------
     apply_async ------------------------------------------------------------->   submit -> Future
-         AsyncResult._settle  <--- Future done callback (backend thread) ------/
+         AsyncResult: no callbacks -> reads the Future itself (done = ready)
+                      callbacks    -> _settle <--- Future done callback (backend thread)
     map_async/imap -> start driver --> MapJob(on_error="return").batches() --->   chunks
                                        MapResult._settle / _Stream.put_batch
     map/starmap: the MapJob runs in the caller's thread (Ctrl-C handled by the engine)
@@ -69,6 +70,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
 from concurrent.futures import Future
 from multiprocessing import TimeoutError
 from typing import Any
@@ -131,16 +133,28 @@ class AsyncResult:
         pool: Pool,
         callback: Callable[[Any], object] | None,
         error_callback: Callable[[BaseException], object] | None,
+        future: Future[Any] | None = None,
     ):
         self._pool: Pool | None = pool
-        self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
+        # Without callbacks, an apply_async result is its engine future (ready = done): no
+        # second lock and condition per task. Otherwise it is ready once settled and called
+        # back, which an Event of its own says.
+        self._future = future
+        self._event = (
+            threading.Event()
+            if future is None or callback is not None or error_callback is not None
+            else None
+        )
         self._success = False
         self._value: Any = None
 
     def ready(self) -> bool:
         """Whether the call has finished (and its callback has run)."""
+        if self._event is None:
+            assert self._future is not None
+            return self._future.done()
         return self._event.is_set()
 
     def successful(self) -> bool:
@@ -154,15 +168,32 @@ class AsyncResult:
         """
         if not self.ready():
             raise ValueError(f"{self!r} not ready")
+        if self._event is None:
+            assert self._future is not None
+            return not self._future.cancelled() and self._future.exception() is None
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the result is ready or ``timeout`` seconds have passed."""
-        self._event.wait(timeout)
+        if self._event is None:
+            assert self._future is not None
+            futures.wait([self._future], timeout)
+        else:
+            self._event.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """The value, or raise the call's exception; ``multiprocessing.TimeoutError`` if not
         ready within ``timeout`` seconds."""
+        if self._event is None:
+            assert self._future is not None
+            try:
+                return self._future.result(timeout)
+            except futures.CancelledError:
+                raise _cancelled() from None
+            except futures.TimeoutError:
+                if not self._future.done():
+                    raise TimeoutError from None
+                raise  # the task's own TimeoutError
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError
@@ -175,6 +206,7 @@ class AsyncResult:
         self._success, self._value = success, value
         callback = self._callback if success else self._error_callback
         pool, self._pool = self._pool, None
+        assert self._event is not None
         if callback is not None and pool is not None:
             pool._callbacks().put(self)
         else:
@@ -191,15 +223,20 @@ class AsyncResult:
             print(f"Exception in the callback of {self!r}:", file=sys.stderr)
             traceback.print_exc()
         finally:
+            assert self._event is not None
             self._event.set()
 
     def _from_future(self, future: Future[Any]) -> None:
         if future.cancelled():
-            self._settle(False, PoolClosed("the pool was terminated before the task ran"))
+            self._settle(False, _cancelled())
         elif (error := future.exception()) is not None:
             self._settle(False, error)
         else:
             self._settle(True, future.result())
+
+
+def _cancelled() -> PoolClosed:
+    return PoolClosed("the pool was terminated before the task ran")
 
 
 ApplyResult = AsyncResult
@@ -422,9 +459,10 @@ class Pool:
             [1, 2, 3]
         """
         self._check_running()
-        result = AsyncResult(self, callback, error_callback)
         future = self._submit(func, *args, **(kwds or {}))
-        future.add_done_callback(result._from_future)
+        result = AsyncResult(self, callback, error_callback, future)
+        if result._event is not None:
+            future.add_done_callback(result._from_future)
         return result
 
     # ----------------------------------------------------------------- maps
