@@ -373,3 +373,28 @@ def test_mixing_next_and_for_loops_over_imap_loses_nothing(
     assert consume(ours.imap(faults.square, items)) == consume(
         theirs.imap(faults.square, items, chunksize=1)
     )
+
+
+def failing_input(total: int, when: int) -> Iterator[int]:
+    for i in range(total):
+        if i == when:
+            raise KeyError(f"input {i}")
+        yield i
+
+
+@pytest.mark.parametrize("when", [0, 3, 9])
+def test_an_input_that_raises_is_seen_after_the_results_before_it(
+    pools: tuple[Any, Any], when: int
+) -> None:
+    """imap hands out what the input gave before it raised, then raises, then stops."""
+    ours, theirs = pools
+    for method in ("imap", "imap_unordered"):
+
+        def run(pool: Any, method: str = method) -> list[Any]:
+            seen = each_item(getattr(pool, method)(faults.square, failing_input(10, when), 1))
+            return sorted(seen, key=repr) if method == "imap_unordered" else seen
+
+        assert run(ours) == run(theirs)
+    assert outcome(lambda: ours.map(faults.square, failing_input(10, when))) == outcome(
+        lambda: theirs.map(faults.square, failing_input(10, when))
+    )

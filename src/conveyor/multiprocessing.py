@@ -68,6 +68,7 @@ import queue
 import sys
 import threading
 import traceback
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
@@ -242,6 +243,18 @@ def _cancelled() -> PoolClosed:
 ApplyResult = AsyncResult
 
 
+def _guarded(iterable: Iterable[Any], error: list[BaseException]) -> Iterator[Any]:
+    """``iterable``, ending where it raises; the exception goes to ``error``.
+
+    As in the standard library, the results of the items read before it are handed out
+    first, then the exception is raised (the engine alone would raise it at once).
+    """
+    try:
+        yield from iterable
+    except Exception as exc:
+        error.append(exc)
+
+
 def _first_failure(values: list[Any], job: MapJob) -> Failure | None:
     """The first Failure among a job's results (none to look for while it counted none)."""
     if job.failures:
@@ -389,7 +402,7 @@ class Pool:
         task_timeout: float | None = None,
         retries: int = 0,
     ):
-        self._state = RUN
+        self._state = "INIT"  # RUN once built, so __del__ warns only about a working pool
         if processes is None:
             processes = usable_cpus()
         if processes < 1:
@@ -409,6 +422,7 @@ class Pool:
             processes, initializer, tuple(initargs), maxtasksperchild, context
         )
         self._submit = self._engine.options(**self._limits).submit
+        self._state = RUN
 
     def _make_engine(
         self,
@@ -627,6 +641,9 @@ class Pool:
         ordered: bool,
     ) -> IMapIterator:
         self._check_running()
+        input_error: list[BaseException] = []
+        if type(iterable) not in (list, tuple, range):  # those are sliced, never raise
+            iterable = _guarded(iterable, input_error)
         job = self._job(func, iterable, chunksize, MODE_MAP, ordered=ordered)
         stream = IMapIterator()
 
@@ -638,7 +655,7 @@ class Pool:
             except BaseException as exc:
                 stream._end(exc)
             else:
-                stream._end(None)
+                stream._end(input_error[0] if input_error else None)
 
         self._start_driver(drive)
         return stream
@@ -718,11 +735,17 @@ class Pool:
                 break
             for thread in drivers:
                 thread.join()
-        self._engine.shutdown(wait=True)
+        # After terminate() the process workers are already reaped; threads running a task
+        # were abandoned (they cannot be stopped) and are not waited for.
+        self._engine.shutdown(wait=self._state != TERMINATE)
         with self._lock:
             callbacks, self._callback_thread = self._callback_thread, None
         if callbacks is not None:
             callbacks.stop(wait=True)
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_state", None) == RUN:  # as the standard library does
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
 
     def __enter__(self) -> Pool:
         self._check_running()

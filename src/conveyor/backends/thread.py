@@ -213,6 +213,9 @@ class ThreadBackend(Backend):
                     self._run_unit(state, unit)
                     if state.abandoned:
                         return
+                # Waiting for the next unit must not keep this one's items (and so the
+                # caller's objects) alive: the standard library's pools let them go too.
+                del unit
         except BaseException:
             # Only an abandoned thread gets here: the watchdog's asynchronous exception arrived
             # after the task had ended. The item was settled by the watchdog already.
