@@ -746,6 +746,9 @@ class Pool:
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) == RUN:  # as the standard library does
             _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+        callbacks = getattr(self, "_callback_thread", None)
+        if callbacks is not None:  # never joined: let its thread end after what is queued
+            callbacks.stop(wait=False)
 
     def __enter__(self) -> Pool:
         self._check_running()
