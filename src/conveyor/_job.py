@@ -142,6 +142,9 @@ class MapJob:
         self.retries = retries
         self.on_error = on_error
         self.closed = False
+        #: items settled as a Failure so far (on_error="return"): while it is 0, no result
+        #: handed out is a Failure, and a caller need not look through them for one
+        self.failures = 0
         self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
             queue.SimpleQueue()
         )
@@ -352,6 +355,7 @@ class MapJob:
             return _PENDING
         chunk.flagged = True
         if self.on_error == "return":
+            self.failures += 1
             return Failure(chunk.items[offset], error, traceback_text(error), attempts)
         if self.on_error == "skip":
             return _SKIPPED

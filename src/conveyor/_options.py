@@ -20,6 +20,7 @@ __all__ = [
     "check_options",
     "check_timeout",
     "check_workers",
+    "engine_limits",
 ]
 
 BACKENDS = ("auto", "thread", "process", "dask")
@@ -113,3 +114,18 @@ def check_deadline(timeout: Any) -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
     return max(0.0, float(timeout))
+
+
+def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
+    """The per-task limits as the engine's keyword arguments (``Pool.options``, ``Pool._job``).
+
+    The one place where a front that says ``task_timeout`` (the drop-ins in
+    ``conveyor.multiprocessing`` and ``conveyor.joblib``) meets the engine's own name for it.
+
+    Example::
+
+        >>> engine_limits(task_timeout=2, retries=1)
+        {'task_timeout': 2.0, 'retries': 1}
+    """
+    check_options(task_timeout=task_timeout, retries=retries)
+    return {"task_timeout": check_timeout(task_timeout), "retries": int(retries)}
