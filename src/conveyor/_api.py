@@ -135,15 +135,8 @@ def map(
         [0, 1, 4, 9, 16]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options = dict(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
+    options = _options(
+        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
     return _collect(_run(fn, iterable, MODE_MAP, call, options))
 
@@ -174,15 +167,8 @@ def starmap(
         [32, 9]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options = dict(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
+    options = _options(
+        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
     return _collect(_run(fn, iterable, MODE_STAR, call, options))
 
@@ -218,21 +204,11 @@ def imap(
         ...         break
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    return _iterate(
-        fn,
-        iterable,
-        call,
-        dict(
-            ordered=True,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=_started(timeout),
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-        ),
+    deadline = _started(timeout)
+    options = _options(
+        True, chunksize, task_timeout, deadline, retries, on_error, progress, explain
     )
+    return _iterate(fn, iterable, call, options)
 
 
 def imap_unordered(
@@ -260,20 +236,33 @@ def imap_unordered(
         [1, 2, 3]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    return _iterate(
-        fn,
-        iterable,
-        call,
-        dict(
-            ordered=False,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=_started(timeout),
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-        ),
+    deadline = _started(timeout)
+    options = _options(
+        False, chunksize, task_timeout, deadline, retries, on_error, progress, explain
+    )
+    return _iterate(fn, iterable, call, options)
+
+
+def _options(
+    ordered: bool,
+    chunksize: int | str,
+    task_timeout: float | None,
+    timeout: float | None,
+    retries: int,
+    on_error: str,
+    progress: bool | dict[str, Any],
+    explain: bool,
+) -> dict[str, Any]:
+    """A call's options for its map job (checked there: see Pool._job)."""
+    return dict(
+        ordered=ordered,
+        chunksize=chunksize,
+        task_timeout=task_timeout,
+        timeout=timeout,
+        retries=retries,
+        on_error=on_error,
+        progress=progress,
+        explain=explain,
     )
 
 
