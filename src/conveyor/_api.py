@@ -153,15 +153,8 @@ def map(
         [0, 1, 4, 9, 16]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options: dict[str, Any] = dict(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
+    options = _options(
+        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint))
@@ -195,15 +188,8 @@ def starmap(
         [32, 9]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options: dict[str, Any] = dict(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
+    options = _options(
+        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_STAR, call, options, checkpoint))
@@ -242,15 +228,9 @@ def imap(
         ...         break
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options: dict[str, Any] = dict(
-        ordered=True,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=_started(timeout),
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
+    deadline = _started(timeout)
+    options = _options(
+        True, chunksize, task_timeout, deadline, retries, on_error, progress, explain
     )
     if checkpoint is not None:
         return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
@@ -283,19 +263,36 @@ def imap_unordered(
         [1, 2, 3]
     """
     call = _Call(workers, backend, start_method, initializer, initargs)
-    options: dict[str, Any] = dict(
-        ordered=False,
+    deadline = _started(timeout)
+    options = _options(
+        False, chunksize, task_timeout, deadline, retries, on_error, progress, explain
+    )
+    if checkpoint is not None:
+        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
+    return _iterate(fn, iterable, call, options)
+
+
+def _options(
+    ordered: bool,
+    chunksize: int | str,
+    task_timeout: float | None,
+    timeout: float | None,
+    retries: int,
+    on_error: str,
+    progress: bool | dict[str, Any],
+    explain: bool,
+) -> dict[str, Any]:
+    """A call's options for its map job (checked there: see Pool._job)."""
+    return dict(
+        ordered=ordered,
         chunksize=chunksize,
         task_timeout=task_timeout,
-        timeout=_started(timeout),
+        timeout=timeout,
         retries=retries,
         on_error=on_error,
         progress=progress,
         explain=explain,
     )
-    if checkpoint is not None:
-        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
-    return _iterate(fn, iterable, call, options)
 
 
 def _collect(batches: Iterable[list[Any]]) -> list[Any]:
