@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._api import as_completed, imap, imap_unordered, map, starmap
     from ._errors import Failure, TaskTimeout, WorkerCrashed
+    from ._pipeline import pipeline
     from ._pool import Pool
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
@@ -25,6 +26,7 @@ _WHERE = {
     "TaskTimeout": "_errors",
     "WorkerCrashed": "_errors",
     "Pool": "_pool",
+    "pipeline": "_pipeline",
 }
 
 
@@ -52,6 +54,7 @@ __all__ = [
     "imap",
     "imap_unordered",
     "map",
+    "pipeline",
     "starmap",
 ]
 __version__ = "0.1.0"

@@ -123,12 +123,21 @@ class MapJob:
         self.retries = retries
         self.on_error = on_error
         self.closed = False
-        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
+        # None is a wake-up: a pipeline's buffer got input (see _take_now below).
+        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float] | None] = (
             queue.SimpleQueue()
         )
+        #: worker-seconds spent running this job's units (a pipeline stage's busy time)
+        self.busy_seconds = 0.0
         if total is None:
             total = _length(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
+        # Engine hook for pipelines (_feed.Feed): an input that never blocks. ``take_now(n,
+        # idle)`` returns up to n items it holds now, [] when it has none yet (it then puts a
+        # None wake-up on ``events`` when some arrive), or None once it has ended.
+        self._take_now: Callable[[int, bool], list[Any] | None] | None = getattr(
+            iterable, "take_now", None
+        )
         # A list, tuple or range is cut by slicing: one C-level copy per chunk, not an item-by-
         # item walk. Its length is read again for every chunk, so items appended while the
         # call runs are seen, as iterating would see them. With ``head``, a sequence holds the
@@ -207,16 +216,24 @@ class MapJob:
             limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
             if self._unemitted + size > size * limit and self._unemitted:
                 return
-            if self._sequence is not None:
-                index = self._next_index
-                piece = self._sequence[index : index + size]
-                items = piece if type(piece) is list else list(piece)
+            if self._take_now is not None:
+                taken = self._take_now(size, self._unemitted == 0)
+                if taken is None:
+                    self._input = None
+                if not taken:
+                    return
+                items = taken
             else:
-                items = list(itertools.islice(self._input, size))
-            if len(items) < size:
-                self._input = None
-            if not items:
-                return
+                if self._sequence is not None:
+                    index = self._next_index
+                    piece = self._sequence[index : index + size]
+                    items = piece if type(piece) is list else list(piece)
+                else:
+                    items = list(itertools.islice(self._input, size))
+                if len(items) < size:
+                    self._input = None
+                if not items:
+                    return
             chunk = _Chunk(self, self._next_index, items)
             self._next_index += len(items)
             self._unemitted += len(items)
@@ -234,13 +251,13 @@ class MapJob:
 
     def _wait(self) -> None:
         event = self.events.get()
-        self._handle(*event)
         while True:
+            if event is not None:  # None: a wake-up; batches() tops up next
+                self._handle(*event)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
-            self._handle(*event)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -248,6 +265,7 @@ class MapJob:
         self, chunk: _Chunk, unit: Unit, start: int, loader: Loader, elapsed: float
     ) -> None:
         values, errors = loader()
+        self.busy_seconds += elapsed
         count = len(values)
         first = unit.tags[start] - chunk.start
         if not errors:
