@@ -59,6 +59,9 @@ class Feed:
 
     def __init__(self, capacity: int):
         self.capacity = max(1, capacity)
+        #: the largest chunk a MapJob reading this feed cuts (engine hook): its in-flight items
+        #: (a few chunks per worker) stay a small multiple of the buffer
+        self.max_chunk = max(1, self.capacity // 4)
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._ended = False

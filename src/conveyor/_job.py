@@ -150,6 +150,9 @@ class MapJob:
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None
         self._chunker = Chunker(chunksize, backend.workers, total, known)
+        max_chunk = getattr(iterable, "max_chunk", None)  # a pipeline's buffer bounds chunks
+        if max_chunk is not None:
+            self._chunker._cap = min(self._chunker._cap, max_chunk)
         per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
         self._chunks_in_flight = max(2, per_worker * backend.workers)
         self._unemitted = 0  # items taken from the input and not yet handed to the caller

@@ -245,6 +245,7 @@ class PipelineStats:
     source_items: int
     source_waited: float
     consumer_waited: float
+    #: whether the run went to the end (False while it runs, and after an error or a stop)
     finished: bool = True
 
     def bottleneck(self) -> StageStats | None:
@@ -358,7 +359,8 @@ class Pipeline:
         initargs = options.get("initargs", ())
         if not isinstance(initargs, tuple):
             raise TypeError(f"initargs must be a tuple, got {type(initargs).__name__}")
-        name = options.get("name") or getattr(fn, "__name__", None) or type(fn).__name__
+        inner = getattr(fn, "func", fn)  # functools.partial: the function's own name
+        name = options.get("name") or getattr(inner, "__name__", None) or type(fn).__name__
         return self._with(
             _Stage(
                 kind,
@@ -559,6 +561,7 @@ class _Run:
         self._lock = threading.Lock()
         self._stopping = False
         self._done = False
+        self.completed = False  # every item went through to the end
         self.started = time.perf_counter()
         self.ended: float | None = None
         self.pools: dict[int, Pool] = {}
@@ -755,6 +758,7 @@ class _Run:
         for pool in self.pools.values():
             pool.shutdown(wait=True)
         self.ended = time.perf_counter()
+        self.completed = True
         self._join()
 
     def _join(self) -> None:
@@ -827,7 +831,7 @@ class _Run:
             source_items=self.feeds[0].put_count,
             source_waited=self.feeds[0].full_wait,
             consumer_waited=self.feeds[-1].empty_wait,
-            finished=self._done and self.error is None,
+            finished=self.completed,
         )
 
 
