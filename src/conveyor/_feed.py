@@ -8,9 +8,10 @@ Data flow::
     put(values)  -- blocks while full -->   at most about    -->  take_now(n, idle): never blocks
     end()  (no more input)                  ``capacity``          take_wait(n, deadline): blocks
     stop() (from any thread: tear-down)                           __next__(): one item, blocks
-                                            wake(): tells a consumer that never blocks (a MapJob)
-                                            to look again (after end/stop, and after a put that
-                                            follows a take_now that found nothing)
+                                            wake(None): tells a consumer that never blocks (a
+                                            MapJob) to look again (after end, and after a put
+                                            that follows a take_now that found nothing);
+                                            wake(Stopped()) after stop: raised in its thread
 
 Guarantees, and what keeps them:
 
@@ -26,7 +27,8 @@ Guarantees, and what keeps them:
   looks again after its next result anyway. Spurious wake-ups are harmless.
 * **Stop wins.** After ``stop()`` every blocked or later ``put``/``take_*`` raises
   :class:`Stopped` at once (``Condition.notify_all`` under the lock), so no thread of a
-  pipeline stays blocked on a buffer after tear-down.
+  pipeline stays blocked on a buffer after tear-down; a MapJob waiting for results that will
+  never come (their workers were killed) gets the Stopped through its event queue.
 * **Times are measured where the waiting happens**: ``full_wait`` (a producer blocked on a full
   buffer) and ``empty_wait`` (a consumer with nothing to do and nothing to take).
 """
@@ -67,8 +69,10 @@ class Feed:
         self._ended = False
         self._stopped = False
         self._head: list[Any] = []  # items given back by with_head, taken first
-        #: called (outside the lock) after every put, end and stop; set by the consumer
-        self.wake: Callable[[], None] | None = None
+        #: set by a consumer that never blocks (a MapJob: its event queue's ``put``); called
+        #: outside the lock with None when there is something to look at, and with a
+        #: :class:`Stopped` to raise in the consumer's thread when the feed stops
+        self.wake: Callable[[BaseException | None], None] | None = None
         self.put_count = 0  # items put (the producer's output)
         self.taken = 0  # items taken (the consumer's input)
         self.full_wait = 0.0  # seconds the producer waited on a full buffer
@@ -111,12 +115,12 @@ class Feed:
             self._items.clear()
             self._head = []
             self._cond.notify_all()
-        self._wake()
+        self._wake(Stopped())
 
-    def _wake(self) -> None:
+    def _wake(self, event: BaseException | None = None) -> None:
         wake = self.wake
         if wake is not None:
-            wake()
+            wake(event)
 
     # ----------------------------------------------------------------- consumer
 

@@ -123,10 +123,11 @@ class MapJob:
         self.retries = retries
         self.on_error = on_error
         self.closed = False
-        # None is a wake-up: a pipeline's buffer got input (see _take_now below).
-        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float] | None] = (
-            queue.SimpleQueue()
-        )
+        # Pipeline hook: None is a wake-up (a pipeline's buffer got input, see _take_now
+        # below); an exception is raised here in the job's thread (the pipeline is stopping).
+        self.events: queue.SimpleQueue[
+            tuple[_Chunk, Unit, int, Loader, float] | BaseException | None
+        ] = queue.SimpleQueue()
         #: worker-seconds spent running this job's units (a pipeline stage's busy time)
         self.busy_seconds = 0.0
         if total is None:
@@ -255,6 +256,8 @@ class MapJob:
     def _wait(self) -> None:
         event = self.events.get()
         while True:
+            if isinstance(event, BaseException):
+                raise event
             if event is not None:  # None: a wake-up; batches() tops up next
                 self._handle(*event)
             try:

@@ -19,9 +19,10 @@ Data flow (one thread per box on the left; ``feed`` = a bounded Feed)::
 
 One stop path (:meth:`_Run.stop`) serves an error in any stage or the source, ``break`` (the
 iterator is closed or collected), ``close()``, Ctrl-C in the caller and interpreter exit: it
-stops every feed (each blocked thread raises :class:`~conveyor._feed.Stopped` and leaves) and
-terminates every stage's pool (process workers running tasks are killed and reaped; running
-thread tasks are abandoned, as ``Pool.terminate`` does).
+stops every feed (each blocked thread raises :class:`~conveyor._feed.Stopped` and leaves),
+terminates the thread pools the run made (running thread tasks are abandoned, as
+``Pool.terminate`` does) and interrupts every job on a shared process pool (the workers running
+its tasks are killed, reaped and replaced; the pool serves on, as after Ctrl-C in ``map``).
 
 Races, and what settles them:
 
@@ -30,8 +31,12 @@ Races, and what settles them:
   are dropped; an error that arrives after a ``close()`` is dropped too.
 * **A stop while a pool starts.** Every pool is made in the caller's thread before any stage
   thread starts, so ``stop()`` always sees all of them.
-* **A stage thread blocked in its MapJob.** After ``terminate`` every unit still owed is
-  delivered as PoolClosed, so the job's wait returns and the thread sees the stopped feeds.
+* **A stop while a job starts.** A stage thread publishes its job in ``jobs`` and then reads
+  ``_stopping``; ``stop()`` sets ``_stopping`` and then reads ``jobs``: whichever runs second
+  interrupts the job, so a job that started during a stop never runs on unseen.
+* **A stage thread blocked in its MapJob** (waiting for results of tasks whose workers were
+  just killed, which will never come): stopping its input feed puts a Stopped on the job's
+  event queue, raised in the stage thread; closing the job cancels what it had queued.
 * **The source blocked in user code.** A thread cannot be interrupted: the source thread leaves
   at its next ``put`` (which raises Stopped) and closes a generator source there. It is a
   daemon thread, so a source blocked for ever does not keep the interpreter alive.
@@ -41,7 +46,6 @@ Races, and what settles them:
 
 from __future__ import annotations
 
-import functools
 import numbers
 import sys
 import threading
@@ -564,17 +568,12 @@ class _Run:
         self.completed = False  # every item went through to the end
         self.started = time.perf_counter()
         self.ended: float | None = None
-        self.pools: dict[int, Pool] = {}
+        self.pools: dict[int, Pool] = {}  # the pool of each function stage
+        self.own: list[Pool] = []  # the pools this run made (and ends)
         try:
             for group in self.groups:
-                stage = group.first
-                if stage.kind in _FUNCTION_KINDS:
-                    self.pools[group.position] = Pool(
-                        workers=stage.workers,
-                        backend=stage.backend,
-                        initializer=stage.initializer,
-                        initargs=stage.initargs,
-                    )
+                if group.first.kind in _FUNCTION_KINDS:
+                    self.pools[group.position] = self._pool_for(group.first)
         except BaseException:
             self.stop()
             raise
@@ -590,6 +589,26 @@ class _Run:
         for number, thread in enumerate(self.threads):
             thread.name = f"conveyor-pipeline-{'source' if number == 0 else number}"
             thread.start()
+
+    def _pool_for(self, stage: _Stage) -> Pool:
+        """A process (or auto) stage runs on conveyor's default pool for its backend and worker
+        count, as ``conveyor.map`` does, so a second run pays no start-up; stopping the run kills
+        the workers running its tasks (``interrupt``), and the pool lives on. A thread stage gets
+        threads of its own, so that stopping abandons its running tasks (``terminate``), and so
+        does a stage with an initializer (as ``conveyor.map`` gives such a call its own pool).
+        """
+        if stage.backend != "thread" and stage.initializer is None:
+            from ._api import _default_pool
+
+            return _default_pool(stage.backend, stage.workers, None)
+        pool = Pool(
+            workers=stage.workers,
+            backend=stage.backend,
+            initializer=stage.initializer,
+            initargs=stage.initargs,
+        )
+        self.own.append(pool)
+        return pool
 
     # ----------------------------------------------------------------- stage threads
 
@@ -623,7 +642,10 @@ class _Run:
             pool = self.pools[group.position]
             job = pool._job(fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group))
             self.jobs[group.position] = job
-            inbox.wake = functools.partial(job.events.put, None)
+            inbox.wake = job.events.put
+            if self._stopping:  # stop() ran before the job was published: it missed it
+                self._interrupt(job)
+                raise Stopped
             batches = job.batches()
             for values in batches:
                 out = self._settle(group, values)
@@ -755,7 +777,7 @@ class _Run:
             return
         with self._lock:
             self._stopping = True  # nothing more can fail: a late close() has nothing to do
-        for pool in self.pools.values():
+        for pool in self.own:
             pool.shutdown(wait=True)
         self.ended = time.perf_counter()
         self.completed = True
@@ -787,12 +809,22 @@ class _Run:
             self._stopping = True
         self.ended = time.perf_counter()
         for feed in self.feeds:
-            feed.stop()
-        for pool in self.pools.values():
+            feed.stop()  # wakes every stage thread, also one waiting in its MapJob
+        for pool in self.own:
             try:
                 pool.terminate()
             except Exception:
                 pass
+        for job in list(self.jobs.values()):  # a job published after this sees _stopping
+            self._interrupt(job)
+
+    @staticmethod
+    def _interrupt(job: MapJob) -> None:
+        """Stop a job's running tasks: kill and replace the process workers that hold them."""
+        try:
+            job.backend.interrupt(job)
+        except Exception:
+            pass
 
     # ----------------------------------------------------------------- statistics
 
