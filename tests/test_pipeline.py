@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import conveyor
+from conveyor import Failure
+
 import faults
 import tasks
-from conveyor import Failure
 
 pytestmark = pytest.mark.timeout(120)
 BACKENDS = ["thread", "process", "auto"]

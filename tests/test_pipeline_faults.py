@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import conveyor
-import faults
 from test_faults_interrupt import check_clean_interrupt
+
+import faults
 
 pytestmark = pytest.mark.timeout(120)
 #: seconds within which a stopped pipeline must have given its answer (generous: loaded CI)

@@ -52,7 +52,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._chain import FILTER, FLAT, MAP, STAR, Chain, failed_step, item_repr
@@ -157,7 +157,9 @@ class _Group:
 
     def label(self, step: int = 0) -> str:
         stage = self.stages[step]
-        return f"stage {self.number + step} {stage.name!r} ({stage.kind}, backend={stage.backend!r})"
+        return (
+            f"stage {self.number + step} {stage.name!r} ({stage.kind}, backend={stage.backend!r})"
+        )
 
 
 def _engine_options(group: _Group) -> dict[str, Any]:
@@ -170,7 +172,7 @@ def _engine_options(group: _Group) -> dict[str, Any]:
     limits = [stage.task_timeout for stage in group.stages]
     return dict(
         chunksize=group.first.chunksize,
-        timeout=None if None in limits else sum(limits),  # type: ignore[arg-type]
+        timeout=None if None in limits else sum(t or 0.0 for t in limits),
         retries=group.first.retries,
         on_error="return",
         progress=False,
@@ -311,11 +313,11 @@ class Pipeline:
             raise TypeError(f"ordered must be True or False, got {ordered!r}")
         if isinstance(buffer, bool) or not isinstance(buffer, numbers.Integral) or buffer < 1:
             raise ValueError(f"buffer must be a whole number of at least 1, got {buffer!r}")
-        self._source = source
-        self._ordered = ordered
-        self._buffer = int(buffer)
-        self._progress = progress
-        self._stages = _stages
+        self._source: Iterable[Any] = source
+        self._ordered: bool = ordered
+        self._buffer: int = int(buffer)
+        self._progress: bool | dict[str, Any] = progress
+        self._stages: tuple[_Stage, ...] = _stages
         self._last: _Run | None = None
 
     # ----------------------------------------------------------------- building
@@ -329,7 +331,9 @@ class Pipeline:
             _stages=(*self._stages, stage),
         )
 
-    def _function_stage(self, kind: str, fn: Callable[..., Any], options: dict[str, Any]) -> Pipeline:
+    def _function_stage(
+        self, kind: str, fn: Callable[..., Any], options: dict[str, Any]
+    ) -> Pipeline:
         check_callable(fn)
         if "timeout" in options:
             raise TypeError(
@@ -347,7 +351,7 @@ class Pipeline:
         if task_timeout is not None and (
             isinstance(task_timeout, bool)
             or not isinstance(task_timeout, numbers.Real)
-            or not task_timeout > 0
+            or not float(task_timeout) > 0
         ):
             raise ValueError(
                 f"task_timeout must be a positive number of seconds or None, got {task_timeout!r}"
@@ -386,6 +390,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline([1, 2]).map(lambda x: x * 10, backend="process"))
             [10, 20]
         """
@@ -396,6 +401,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline([(2, 3), (3, 2)]).starmap(pow))
             [8, 9]
         """
@@ -406,6 +412,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline(range(5)).filter(lambda x: x % 2))
             [1, 3]
         """
@@ -416,6 +423,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline([1, 3]).flat_map(range))
             [0, 0, 1, 2]
         """
@@ -430,6 +438,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline(range(5)).batch(2))
             [[0, 1], [2, 3], [4]]
         """
@@ -455,6 +464,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> list(conveyor.pipeline([[1, 2], [3]]).unbatch())
             [1, 2, 3]
         """
@@ -473,6 +483,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> conveyor.pipeline(range(3)).map(abs).run().items
             3
         """
@@ -486,6 +497,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> p = conveyor.pipeline(range(3)).map(abs)
             >>> sum(p), p.stats().stages[0].items_out
             (3, 3)
@@ -497,6 +509,7 @@ class Pipeline:
 
         Example::
 
+            >>> import conveyor
             >>> p = conveyor.pipeline(range(3)).map(abs); results = iter(p); p.close()
         """
         if self._last is not None:
@@ -515,6 +528,7 @@ class PipelineRun(Iterator[Any]):
 
     Example::
 
+        >>> import conveyor
         >>> results = iter(conveyor.pipeline(range(100)).map(abs))
         >>> next(results), results.close()
         (0, None)
@@ -584,7 +598,13 @@ class _Run:
         self.threads = [threading.Thread(target=self._read_source, args=(source,), daemon=True)]
         for group in self.groups:
             kind = group.first.kind
-            target = self._batch if kind == "batch" else self._unbatch if kind == "unbatch" else self._map
+            target = (
+                self._batch
+                if kind == "batch"
+                else self._unbatch
+                if kind == "unbatch"
+                else self._map
+            )
             self.threads.append(threading.Thread(target=target, args=(group,), daemon=True))
         for number, thread in enumerate(self.threads):
             thread.name = f"conveyor-pipeline-{'source' if number == 0 else number}"
@@ -640,7 +660,9 @@ class _Run:
         try:
             fn, mode = group.function()
             pool = self.pools[group.position]
-            job = pool._job(fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group))
+            job = pool._job(
+                fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group)
+            )
             self.jobs[group.position] = job
             inbox.wake = job.events.put
             if self._stopping:  # stop() ran before the job was published: it missed it
