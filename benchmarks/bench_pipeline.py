@@ -14,8 +14,9 @@ item (I/O, 32 threads). Contenders:
 Each contender runs ``--rounds`` times, round-robin (so drift in the machine's speed hits all
 alike); the table shows each one's best wall time and its ratio to the best peer (target:
 conveyor at most 0.9x), and its first run's (which pays for starting processes: conveyor's
-process stages run on its default pools, which later runs reuse, as ``conveyor.map`` does). Then conveyor runs over an endless source with a slow last stage and
-the growth of its resident memory is printed (it must stay flat).
+process stages run on its default pools, which later runs reuse, as ``conveyor.map`` does).
+Then conveyor runs over an endless source with a slow last stage and the growth of its resident
+memory over the second half of that run is printed (it must stay flat).
 
 Usage: ``python benchmarks/bench_pipeline.py [--items 400] [--rounds 3] [--cpu-ms 5]``
 """
