@@ -68,6 +68,8 @@ __all__ = ["Pipeline", "PipelineStats", "StageStats", "pipeline"]
 
 #: items each buffer between two stages holds before the stage feeding it waits
 DEFAULT_BUFFER = 256
+#: how long closing a stopped run waits for its stage threads to leave
+STOP_JOIN_SECONDS = 5.0
 _FUNCTION_KINDS = (MAP, STAR, FILTER, FLAT)
 _STAGE_OPTIONS = (
     "backend",
@@ -795,7 +797,7 @@ class _Run:
             return
         self._done = True
         if self._stopping:
-            self._join()
+            self._join(STOP_JOIN_SECONDS)
             return
         with self._lock:
             self._stopping = True  # nothing more can fail: a late close() has nothing to do
@@ -805,10 +807,17 @@ class _Run:
         self.completed = True
         self._join()
 
-    def _join(self) -> None:
-        for thread in self.threads[1:]:  # not the source's: it may be blocked in user code
+    def _join(self, budget: float | None = None) -> None:
+        """Wait for the stage threads (not the source's: it may be blocked in user code).
+
+        After a stop they leave at once (every feed raises Stopped in them); the budget only
+        bounds the wait for one still inside something nobody can interrupt (a backend="auto"
+        stage measuring its first items); it is a daemon thread and ends on its own.
+        """
+        deadline = None if budget is None else time.monotonic() + budget
+        for thread in self.threads[1:]:
             if thread is not threading.current_thread():
-                thread.join(30.0)
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         self.stop()
