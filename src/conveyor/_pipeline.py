@@ -29,8 +29,9 @@ Races, and what settles them:
 * **Error vs. error, error vs. close.** ``_Run._lock`` guards ``error`` and ``_stopping``: the
   first error recorded wins and later ones (often PoolClosed caused by the tear-down itself)
   are dropped; an error that arrives after a ``close()`` is dropped too.
-* **A stop while a pool starts.** Every pool is made in the caller's thread before any stage
-  thread starts, so ``stop()`` always sees all of them.
+* **A stop while a pool starts.** Every pool the run makes (and must terminate) is made in
+  the caller's thread before any stage thread starts, so ``stop()`` always sees all of them;
+  a shared pool, looked up in a stage thread, is never terminated (its job is interrupted).
 * **A stop while a job starts.** A stage thread publishes its job in ``jobs`` and then reads
   ``_stopping``; ``stop()`` sets ``_stopping`` and then reads ``jobs``: whichever runs second
   interrupts the job, so a job that started during a stop never runs on unseen.
@@ -588,8 +589,8 @@ class _Run:
         self.own: list[Pool] = []  # the pools this run made (and ends)
         try:
             for group in self.groups:
-                if group.first.kind in _FUNCTION_KINDS:
-                    self.pools[group.position] = self._pool_for(group.first)
+                if group.first.kind in _FUNCTION_KINDS and self._owns_pool(group.first):
+                    self.pools[group.position] = self._own_pool(group.first)
         except BaseException:
             self.stop()
             raise
@@ -612,17 +613,19 @@ class _Run:
             thread.name = f"conveyor-pipeline-{'source' if number == 0 else number}"
             thread.start()
 
-    def _pool_for(self, stage: _Stage) -> Pool:
+    @staticmethod
+    def _owns_pool(stage: _Stage) -> bool:
         """A process (or auto) stage runs on conveyor's default pool for its backend and worker
         count, as ``conveyor.map`` does, so a second run pays no start-up; stopping the run kills
-        the workers running its tasks (``interrupt``), and the pool lives on. A thread stage gets
-        threads of its own, so that stopping abandons its running tasks (``terminate``), and so
-        does a stage with an initializer (as ``conveyor.map`` gives such a call its own pool).
+        the workers running its tasks (``interrupt``), and the pool lives on. (It is looked up
+        in the stage's thread, so the first run's start of the pool overlaps the stages before
+        it.) A thread stage gets threads of its own, so that stopping abandons its running tasks
+        (``terminate``), and so does a stage with an initializer (as ``conveyor.map`` gives such
+        a call its own pool).
         """
-        if stage.backend != "thread" and stage.initializer is None:
-            from ._api import _default_pool
+        return stage.backend == "thread" or stage.initializer is not None
 
-            return _default_pool(stage.backend, stage.workers, None)
+    def _own_pool(self, stage: _Stage) -> Pool:
         pool = Pool(
             workers=stage.workers,
             backend=stage.backend,
@@ -661,7 +664,12 @@ class _Run:
         batches: Iterator[list[Any]] | None = None
         try:
             fn, mode = group.function()
-            pool = self.pools[group.position]
+            pool = self.pools.get(group.position)
+            if pool is None:
+                from ._api import _default_pool
+
+                pool = _default_pool(group.first.backend, group.first.workers, None)
+                self.pools[group.position] = pool
             job = pool._job(
                 fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group)
             )
@@ -867,7 +875,7 @@ class _Run:
             inbox, outbox = self.feeds[group.position], self.feeds[group.position + 1]
             job = self.jobs.get(group.position)
             pool = self.pools.get(group.position)
-            workers = pool.workers if pool is not None else 1
+            workers = pool.workers if pool is not None else group.first.workers or 1
             busy = job.busy_seconds if job is not None else 0.0
             backend = group.first.backend
             if job is not None and backend == "auto":
