@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import Failure
+from ._work import function_key
 
 __all__ = ["FILTER", "FLAT", "MAP", "STAR", "Chain", "failed_step"]
 
@@ -52,6 +53,9 @@ class Chain:
         [0, 1, 2]
         >>> Chain([(FILTER, bool)])(0)
         []
+        >>> from conveyor._work import function_key  # remembered times: per chain
+        >>> function_key(Chain([(MAP, abs)])) != function_key(Chain([(FILTER, abs)]))
+        True
     """
 
     __slots__ = ("steps",)
@@ -84,6 +88,13 @@ class Chain:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Chain, (self.steps,))
+
+    @property
+    def __code__(self) -> tuple[Any, ...]:
+        """What identifies this chain for conveyor's per-function memory (``function_key``:
+        backend="auto"'s measurement, remembered item times): its steps, not the Chain type,
+        so that two different chains are never taken for the same function."""
+        return tuple((kind, function_key(fn)) for kind, fn in self.steps)
 
 
 def _mark(exc: BaseException, step: int, item: Any) -> None:
