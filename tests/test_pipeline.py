@@ -340,3 +340,11 @@ def test_any_chain_gives_what_the_same_chain_in_plain_python_gives(
         else:
             p = getattr(p, kind)(arg, workers=2)
     assert list(p) == _plain(items, ops)
+
+
+def test_unbatch_of_something_not_iterable_names_the_stage_and_the_item() -> None:
+    with pytest.raises(TypeError) as info:
+        list(conveyor.pipeline([[1], 5]).unbatch())
+    assert info.value.__notes__ == [  # type: ignore[attr-defined]
+        "conveyor.pipeline: stage 1 'unbatch' (unbatch, backend='-') failed on item 5"
+    ]

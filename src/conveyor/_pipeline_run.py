@@ -106,15 +106,7 @@ class Run:
         ]
         self.threads = [threading.Thread(target=self._read_source, args=(source,), daemon=True)]
         for group in self.groups:
-            kind = group.first.kind
-            target = (
-                self._batch
-                if kind == "batch"
-                else self._unbatch
-                if kind == "unbatch"
-                else self._map
-            )
-            self.threads.append(threading.Thread(target=target, args=(group,), daemon=True))
+            self.threads.append(threading.Thread(target=self._stage, args=(group,), daemon=True))
         for number, thread in enumerate(self.threads):
             thread.name = f"conveyor-pipeline-{'source' if number == 0 else number}"
             thread.start()
@@ -164,40 +156,49 @@ class Run:
                 except Exception:
                     pass
 
-    def _map(self, group: _Group) -> None:
+    def _stage(self, group: _Group) -> None:
+        """The thread of one stage: its body runs until its input ends; an error stops the
+        run (named by ``where``, which a body may narrow to the item it was on), and Stopped
+        (the run is stopping) just leaves."""
+        kind = group.first.kind
+        body = self._batch if kind == "batch" else self._unbatch if kind == "unbatch" else self._map
         inbox, outbox = self.feeds[group.position], self.feeds[group.position + 1]
         bar = self.bars[group.position]
-        batches: Iterator[list[Any]] | None = None
+        where = [group.label()]
         try:
-            fn, mode = group.function()
-            pool = self.pools.get(group.position)
-            if pool is None:
-                from ._api import _default_pool
-
-                pool = _default_pool(group.first.backend, group.first.workers, None)
-                self.pools[group.position] = pool
-            job = pool._job(
-                fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group)
-            )
-            self.jobs[group.position] = job
-            inbox.wake = job.events.put
-            if self._stopping:  # stop() ran before the job was published: it missed it
-                self._interrupt(job)
-                raise Stopped
-            batches = job.batches()
-            for values in batches:
-                out = self._settle(group, values)
-                bar.update(len(values))
-                outbox.put(out)
+            body(group, inbox, outbox, bar, where)
             outbox.end()
         except Stopped:
             pass
         except BaseException as exc:
-            self._fail(exc, group.label())
+            self._fail(exc, where[0])
         finally:
-            if batches is not None:
-                batches.close()  # type: ignore[attr-defined]
             bar.close()
+
+    def _map(
+        self, group: _Group, inbox: Feed, outbox: Feed, bar: Progress, where: list[str]
+    ) -> None:
+        fn, mode = group.function()
+        pool = self.pools.get(group.position)
+        if pool is None:
+            from ._api import _default_pool
+
+            pool = _default_pool(group.first.backend, group.first.workers, None)
+            self.pools[group.position] = pool
+        job = pool._job(fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group))
+        self.jobs[group.position] = job
+        inbox.wake = job.events.put
+        if self._stopping:  # stop() ran before the job was published: it missed it
+            self._interrupt(job)
+            raise Stopped
+        batches = job.batches()
+        try:
+            for values in batches:
+                out = self._settle(group, values)
+                bar.update(len(values))
+                outbox.put(out)
+        finally:
+            batches.close()  # type: ignore[attr-defined]
 
     def _settle(self, group: _Group, values: list[Any]) -> list[Any]:
         """Apply the stage's on_error to the failures among a job's results; flatten lists."""
@@ -227,61 +228,48 @@ class Run:
         self._fail(value.exception, f"{label} failed on item {item or item_repr(value.item)}")
         raise Stopped
 
-    def _batch(self, group: _Group) -> None:
-        inbox, outbox = self.feeds[group.position], self.feeds[group.position + 1]
+    def _batch(
+        self, group: _Group, inbox: Feed, outbox: Feed, bar: Progress, where: list[str]
+    ) -> None:
         size, max_wait = group.first.size, group.first.max_wait
-        bar = self.bars[group.position]
-        try:
-            ended = False
-            while not ended:
-                batch: list[Any] = []
-                deadline: float | None = None
-                while len(batch) < size:
-                    got = inbox.take_wait(size - len(batch), deadline)
-                    if got is None:
-                        ended = True
-                        break
-                    if not got:
-                        break  # max_wait passed
-                    if deadline is None and max_wait is not None:
-                        deadline = time.monotonic() + max_wait
-                    passed = [value for value in got if type(value) is Failure]
-                    if passed:
-                        outbox.put(passed)
-                        got = [value for value in got if type(value) is not Failure]
-                    batch.extend(got)
-                    bar.update(len(got))
-                if batch:
-                    outbox.put([batch])
-            outbox.end()
-        except Stopped:
-            pass
-        except BaseException as exc:
-            self._fail(exc, group.label())
-        finally:
-            bar.close()
-
-    def _unbatch(self, group: _Group) -> None:
-        inbox, outbox = self.feeds[group.position], self.feeds[group.position + 1]
-        bar = self.bars[group.position]
-        item: Any = None
-        try:
-            while (got := inbox.take_wait(1 << 16)) is not None:
-                out: list[Any] = []
-                for item in got:
-                    if type(item) is Failure:
-                        out.append(item)
-                    else:
-                        out.extend(item)
+        ended = False
+        while not ended:
+            batch: list[Any] = []
+            deadline: float | None = None
+            while len(batch) < size:
+                got = inbox.take_wait(size - len(batch), deadline)
+                if got is None:
+                    ended = True
+                    break
+                if not got:
+                    break  # max_wait passed
+                if deadline is None and max_wait is not None:
+                    deadline = time.monotonic() + max_wait
+                passed = [value for value in got if type(value) is Failure]
+                if passed:
+                    outbox.put(passed)
+                    got = [value for value in got if type(value) is not Failure]
+                batch.extend(got)
                 bar.update(len(got))
-                outbox.put(out)
-            outbox.end()
-        except Stopped:
-            pass
-        except BaseException as exc:
-            self._fail(exc, f"{group.label()} failed on item {item_repr(item)}")
-        finally:
-            bar.close()
+            if batch:
+                outbox.put([batch])
+
+    def _unbatch(
+        self, group: _Group, inbox: Feed, outbox: Feed, bar: Progress, where: list[str]
+    ) -> None:
+        while (got := inbox.take_wait(1 << 16)) is not None:
+            out: list[Any] = []
+            for item in got:
+                if type(item) is Failure:
+                    out.append(item)
+                    continue
+                try:
+                    out.extend(item)
+                except Exception:
+                    where[0] = f"{group.label()} failed on item {item_repr(item)}"
+                    raise
+            bar.update(len(got))
+            outbox.put(out)
 
     # ----------------------------------------------------------------- the caller's side
 
