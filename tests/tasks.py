@@ -96,3 +96,26 @@ def raise_error(kind: str) -> None:
     if kind == "oserror":
         raise CustomOSError("/nowhere")
     raise AssertionError(kind)
+
+
+class Traveller:
+    """Counts, in this process, how often it is pickled (sent) and unpickled (arrived)."""
+
+    sent = 0
+    arrived = 0
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __reduce__(self) -> tuple[object, ...]:
+        Traveller.sent += 1
+        return (_rebuild_traveller, (self.value,))
+
+
+def _rebuild_traveller(value: int) -> Traveller:
+    Traveller.arrived += 1
+    return Traveller(value)
+
+
+def bump(t: Traveller) -> Traveller:
+    return Traveller(t.value + 1)

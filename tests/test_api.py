@@ -44,6 +44,8 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "CheckpointError",
             "CheckpointInUse",
             "CheckpointMismatch",
+            # pipelines (issue 11)
+            "pipeline",
         ]
     )
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkerInitError,
     )
+    from ._pipeline import pipeline
     from ._pool import Pool
     from ._version import __version__ as __version__
 
@@ -50,6 +51,7 @@ _WHERE = {
     "WorkerInitError": "_errors",
     "Pool": "_pool",
     "__version__": "_version",  # the installed package's metadata (pyproject.toml's version)
+    "pipeline": "_pipeline",
 }
 
 
@@ -86,5 +88,6 @@ __all__ = [
     "imap",
     "imap_unordered",
     "map",
+    "pipeline",
     "starmap",
 ]

@@ -145,12 +145,22 @@ class MapJob:
         #: items settled as a Failure so far (on_error="return"): while it is 0, no result
         #: handed out is a Failure, and a caller need not look through them for one
         self.failures = 0
-        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
-            queue.SimpleQueue()
-        )
+        # Pipeline hook: None is a wake-up (a pipeline's buffer got input, see _take_now
+        # below); an exception is raised here in the job's thread (the pipeline is stopping).
+        self.events: queue.SimpleQueue[
+            tuple[_Chunk, Unit, int, Loader, float] | BaseException | None
+        ] = queue.SimpleQueue()
+        #: worker-seconds spent running this job's units (a pipeline stage's busy time)
+        self.busy_seconds = 0.0
         if total is None:
             total = _length(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
+        # Engine hook for pipelines (_feed.Feed): an input that never blocks. ``take_now(n,
+        # idle)`` returns up to n items it holds now, [] when it has none yet (it then puts a
+        # None wake-up on ``events`` when some arrive), or None once it has ended.
+        self._take_now: Callable[[int, bool], list[Any] | None] | None = getattr(
+            iterable, "take_now", None
+        )
         # A list, tuple or range is cut by slicing: one C-level copy per chunk, not an item-by-
         # item walk. Its length is read again for every chunk, so items appended while the
         # call runs are seen, as iterating would see them. With ``head``, a sequence holds the
@@ -164,6 +174,9 @@ class MapJob:
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None
         self._chunker = Chunker(chunksize, backend.workers, total, known)
+        max_chunk = getattr(iterable, "max_chunk", None)  # a pipeline's buffer bounds chunks
+        if max_chunk is not None:
+            self._chunker._cap = min(self._chunker._cap, max_chunk)
         per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
         self._chunks_in_flight = max(2, per_worker * backend.workers)
         self._unemitted = 0  # items taken from the input and not yet handed to the caller
@@ -235,22 +248,30 @@ class MapJob:
             limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
             if self._unemitted + size > size * limit and self._unemitted:
                 return
-            if self._sequence is not None:
-                index = self._next_index
-                piece = self._sequence[index : index + size]
-                # (a range slice stays a range inline: nothing is sent, so nothing to build)
-                inline = self.backend.name == "inline"
-                items: list[Any] = (
-                    piece  # type: ignore[assignment]
-                    if type(piece) is list or inline
-                    else list(piece)
-                )
+            if self._take_now is not None:
+                taken = self._take_now(size, self._unemitted == 0)
+                if taken is None:
+                    self._input = None
+                if not taken:
+                    return
+                items = taken
             else:
-                items = list(itertools.islice(self._input, size))
-            if len(items) < size:
-                self._input = None
-            if not items:
-                return
+                if self._sequence is not None:
+                    index = self._next_index
+                    piece = self._sequence[index : index + size]
+                    # (a range slice stays a range inline: nothing is sent, so nothing to build)
+                    inline = self.backend.name == "inline"
+                    items = (
+                        piece  # type: ignore[assignment]
+                        if type(piece) is list or inline
+                        else list(piece)
+                    )
+                else:
+                    items = list(itertools.islice(self._input, size))
+                if len(items) < size:
+                    self._input = None
+                if not items:
+                    return
             chunk = _Chunk(self, self._next_index, items)
             self._next_index += len(items)
             self._unemitted += len(items)
@@ -279,13 +300,15 @@ class MapJob:
                 # chunks are dropped) and raise.
                 self._close(interrupt=True)
                 raise missed_deadline("the map call", self.timeout) from None
-        self._handle(*event)
         while True:
+            if isinstance(event, BaseException):
+                raise event
+            if event is not None:  # None: a wake-up; batches() tops up next
+                self._handle(*event)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
-            self._handle(*event)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -293,6 +316,7 @@ class MapJob:
         self, chunk: _Chunk, unit: Unit, start: int, loader: Loader, elapsed: float
     ) -> None:
         values, errors = loader()
+        self.busy_seconds += elapsed
         count = len(values)
         first = unit.tags[start] - chunk.start
         if not errors:

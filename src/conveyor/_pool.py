@@ -621,10 +621,16 @@ class Pool(Executor):
             options = {**options, "chunksize": 65536}  # nothing to balance: few, large chunks
         # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
         sequence = type(iterable) in (list, tuple, range)
+        if sequence:
+            source: Iterable[Any] = iterable
+        elif hasattr(rest, "with_head"):  # a pipeline's buffer (_feed.Feed) stays itself
+            source = rest.with_head(head[done:])
+        else:
+            source = itertools.chain(head[done:], rest)
         return MapJob(
             backend,
             fn,
-            iterable if sequence else itertools.chain(head[done:], rest),
+            source,
             total=total,
             head=(head[:done], outcomes) if outcomes is not None else None,
             **options,
