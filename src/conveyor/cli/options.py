@@ -57,13 +57,29 @@ replacement strings (GNU parallel's):
 quoting (exactly):
   COMMAND's words are joined with spaces and run by /bin/sh -c, so shell syntax in
   COMMAND works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
-  Every substituted input is quoted with Python's shlex.quote and reaches the command
-  literally, as part of the one word it is in: spaces, quotes, ; $ ` * and newlines
-  in inputs are never interpreted (a file named 'a b; rm -rf x' never runs rm).
-  Inside '...' or "..." in COMMAND the quote is closed around the quoted value, so
-  "{}.txt" and '{}' are safe too (not tracked inside $(...) or backquotes).
+  Inputs are never spliced into that shell code: each job runs
+  /bin/sh -c SCRIPT sh VALUE... and every replacement string refers to its value,
+  which the shell does not parse. So an input reaches the command literally, as one
+  word or part of the word it stands in, wherever it stands: plain, '...', "...",
+  $(...), backquotes, ${x:-...}, here-documents. Spaces, quotes, ; $ ` * and newlines
+  in inputs are never interpreted (a file named 'a b; rm -rf x' never runs rm, and
+  'echo "$(echo {})"' on '$(touch x)' prints $(touch x)).
+  Inside $((...)) an input must be a number expression (digits, operators): the
+  shell evaluates what is there, so other inputs fail their job before it runs.
+  {} in a quoted here-document (<<'EOF') is refused. Commands that run their
+  argument as code (eval {}, sh -c {}) do run it, as with GNU parallel.
+  --dry-run and the job log show each command as equivalent shell text.
   -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
   With no COMMAND, each input is itself a shell command, unquoted.
+  Difference from GNU parallel: GNU parallel splices each input, shell-quoted, into
+  the text, so 'echo "{}"' on 'a b' prints 'a b' with its quotes; here a b.
+
+command line limits:
+  A job whose command line would exceed the system's limit (ARG_MAX for all
+  arguments and the environment; on Linux also 128 KiB per argument, and each input
+  is its own argument) is an error naming the job and the limit: before any job
+  runs when the inputs are known (::: and :::: groups), otherwise that job fails
+  (status 255) and the others go on.
 
 output:
   By default each job's stdout, then its stderr, is written whole when the job ends:

@@ -61,10 +61,11 @@ from typing import TYPE_CHECKING, Any
 from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Inputs, open_inputs
+from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
-from conveyor.cli.process import Completed, StopSignal, run_command
-from conveyor.cli.templates import Template, compile_template
+from conveyor.cli.process import Captured, Completed, StopSignal, run_command
+from conveyor.cli.templates import Template, UnsafeValue, compile_template
 
 if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
@@ -208,7 +209,28 @@ class _Job:
     args: tuple[str, ...]
     order: int
     slot: int
-    command: str
+    argv: list[str]
+
+
+class JobCannotRun(CliError):
+    """A job whose command line cannot be built or executed (named in the message)."""
+
+
+def _job_argv(template: Template, seq: int, args: tuple[str, ...], slot: int) -> list[str]:
+    """What job ``seq`` executes; :class:`JobCannotRun` if its value cannot be substituted
+    or its command line is over the system's limit."""
+    try:
+        argv = template.argv(args, seq, slot)
+    except UnsafeValue as e:
+        reason = str(e)
+    else:
+        problem = too_long(argv)
+        if problem is None:
+            return argv
+        reason = f"command line too long: {problem}"
+    shown = " ".join(args)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise JobCannotRun(f"job {seq} (input {shown!r}): {reason}")
 
 
 class _Runner:
@@ -325,8 +347,26 @@ class _Runner:
         try:
             while (item := source.take()) is not None:
                 order, seq, args = item
-                self._run_job(_Job(seq, args, order, slot, self.template.render(args, seq, slot)))
+                try:
+                    argv = _job_argv(self.template, seq, args, slot)
+                except JobCannotRun as e:
+                    self._cannot_run(_Job(seq, args, order, slot, []), e)
+                    continue
+                self._run_job(_Job(seq, args, order, slot, argv))
         except BaseException as e:  # e.g. reading stdin failed
+            self._fail(e)
+
+    def _cannot_run(self, job: _Job, error: JobCannotRun) -> None:
+        """A job that could not be started fails with status 255 and a message; the
+        others go on (inputs known in advance are checked before any job starts)."""
+        try:
+            self.output.finish(job.order, [(2, f"conveyor run: error: {error}\n".encode())])
+            self._account(False)
+            if self.joblog is not None:
+                now = time.time()
+                result = Completed(255, False, False, Captured(), Captured(), now, 0.0)
+                self._record(job, result, 0)
+        except BaseException as e:
             self._fail(e)
 
     def _fail(self, error: BaseException) -> None:
@@ -363,9 +403,7 @@ class _Runner:
                 if self.config.line_buffer
                 else None
             )
-            result = run_command(
-                job.command, timeout=self.config.timeout, stop=self.stop, sink=sink
-            )
+            result = run_command(job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink)
             if attempts == 1:
                 first_start = result.start
             if sink is not None:
@@ -429,7 +467,7 @@ class _Runner:
             JobRow(
                 seq=job.seq,
                 input=input_text(job.args),
-                command=job.command,
+                command=self.template.display(job.args, job.seq, job.slot),
                 start=result.start,
                 duration=result.duration,
                 exit_code=-1 if signum else result.returncode,
@@ -467,6 +505,18 @@ def _job_list(
     return iter(listed), len(listed)
 
 
+def _checked(
+    template: Template, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
+) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Inputs known in advance: every job's command line is built once (with the
+    widest slot number) before any job starts, so a job that could not run stops the
+    whole run at once (:class:`JobCannotRun`) rather than after others ran."""
+    listed = list(jobs)
+    for seq, args in listed:
+        _job_argv(template, seq, args, slots)
+    return iter(listed)
+
+
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
     template = compile_template(config.command, groups=len(config.groups) or 1, quote=config.quote)
@@ -483,11 +533,13 @@ def run(config: RunConfig) -> int:
         joblog = JobLog(config.joblog, config.resume)
     try:
         jobs, total = _job_list(config, inputs, joblog)
+        if total is not None and not config.dry_run:
+            jobs = _checked(template, jobs, config.jobs)
         if config.dry_run:
             out = sys.stdout.buffer
             for order, (seq, args) in enumerate(jobs):
                 slot = order % config.jobs + 1
-                out.write(os.fsencode(template.render(args, seq, slot)) + b"\n")
+                out.write(os.fsencode(template.display(args, seq, slot)) + b"\n")
             out.flush()
             return 0
         runner = _Runner(config, template, total, joblog)
