@@ -71,8 +71,6 @@ quoting (exactly):
   --dry-run and the job log show each command as equivalent shell text.
   -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
   With no COMMAND, each input is itself a shell command, unquoted.
-  Difference from GNU parallel: GNU parallel splices each input, shell-quoted, into
-  the text, so 'echo "{}"' on 'a b' prints 'a b' with its quotes; here a b.
 
 command line limits:
   A job whose command line would exceed the system's limit (ARG_MAX for all
@@ -88,11 +86,14 @@ output:
   order they were started. With --retries only the last attempt's output is shown
   (all attempts' lines with --line-buffer).
 
-exit status:
+exit status (GNU parallel's rules):
   0 if every job succeeded, else the number of failed jobs (at most 101); 255 for
   any other error (bad option or template, unreadable input, Ctrl-C). A job fails
   if it exits non-zero, is killed by a signal or times out, after all retries; jobs
   killed or never started because of --halt or Ctrl-C are not counted (nor logged).
+  With --halt: success=N or N% that triggered exits 0; fail=1 exits with the status
+  of the job that failed (its exit code, 128+N if signal N killed it, 255 if it
+  timed out); any N% exits with the percentage of all jobs that failed (rounded up).
 
 --halt WHEN,COND=N:
   WHEN is 'now' (kill running jobs at once) or 'soon' (start no new job, let running
@@ -115,6 +116,16 @@ processes:
   whole group with SIGTERM, then SIGKILL after 1 s. A job ends when its output is
   closed and its shell has exited; a process it left in the background with its
   output redirected elsewhere is not killed, as in a shell.
+
+differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them):
+  "{}" and '{}': GNU splices each input, shell-quoted, into the command text, so
+    'echo "{}"' on 'a  b' prints 'a  b' with its quotes, and 'echo '{}'' splits it
+    (a b); conveyor passes inputs out of band, so both print a  b: a value is never
+    shell code, wherever {} stands (see quoting).
+  --retries N: a failed job runs up to N more times (N+1 in all); GNU runs a job at
+    most N times in all.
+  An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
+    text. Write \\{word\\} or '{ word }' for literal braces.
 
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores

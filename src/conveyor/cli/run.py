@@ -44,6 +44,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import random
@@ -248,6 +249,7 @@ class _Runner:
         self.read_ahead: _ReadAhead | None = None
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
+        self.halted_by: int | None = None  # the status of the job that made --halt stop
         self.errors: list[BaseException] = []
         self.progress: Any = None
         around: Callable[[], AbstractContextManager[object]] | None = None
@@ -361,7 +363,7 @@ class _Runner:
         others go on (inputs known in advance are checked before any job starts)."""
         try:
             self.output.finish(job.order, [(2, f"conveyor run: error: {error}\n".encode())])
-            self._account(False)
+            self._account(False, EXIT_ERROR)
             if self.joblog is not None:
                 now = time.time()
                 result = Completed(255, False, False, Captured(), Captured(), now, 0.0)
@@ -379,7 +381,7 @@ class _Runner:
         try:
             result, attempts = self._attempts(job)
             if result is not None and not result.stopped:
-                self._account(result.returncode == 0)
+                self._account(result.returncode == 0, _job_status(result))
                 if self.joblog is not None:
                     self._record(job, result, attempts)
                 self.output.finish(job.order, self._chunks(job, result))
@@ -435,7 +437,22 @@ class _Runner:
                 chunks.append((stream, tag_pieces(tag, pieces) if tag else pieces))
         return chunks
 
-    def _account(self, ok: bool) -> None:
+    def exit_status(self) -> int:
+        """GNU parallel's EXIT STATUS rules: the number of failed jobs (at most 101);
+        with --halt ...success=: 0 once it triggered; with --halt ...fail=1: the status
+        of the job that triggered it; with a percentage: the percentage of all jobs
+        that failed, rounded up."""
+        halt = self.config.halt
+        if self.halted_by is not None:
+            if halt.what == "success":
+                return 0
+            if halt.what == "fail" and halt.percent is None and halt.count == 1:
+                return self.halted_by
+        if halt.percent is not None and self.total:
+            return min(100, math.ceil(100 * self.failed / self.total))
+        return min(self.failed, EXIT_FAILED_CAP)
+
+    def _account(self, ok: bool, status: int) -> None:
         halt = self.config.halt
         with self._lock:  # counters and the halt decision: one thread at a time
             if ok:
@@ -451,8 +468,9 @@ class _Runner:
                 "success": self.succeeded,
                 "done": self.failed + self.succeeded,
             }[halt.what]
-            if count < halt.threshold(self.total):
+            if count < halt.threshold(self.total) or self.halted_by is not None:
                 return
+            self.halted_by = status
         if halt.when == "now":
             self._halt_now()
         else:
@@ -476,6 +494,16 @@ class _Runner:
                 timed_out=result.timed_out,
             )
         )
+
+
+def _job_status(result: Completed) -> int:
+    """A job's status as GNU parallel reports it: its exit code, 128 + the signal that
+    killed it, 255 after a timeout."""
+    if result.timed_out:
+        return EXIT_ERROR
+    if result.returncode < 0:
+        return 128 - result.returncode
+    return result.returncode
 
 
 def _uninterrupted(wait: Callable[[], object]) -> None:
@@ -557,7 +585,7 @@ def run(config: RunConfig) -> int:
         if runner.output.broken:
             _silence_stdout()
             return EXIT_ERROR
-        return min(runner.failed, EXIT_FAILED_CAP)
+        return runner.exit_status()
     finally:
         if joblog is not None:
             joblog.close()
