@@ -93,3 +93,22 @@ def test_jobs_start_while_stdin_is_still_open(tmp_path: Path) -> None:
     finally:
         kill_tree(proc)
     assert os.path.exists(tmp_path / "second.done")
+
+
+def test_linked_groups_advance_together(tmp_path: Path) -> None:
+    # GNU parallel's rules (also checked against it in test_cli_vs_gnu.py): :::+ zips
+    # with the group before, to the shorter; --link zips all, wrapping to the longest.
+    r = run("-k", "echo {1}{2}{3}", ":::", "a", "b", ":::", "1", "2", "3", ":::+", "x", "y")
+    assert r.stdout.split() == ["a1x", "a2y", "b1x", "b2y"]
+    r = run("-k", "--link", "echo {1}{2}", ":::", "a", "b", "c", ":::", "1", "2")
+    assert r.stdout.split() == ["a1", "b2", "c1"]
+    r = run("--link", "echo {1}{2}", ":::", "a", ":::")  # an empty group: no job
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_arg_file_option_is_a_group_before_the_others(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("f1\nf2\n")
+    r = run("-k", "-a", "f", "--arg-file", "f", "echo", ":::", "x", cwd=tmp_path)
+    assert r.stdout.splitlines() == ["f1 f1 x", "f1 f2 x", "f2 f1 x", "f2 f2 x"]
+    r = run("-a", "missing", "echo", cwd=tmp_path)
+    assert r.returncode == 255 and "cannot read input file 'missing'" in r.stderr

@@ -46,6 +46,7 @@ class Case:
     args: list[str]
     stdin: bytes = b""
     ordered: bool = False  # compare stdout as is (else sorted lines)
+    files: tuple[tuple[str, str], ...] = ()  # (name, text) written into the directory first
     differs: str = ""  # why conveyor deliberately differs ("" = it must not)
 
 
@@ -92,6 +93,33 @@ CASES = [
     Case("halt-done-percent", _halt("now,done=50%", "exit {}", "1", "1", "0", "1")),
     Case("halt-fail-percent-never", _halt("soon,fail=50%", "exit {}", "3", "0", "0")),
     Case("halt-killed", _halt("now,fail=1", "kill -9 $$", "x")),
+    # Input shaping (issue 13).
+    Case("link", ["-k", "--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"], ordered=True),
+    Case("link-plus", ["-k", "echo", ":::", "a", "b", "c", ":::+", "1", "2"], ordered=True),
+    Case(
+        "link-plus-in-product",
+        ["-k", "echo", ":::", "a", "b", ":::", "1", "2", "3", ":::+", "x", "y"],
+        ordered=True,
+    ),
+    Case(
+        "link-all-with-plus",
+        ["-k", "--link", "echo", ":::", "a", "b", ":::", "1", "2", "3", ":::+", "x", "y"],
+        ordered=True,
+    ),
+    Case(
+        "linked-files",
+        ["-k", "echo", "::::", "f", "::::+", "g", "h"],
+        ordered=True,
+        files=(("f", "f1\nf2\n"), ("g", "g1\ng2\ng3\n"), ("h", "h1\nh2\n")),
+    ),
+    Case("arg-file", ["-k", "-a", "f", "echo"], ordered=True, files=(("f", "f1\nf 2\n"),)),
+    Case(
+        "arg-files-and-args",
+        ["-k", "-a", "f", "-a", "g", "echo", ":::", "x", "y"],
+        ordered=True,
+        files=(("f", "f1\nf2\n"), ("g", "g1\n")),
+    ),
+    Case("arg-file-missing", ["-a", "nonexistent", "echo"]),
     # Deliberate differences, each documented in `conveyor run --help`:
     Case(
         "double-quoted-braces",
@@ -137,8 +165,10 @@ def _finish(proc: subprocess.Popen[bytes], stdin: bytes) -> tuple[int, bytes]:
 def test_same_as_gnu_parallel(case: Case, tmp_path: Path) -> None:
     assert GNU is not None
     ours_dir, theirs_dir = tmp_path / "conveyor", tmp_path / "gnu"
-    ours_dir.mkdir()
-    theirs_dir.mkdir()
+    for directory in (ours_dir, theirs_dir):
+        directory.mkdir()
+        for name, text in case.files:
+            (directory / name).write_text(text)
     # Both at once: GNU parallel's start-up (Perl) is most of a case's time.
     gnu = _start([GNU, "--will-cite", *case.args], theirs_dir)
     conveyor = _start([*CLI, "run", *case.args], ours_dir)

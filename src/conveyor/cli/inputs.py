@@ -2,6 +2,10 @@
 
 Each input *group* is a list of values; a job takes one value from every group, and the
 jobs are the cartesian product of the groups, in order (the last group varies fastest).
+A group given with ``:::+`` or ``::::+`` is *linked* to the one before it: linked groups
+advance together (the i-th job of the link takes the i-th value of each, as many jobs as
+the shortest has), and the product is taken over the links. ``--link`` links all groups
+and wraps the shorter ones around to the longest (GNU parallel's rules for both).
 Without any group the lines of stdin are one group, read lazily so that jobs start while
 input is still arriving. Records are separated by newlines, or by NUL with ``-0``; a
 trailing separator does not make an extra empty record, but empty lines are inputs.
@@ -21,6 +25,8 @@ __all__ = ["Group", "InputError", "Inputs", "open_inputs", "read_records", "spli
 
 ARGS_SEP = ":::"
 FILES_SEP = "::::"
+LINKED_ARGS_SEP = ":::+"
+LINKED_FILES_SEP = "::::+"
 
 
 class InputError(CliError):
@@ -34,27 +40,34 @@ class Group:
     kind: str  # "args" or "file"
     values: list[str] = field(default_factory=list)
     path: str = ""
+    linked: bool = False  # advances together with the group before it (:::+, ::::+)
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[Group]]:
     """Split ``[options] COMMAND ::: a b :::: f`` into the head and the input groups.
 
     ``::: a b c`` is one group of values; ``:::: f g`` makes one group per file (``-``
-    is stdin). Everything before the first ``:::``/``::::`` is options and COMMAND.
+    is stdin); ``:::+`` and ``::::+`` make groups linked to the one before. Everything
+    before the first separator is options and COMMAND.
+
+    >>> split_argv(["echo", ":::", "a", "b", ":::+", "1", "2"])[1][1]
+    Group(kind='args', values=['1', '2'], path='', linked=True)
     """
     head: list[str] = []
     groups: list[Group] = []
     mode = ""
+    linked = False
     for token in argv:
-        if token == ARGS_SEP:
+        if token in (ARGS_SEP, LINKED_ARGS_SEP):
             mode = "args"
-            groups.append(Group("args"))
-        elif token == FILES_SEP:
+            groups.append(Group("args", linked=token == LINKED_ARGS_SEP and bool(groups)))
+        elif token in (FILES_SEP, LINKED_FILES_SEP):
             mode = "file"
+            linked = token == LINKED_FILES_SEP
         elif mode == "args":
             groups[-1].values.append(token)
         elif mode == "file":
-            groups.append(Group("file", path=token))
+            groups.append(Group("file", path=token, linked=linked and bool(groups)))
         else:
             head.append(token)
     return head, groups
@@ -95,9 +108,23 @@ def _read_stdin(size: int) -> bytes:
         return b""
 
 
-def open_inputs(groups: Sequence[Group], *, null: bool, materialize: bool = False) -> Inputs:
+def _linked(columns: Sequence[list[str]], *, wrap: bool) -> list[tuple[str, ...]]:
+    """Linked groups' values taken together: as many as the shortest, or with ``wrap``
+    as many as the longest, the shorter ones starting over (an empty one gives none)."""
+    if not all(columns):
+        return []
+    if not wrap:
+        return list(zip(*columns))
+    longest = max(len(c) for c in columns)
+    return [tuple(c[i % len(c)] for c in columns) for i in range(longest)]
+
+
+def open_inputs(
+    groups: Sequence[Group], *, null: bool, materialize: bool = False, link: bool = False
+) -> Inputs:
     """Read every file group now (so an unreadable file fails before any job starts)
-    and return the jobs. stdin alone is read lazily unless ``materialize``."""
+    and return the jobs. stdin alone is read lazily unless ``materialize``. ``link``
+    links every group (``--link``)."""
     separator = b"\0" if null else b"\n"
     if not groups:
         lazy = ((value,) for value in read_records(_read_stdin, separator))
@@ -118,7 +145,17 @@ def open_inputs(groups: Sequence[Group], *, null: bool, materialize: bool = Fals
                     columns.append(list(read_records(f.read1, separator)))
         except OSError as e:
             raise InputError(f"cannot read input file {group.path!r}: {e.strerror}") from None
+    # Links: runs of groups joined by :::+ (all of them with --link), each a list of
+    # tuples; the jobs are the product of the links, each job their concatenation.
+    links: list[list[list[str]]] = []
+    for group, column in zip(groups, columns):
+        if links and (link or group.linked):
+            links[-1].append(column)
+        else:
+            links.append([column])
+    blocks = [_linked(block, wrap=link) for block in links]
     total = 1
-    for column in columns:
-        total *= len(column)
-    return Inputs(itertools.product(*columns), len(columns), total)
+    for block in blocks:
+        total *= len(block)
+    jobs = (tuple(itertools.chain.from_iterable(p)) for p in itertools.product(*blocks))
+    return Inputs(jobs, len(columns), total)

@@ -39,10 +39,13 @@ def usable_cores() -> int:
 DESCRIPTION = """\
 Run COMMAND once per input, in parallel, like GNU parallel.
 
-Inputs: the arguments after each ':::' form a group, each FILE after '::::' is a
-group of its lines ('-' is stdin); several groups make every combination (cartesian
-product, the last group varying fastest). With no group, the lines of stdin are read
-as they arrive. -0 separates inputs by NUL instead of newline."""
+Inputs: the arguments after each ':::' form a group, each FILE after '::::' (or
+-a FILE) is a group of its lines ('-' is stdin); several groups make every
+combination (cartesian product, the last group varying fastest). A group after
+':::+' or '::::+' is linked to the one before: they advance together, as many jobs
+as the shorter has (--link links all groups, the shorter ones wrapping around to
+the longest). With no group, the lines of stdin are read as they arrive. -0
+separates inputs by NUL instead of newline."""
 
 EPILOG = """\
 replacement strings (GNU parallel's):
@@ -132,6 +135,9 @@ examples:
   find . -name '*.jpg' | conveyor run -j 50% convert {} {.}.png
   conveyor run --tag -k 'wc -l {}' ::: *.txt        # tagged, in input order
   conveyor run echo {1}-{2} ::: a b ::: 1 2         # a-1 a-2 b-1 b-2
+  conveyor run echo {1}-{2} ::: a b :::+ 1 2        # a-1 b-2 (linked)
+  conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
+  conveyor run -a hosts.txt ssh {} uptime           # inputs from a file
   conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
@@ -190,6 +196,22 @@ def run_parser() -> ErrorRaisingParser:
         help="wait this long between job starts",
     )
     a("-0", "--null", action="store_true", help="inputs are separated by NUL, not newline")
+    a(
+        "-a",
+        "--arg-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="an input group of FILE's lines, like ':::: FILE' (before the ::: groups; "
+        "may be repeated)",
+    )
+    a(
+        "--link",
+        "--xapply",
+        action="store_true",
+        help="take the input groups side by side (the i-th job gets the i-th value of "
+        "each; shorter groups wrap around) instead of every combination",
+    )
     a(
         "-q",
         "--quote",
@@ -291,6 +313,7 @@ class RunConfig:
     shuf: bool
     delay: float
     null: bool
+    link: bool
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
@@ -311,6 +334,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
+    groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,
         groups=groups,
@@ -326,6 +350,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         shuf=ns.shuf,
         delay=ns.delay,
         null=ns.null,
+        link=ns.link,
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",

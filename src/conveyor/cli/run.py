@@ -553,7 +553,7 @@ def run(config: RunConfig) -> int:
     materialize = config.shuf or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
-    inputs = open_inputs(config.groups, null=config.null, materialize=materialize)
+    inputs = open_inputs(config.groups, null=config.null, materialize=materialize, link=config.link)
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
         from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it
