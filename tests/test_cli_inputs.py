@@ -112,3 +112,12 @@ def test_arg_file_option_is_a_group_before_the_others(tmp_path: Path) -> None:
     assert r.stdout.splitlines() == ["f1 f1 x", "f1 f2 x", "f2 f1 x", "f2 f2 x"]
     r = run("-a", "missing", "echo", cwd=tmp_path)
     assert r.returncode == 255 and "cannot read input file 'missing'" in r.stderr
+
+
+def test_colsep_splits_inputs_into_columns() -> None:
+    r = run("-k", "--colsep", ",", "echo {2}+{1} [{3}]", input="a,b\nc,d,e\n")
+    assert r.stdout.splitlines() == ["b+a []", "d+c [e]"]
+    r = run("--colsep", "(x", "echo", ":::", "a")
+    assert r.returncode == 255 and "bad --colsep regular expression '(x'" in r.stderr
+    r = run("--colsep", "x*", "echo", ":::", "a")
+    assert r.returncode == 255 and "matches the empty string" in r.stderr

@@ -120,6 +120,17 @@ CASES = [
         files=(("f", "f1\nf2\n"), ("g", "g1\n")),
     ),
     Case("arg-file-missing", ["-a", "nonexistent", "echo"]),
+    Case("colsep", ["-k", "--colsep", ",", "echo {}[{3}][{1}]"], b"a,b,,\n,x\n\n", True),
+    Case("colsep-append", ["-k", "--colsep", "\t", "echo"], b"a\tb\nc\n", True),
+    Case("colsep-regex", ["-k", "--colsep", " +", "echo {2}-{1}"], b"a  b\nc d\n", True),
+    Case("colsep-last", ["-k", "--colsep", ":", "echo {-1}"], b"a:b:c\nd\n", True),
+    Case(
+        "colsep-arg-file",
+        ["-k", "--colsep", ",", "-a", "t", "echo {2} {1}"],
+        ordered=True,
+        files=(("t", "a,b\nc,d\n"),),
+    ),
+    Case("colsep-dry-run", ["-k", "--dry-run", "--colsep", ",", "echo {2}"], b"a,b c\n", True),
     # Deliberate differences, each documented in `conveyor run --help`:
     Case(
         "double-quoted-braces",
@@ -137,6 +148,14 @@ CASES = [
         "retries-count",
         ["--retries", "2", "echo x >> count; wc -l < count; exit 1", ":::", "x"],
         differs="--retries N: GNU runs a job at most N times in all, conveyor N more times",
+    ),
+    Case(
+        "colsep-one-character-is-literal",
+        ["-k", "--colsep", "|", "echo {2}"],
+        b"a|b\n",
+        ordered=True,
+        differs="a one-character --colsep is taken literally; GNU reads '|' as a regex "
+        "(empty alternatives) and splits between every character",
     ),
     Case(
         "unknown-braces",
@@ -187,5 +206,6 @@ def test_every_difference_is_in_the_help() -> None:
     from conveyor.cli.options import EPILOG
 
     section = EPILOG[EPILOG.index("differences from GNU parallel") :]
-    for key in ("'a  b' with its quotes", "--retries N", "unknown {word}", "'{}'"):
+    keys = ("'a  b' with its quotes", "--retries N", "unknown {word}", "'{}'", "--colsep")
+    for key in keys:
         assert key in section

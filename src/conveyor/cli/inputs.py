@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.cli.errors import CliError
 
-__all__ = ["Group", "InputError", "Inputs", "open_inputs", "read_records", "split_argv"]
+__all__ = [
+    "Group",
+    "InputError",
+    "Inputs",
+    "column_splitter",
+    "open_inputs",
+    "read_records",
+    "split_argv",
+]
 
 ARGS_SEP = ":::"
 FILES_SEP = "::::"
@@ -88,6 +97,27 @@ def read_records(read: Callable[[int], bytes], separator: bytes) -> Iterator[str
                 yield os.fsdecode(record)
     if pending:
         yield os.fsdecode(pending)
+
+
+def column_splitter(pattern: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """``--colsep``: split each of a job's values into columns at the Python regular
+    expression ``pattern`` (one character is taken literally, so ``|`` and ``.`` mean
+    themselves); every column is kept, empty ones too.
+
+    >>> column_splitter(",")(("a,b,", "c"))
+    ('a', 'b', '', 'c')
+    """
+    try:
+        regex = re.compile(re.escape(pattern) if len(pattern) == 1 else pattern)
+    except re.error as e:
+        raise InputError(f"bad --colsep regular expression {pattern!r}: {e}") from None
+    if regex.search(""):
+        raise InputError(f"bad --colsep {pattern!r}: it matches the empty string")
+
+    def split(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(itertools.chain.from_iterable(regex.split(v) for v in values))
+
+    return split
 
 
 @dataclass

@@ -127,6 +127,8 @@ differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them)
     shell code, wherever {} stands (see quoting).
   --retries N: a failed job runs up to N more times (N+1 in all); GNU runs a job at
     most N times in all.
+  --colsep REGEX is a Python regular expression (GNU: Perl's), and one character is
+    taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
   An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
     text. Write \\{word\\} or '{ word }' for literal braces.
 
@@ -138,6 +140,7 @@ examples:
   conveyor run echo {1}-{2} ::: a b :::+ 1 2        # a-1 b-2 (linked)
   conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
   conveyor run -a hosts.txt ssh {} uptime           # inputs from a file
+  conveyor run --colsep '\t' -a table.tsv 'mv {1} {2}'   # columns of each line
   conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
@@ -204,6 +207,13 @@ def run_parser() -> ErrorRaisingParser:
         default=[],
         help="an input group of FILE's lines, like ':::: FILE' (before the ::: groups; "
         "may be repeated)",
+    )
+    a(
+        "--colsep",
+        "-C",
+        metavar="REGEX",
+        help="split each input into columns {1} {2} ... at this Python regular "
+        "expression (one character is literal); {} is all columns",
     )
     a(
         "--link",
@@ -314,6 +324,7 @@ class RunConfig:
     delay: float
     null: bool
     link: bool
+    colsep: str | None
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
@@ -351,6 +362,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         delay=ns.delay,
         null=ns.null,
         link=ns.link,
+        colsep=ns.colsep,
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",

@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
-from conveyor.cli.inputs import Inputs, open_inputs
+from conveyor.cli.inputs import Inputs, column_splitter, open_inputs
 from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
@@ -547,13 +547,16 @@ def _checked(
 
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
-    template = compile_template(config.command, groups=len(config.groups) or 1, quote=config.quote)
+    groups = None if config.colsep is not None else len(config.groups) or 1
+    template = compile_template(config.command, groups=groups, quote=config.quote)
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
     materialize = config.shuf or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
     inputs = open_inputs(config.groups, null=config.null, materialize=materialize, link=config.link)
+    if config.colsep is not None:
+        inputs.jobs = map(column_splitter(config.colsep), inputs.jobs)
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
         from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it

@@ -178,7 +178,6 @@ class _Frame:
     depth: int = 0  # open parentheses (in "$(" and "$((") or braces (in "${")
 
 
-_CODE = frozenset({"top", "$(", "`", "\\`"})
 _CONTEXT_OF = {
     "top": PLAIN,
     "$(": PLAIN,
@@ -491,26 +490,32 @@ class Template:
         quote_words: bool,
         append: bool,
         raw_input: bool,
-        groups: int,
     ) -> None:
         self._words = words
         self._quote_words = quote_words
         self._append = append
         self._raw_input = raw_input
-        self._groups = groups
-        # Variables: one per (position, op) and argument, numbered from 1.
-        self._vars: dict[tuple[int | None, str], list[int]] = {}
-        count = 0
-        for f in self.fields:
-            key = (f.position, f.op)
-            if key not in self._vars:
-                width = groups if f.position is None and f.op not in ("#", "%") else 1
-                self._vars[key] = list(range(count + 1, count + 1 + width))
-                count += width
-        if append:
-            count = groups
         self._arith_keys = {(f.position, f.op) for f in self.fields if f.context == ARITH}
-        self._script = self._build_script(count)
+        # The script for jobs of n arguments (n varies with --colsep and -n).
+        self._layouts: dict[int, tuple[dict[tuple[int | None, str], list[int]], str]] = {}
+
+    def _layout(self, n: int) -> tuple[dict[tuple[int | None, str], list[int]], str]:
+        """For jobs of ``n`` arguments: the variables of each (position, op) -- one per
+        argument for ``{}``, numbered from 1 -- and the script."""
+        layout = self._layouts.get(n)
+        if layout is None:
+            variables: dict[tuple[int | None, str], list[int]] = {}
+            count = 0
+            for f in self.fields:
+                key = (f.position, f.op)
+                if key not in variables:
+                    width = n if f.position is None and f.op not in ("#", "%") else 1
+                    variables[key] = list(range(count + 1, count + 1 + width))
+                    count += width
+            if self._append:
+                count = n
+            layout = self._layouts[n] = (variables, self._build_script(variables, count))
+        return layout
 
     @property
     def fields(self) -> list[_Field]:
@@ -522,15 +527,13 @@ class Template:
         """Whether COMMAND contains a replacement string (otherwise inputs are appended)."""
         return not self._append
 
-    def _build_script(self, count: int) -> str:
-        if self._raw_input:
-            return ""
+    def _build_script(self, variables: dict[tuple[int | None, str], list[int]], count: int) -> str:
         body: list[str] = []
         for word in self._words:
             pieces: list[str] = []
             for p in word:
                 if isinstance(p, _Field):
-                    pieces.append(_reference(p.context, self._vars[(p.position, p.op)]))
+                    pieces.append(_reference(p.context, variables[(p.position, p.op)]))
                 else:
                     pieces.append(shlex.quote(p) if self._quote_words else p)
             body.append("".join(pieces))
@@ -553,6 +556,8 @@ class Template:
             return [str(slot)]
         if position is None:
             return [transform(op, a) for a in args]
+        if not -len(args) <= position <= len(args):  # --colsep, -n: fewer than asked for
+            return [""]
         index = position - 1 if position > 0 else position
         return [transform(op, args[index])]
 
@@ -567,7 +572,7 @@ class Template:
         if self._append:
             return list(args)
         out: list[str] = []
-        for key in self._vars:
+        for key in self._layout(len(args))[0]:
             values = self._values(key, args, seq, slot)
             if key in self._arith_keys:
                 for v in values:
@@ -584,7 +589,8 @@ class Template:
         """What one job executes: ``[/bin/sh, -c, SCRIPT, sh, value, ...]``."""
         if self._raw_input:
             return [SHELL, "-c", " ".join(args)]
-        return [SHELL, "-c", self._script, "sh", *self.values(args, seq, slot)]
+        script = self._layout(len(args))[1]
+        return [SHELL, "-c", script, "sh", *self.values(args, seq, slot)]
 
     def display(self, args: Sequence[str], seq: int, slot: int) -> str:
         """The job's command as shell text with the values quoted for their context --
@@ -637,8 +643,9 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
     return parts
 
 
-def compile_template(words: Sequence[str], *, groups: int, quote: bool = False) -> Template:
-    """Compile COMMAND ``words`` for jobs that take one argument from each of ``groups``.
+def compile_template(words: Sequence[str], *, groups: int | None, quote: bool = False) -> Template:
+    """Compile COMMAND ``words`` for jobs that take one argument from each of ``groups``
+    (None: a number known only per job, as with --colsep; a missing argument is empty).
 
     Raises :class:`TemplateError` for unknown replacement strings, positions beyond the
     number of input groups, and unterminated quotes.
@@ -647,17 +654,17 @@ def compile_template(words: Sequence[str], *, groups: int, quote: bool = False) 
     'echo "xa by"'
     """
     if not words:
-        return Template([], quote_words=False, append=False, raw_input=True, groups=groups)
+        return Template([], quote_words=False, append=False, raw_input=True)
     if quote:
         parsed = [_parse_word(w, shell=False) for w in words]
     else:
         parsed = [_parse_word(" ".join(words), shell=True)]
     fields = [p for word in parsed for p in word if isinstance(p, _Field)]
     for f in fields:
-        if f.position is not None and not 1 <= abs(f.position) <= groups:
+        if groups is not None and f.position is not None and not 1 <= abs(f.position) <= groups:
             have = "1 input group" if groups == 1 else f"{groups} input groups"
             raise TemplateError(
                 f"replacement string {f.text!r} refers to input group {abs(f.position)}, "
                 f"but there {'is' if groups == 1 else 'are'} only {have}"
             )
-    return Template(parsed, quote_words=quote, append=not fields, raw_input=False, groups=groups)
+    return Template(parsed, quote_words=quote, append=not fields, raw_input=False)
