@@ -121,3 +121,12 @@ def test_colsep_splits_inputs_into_columns() -> None:
     assert r.returncode == 255 and "bad --colsep regular expression '(x'" in r.stderr
     r = run("--colsep", "x*", "echo", ":::", "a")
     assert r.returncode == 255 and "matches the empty string" in r.stderr
+
+
+def test_max_args_gives_each_job_several_inputs() -> None:
+    r = run("-k", "-n", "2", "echo {2}-{1} [{}]", ":::", "a", "b", "c")
+    assert r.stdout.splitlines() == ["b-a [a b]", "-c [c]"]
+    r = run("-k", "-N0", "echo x", ":::", "a", "b")
+    assert r.stdout == "x\nx\n"
+    r = run("--max-args=-1", "echo", ":::", "a")
+    assert r.returncode == 255 and "-n/-N" in r.stderr

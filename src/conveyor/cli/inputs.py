@@ -26,6 +26,7 @@ __all__ = [
     "Group",
     "InputError",
     "Inputs",
+    "batched",
     "column_splitter",
     "open_inputs",
     "read_records",
@@ -118,6 +119,23 @@ def column_splitter(pattern: str) -> Callable[[tuple[str, ...]], tuple[str, ...]
         return tuple(itertools.chain.from_iterable(regex.split(v) for v in values))
 
     return split
+
+
+def batched(jobs: Iterable[tuple[str, ...]], size: int) -> Iterator[tuple[str, ...]]:
+    """``-n``/``-N``: ``size`` consecutive inputs make one job, whose arguments are
+    theirs in order (the last job may have fewer); with 0, each input makes a job with
+    no argument.
+
+    >>> list(batched([("a",), ("b",), ("c",)], 2))
+    [('a', 'b'), ('c',)]
+    """
+    if size == 0:
+        return (() for _ in jobs)
+    it = iter(jobs)
+    return (
+        tuple(itertools.chain.from_iterable(batch))
+        for batch in iter(lambda: list(itertools.islice(it, size)), [])
+    )
 
 
 @dataclass

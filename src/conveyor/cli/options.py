@@ -140,6 +140,7 @@ examples:
   conveyor run echo {1}-{2} ::: a b :::+ 1 2        # a-1 b-2 (linked)
   conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
   conveyor run -a hosts.txt ssh {} uptime           # inputs from a file
+  conveyor run -n 2 echo {2}-{1} ::: a b c d        # b-a d-c: two inputs a job
   conveyor run --colsep '\t' -a table.tsv 'mv {1} {2}'   # columns of each line
   conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
@@ -207,6 +208,23 @@ def run_parser() -> ErrorRaisingParser:
         default=[],
         help="an input group of FILE's lines, like ':::: FILE' (before the ::: groups; "
         "may be repeated)",
+    )
+    per_job = p.add_mutually_exclusive_group()
+    per_job.add_argument(
+        "-n",
+        "--max-args",
+        metavar="N",
+        type=int,
+        help="give each job N inputs (the last may get fewer): {} is all of them, "
+        "{1}..{N} each; 0 runs one job per input with none",
+    )
+    per_job.add_argument(
+        "-N",
+        "--max-replace-args",
+        metavar="N",
+        type=int,
+        dest="max_args",
+        help="the same as -n",
     )
     a(
         "--colsep",
@@ -325,6 +343,7 @@ class RunConfig:
     null: bool
     link: bool
     colsep: str | None
+    max_args: int | None
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
@@ -343,6 +362,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
         raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
+    if ns.max_args is not None and ns.max_args < 0:
+        raise UsageError(f"bad -n/-N {ns.max_args}: must be 0 or more")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
@@ -363,6 +384,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         null=ns.null,
         link=ns.link,
         colsep=ns.colsep,
+        max_args=ns.max_args,
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",

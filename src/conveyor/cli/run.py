@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
-from conveyor.cli.inputs import Inputs, column_splitter, open_inputs
+from conveyor.cli.inputs import Inputs, batched, column_splitter, open_inputs
 from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
@@ -547,7 +547,8 @@ def _checked(
 
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
-    groups = None if config.colsep is not None else len(config.groups) or 1
+    per_job = config.colsep is not None or config.max_args is not None
+    groups = None if per_job else len(config.groups) or 1
     template = compile_template(config.command, groups=groups, quote=config.quote)
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
@@ -557,6 +558,10 @@ def run(config: RunConfig) -> int:
     inputs = open_inputs(config.groups, null=config.null, materialize=materialize, link=config.link)
     if config.colsep is not None:
         inputs.jobs = map(column_splitter(config.colsep), inputs.jobs)
+    if config.max_args is not None:
+        inputs.jobs = batched(inputs.jobs, config.max_args)
+        if inputs.total is not None and config.max_args:
+            inputs.total = -(-inputs.total // config.max_args)
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
         from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it
