@@ -130,3 +130,14 @@ def test_max_args_gives_each_job_several_inputs() -> None:
     assert r.stdout == "x\nx\n"
     r = run("--max-args=-1", "echo", ":::", "a")
     assert r.returncode == 255 and "-n/-N" in r.stderr
+
+
+def test_csv_records_and_named_columns() -> None:
+    r = run("-k", "--csv", "echo {2}-{1}", input='a,"b,c"\n"x\ny",z\n')
+    assert r.stdout == "b,c-a\nz-x\ny\n"
+    r = run("-k", "--header", ":", "--csv", "echo {new}-{old}", input="old,new\n1,2\n3,4\n")
+    assert r.stdout == "2-1\n4-3\n"
+    r = run("--header", "x", "echo", ":::", "a")
+    assert r.returncode == 255 and "--header" in r.stderr
+    r = run("--csv", "--colsep", ",", "echo", ":::", "a")
+    assert r.returncode == 255 and "--csv and --colsep" in r.stderr

@@ -31,6 +31,12 @@ def _gnu_parallel() -> str | None:
 
 
 GNU = _gnu_parallel()
+# GNU parallel's --csv needs Perl's Text::CSV (Debian: libtext-csv-perl).
+HAS_TEXT_CSV = (
+    shutil.which("perl") is not None
+    and subprocess.run(["perl", "-MText::CSV", "-e1"], capture_output=True, check=False).returncode
+    == 0
+)
 pytestmark = [
     pytest.mark.gnu,
     pytest.mark.skipif(
@@ -153,6 +159,30 @@ CASES = [
         ordered=True,
     ),
     Case("max-args-link", ["-k", "-n2", "--link", "echo", ":::", "a", "b", "c", ":::", "1", "2"]),
+    Case("csv", ["-k", "--csv", "echo {2}-{1}"], b'a,"b,c"\n"x\ny",z\n"q""r",\n', ordered=True),
+    Case("csv-args", ["-k", "--csv", "echo {}", ":::", 'x,"y,z"', "a,b"], ordered=True),
+    Case(
+        "header-csv",
+        ["-k", "--csv", "--header", ":", "echo {h2}{h1}"],
+        b"h1,h2\n1,2\n",
+        ordered=True,
+    ),
+    Case(
+        "header-colsep",
+        ["-k", "--header", ":", "--colsep", ",", "echo {n}={name}"],
+        b"name,n\nfoo,1\nbar,2\n",
+        ordered=True,
+    ),
+    Case(
+        "header-stdin", ["-k", "--header", ":", "echo {name} {1} {}"], b"name\nfoo\n", ordered=True
+    ),
+    Case(
+        "header-groups",
+        ["-k", "--header", ":", "echo {a}{b}", ":::", "a", "1", "2", ":::", "b", "x"],
+    ),
+    Case(
+        "header-ops", ["-k", "--header", ":", "echo {f.} {f/}", ":::", "f", "d/x.y"], ordered=True
+    ),
     Case(
         "colsep-dry-run", ["-k", "--dry-run", "--colsep", ",", "echo {2}"], b"a,b c\n", ordered=True
     ),
@@ -208,6 +238,8 @@ def _finish(proc: subprocess.Popen[bytes], stdin: bytes) -> tuple[int, bytes]:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_same_as_gnu_parallel(case: Case, tmp_path: Path) -> None:
     assert GNU is not None
+    if "--csv" in case.args and not HAS_TEXT_CSV:
+        pytest.skip("GNU parallel's --csv needs Perl's Text::CSV (libtext-csv-perl)")
     ours_dir, theirs_dir = tmp_path / "conveyor", tmp_path / "gnu"
     for directory in (ours_dir, theirs_dir):
         directory.mkdir()

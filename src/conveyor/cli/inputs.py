@@ -28,6 +28,7 @@ __all__ = [
     "Inputs",
     "batched",
     "column_splitter",
+    "csv_splitter",
     "open_inputs",
     "read_records",
     "split_argv",
@@ -138,6 +139,40 @@ def batched(jobs: Iterable[tuple[str, ...]], size: int) -> Iterator[tuple[str, .
     )
 
 
+def _csv_records(lines: Iterable[str]) -> Iterator[str]:
+    """Join lines into CSV records: a newline inside a quoted field (an odd number of
+    quotes so far) continues the record. Escaped quotes ("") come in pairs, so the
+    parity rule holds for any well-formed CSV."""
+    pending: list[str] = []
+    quotes = 0
+    for line in lines:
+        pending.append(line)
+        quotes += line.count('"')
+        if quotes % 2 == 0:
+            yield "\n".join(pending)
+            pending, quotes = [], 0
+    if pending:
+        yield "\n".join(pending)
+
+
+def csv_splitter() -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """``--csv``: split each of a job's values into the fields of one CSV record.
+
+    >>> csv_splitter()(('a,"b,c"', 'x'))
+    ('a', 'b,c', 'x')
+    """
+    import csv
+
+    def split(values: tuple[str, ...]) -> tuple[str, ...]:
+        fields: list[str] = []
+        for value in values:
+            rows = list(csv.reader([value], strict=False)) if value else [[""]]
+            fields.extend(rows[0] if rows else [""])
+        return tuple(fields)
+
+    return split
+
+
 @dataclass
 class Inputs:
     """The jobs' argument tuples, lazily, plus their number when known in advance."""
@@ -145,6 +180,7 @@ class Inputs:
     jobs: Iterable[tuple[str, ...]]
     groups: int
     total: int | None
+    header: tuple[str, ...] = ()  # --header: each group's first value
 
 
 def _read_stdin(size: int) -> bytes:
@@ -168,31 +204,51 @@ def _linked(columns: Sequence[list[str]], *, wrap: bool) -> list[tuple[str, ...]
 
 
 def open_inputs(
-    groups: Sequence[Group], *, null: bool, materialize: bool = False, link: bool = False
+    groups: Sequence[Group],
+    *,
+    null: bool,
+    materialize: bool = False,
+    link: bool = False,
+    csv: bool = False,
+    header: bool = False,
 ) -> Inputs:
     """Read every file group now (so an unreadable file fails before any job starts)
     and return the jobs. stdin alone is read lazily unless ``materialize``. ``link``
-    links every group (``--link``)."""
+    links every group (``--link``); ``csv`` reads CSV records (a quoted field may hold
+    newlines); ``header`` takes each group's first value apart as its header."""
     separator = b"\0" if null else b"\n"
+
+    def records(read: Callable[[int], bytes]) -> Iterator[str]:
+        lines = read_records(read, separator)
+        return _csv_records(lines) if csv else lines
+
     if not groups:
-        lazy = ((value,) for value in read_records(_read_stdin, separator))
+        lazy = records(_read_stdin)
+        first: tuple[str, ...] = ()
+        if header:
+            top = next(lazy, None)
+            first = () if top is None else (top,)
+        stdin_jobs: Iterator[tuple[str, ...]] = ((value,) for value in lazy)
         if materialize:
-            values = list(lazy)
-            return Inputs(values, 1, len(values))
-        return Inputs(lazy, 1, None)
+            values = list(stdin_jobs)
+            return Inputs(values, 1, len(values), first)
+        return Inputs(stdin_jobs, 1, None, first)
     columns: list[list[str]] = []
     for group in groups:
         if group.kind == "args":
-            columns.append(group.values)
+            columns.append(list(group.values))
             continue
         try:
             if group.path == "-":
-                columns.append(list(read_records(_read_stdin, separator)))
+                columns.append(list(records(_read_stdin)))
             else:
                 with open(group.path, "rb") as f:
-                    columns.append(list(read_records(f.read1, separator)))
+                    columns.append(list(records(f.read1)))
         except OSError as e:
             raise InputError(f"cannot read input file {group.path!r}: {e.strerror}") from None
+    names: tuple[str, ...] = ()
+    if header:
+        names = tuple(column.pop(0) if column else "" for column in columns)
     # Links: runs of groups joined by :::+ (all of them with --link), each a list of
     # tuples; the jobs are the product of the links, each job their concatenation.
     links: list[list[list[str]]] = []
@@ -206,4 +262,4 @@ def open_inputs(
     for block in blocks:
         total *= len(block)
     jobs = (tuple(itertools.chain.from_iterable(p)) for p in itertools.product(*blocks))
-    return Inputs(jobs, len(columns), total)
+    return Inputs(jobs, len(columns), total, names)

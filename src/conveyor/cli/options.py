@@ -141,6 +141,7 @@ examples:
   conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
   conveyor run -a hosts.txt ssh {} uptime           # inputs from a file
   conveyor run -n 2 echo {2}-{1} ::: a b c d        # b-a d-c: two inputs a job
+  conveyor run --csv --header : 'mv {old} {new}' :::: renames.csv   # named columns
   conveyor run --colsep '\t' -a table.tsv 'mv {1} {2}'   # columns of each line
   conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
@@ -232,6 +233,18 @@ def run_parser() -> ErrorRaisingParser:
         metavar="REGEX",
         help="split each input into columns {1} {2} ... at this Python regular "
         "expression (one character is literal); {} is all columns",
+    )
+    a(
+        "--csv",
+        action="store_true",
+        help="read inputs as CSV records (a quoted field may hold separators and newlines)"
+        " and split them into columns {1} {2} ...",
+    )
+    a(
+        "--header",
+        metavar=":",
+        help="':': the first value of each input group (with --colsep/--csv: the first "
+        "line's columns) names it, for {name} in COMMAND; not itself an input",
     )
     a(
         "--link",
@@ -343,6 +356,8 @@ class RunConfig:
     null: bool
     link: bool
     colsep: str | None
+    csv: bool
+    header: bool
     max_args: int | None
     quote: bool
     joblog: str | None
@@ -362,6 +377,10 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
         raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
+    if ns.header is not None and ns.header != ":":
+        raise UsageError(f"bad --header {ns.header!r}: only ':' (the first line) is supported")
+    if ns.csv and ns.colsep is not None:
+        raise UsageError("--csv and --colsep: choose one (--csv splits at commas)")
     if ns.max_args is not None and ns.max_args < 0:
         raise UsageError(f"bad -n/-N {ns.max_args}: must be 0 or more")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
@@ -384,6 +403,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         null=ns.null,
         link=ns.link,
         colsep=ns.colsep,
+        csv=ns.csv,
+        header=ns.header is not None,
         max_args=ns.max_args,
         quote=ns.quote,
         joblog=ns.joblog,

@@ -61,12 +61,12 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
-from conveyor.cli.inputs import Inputs, batched, column_splitter, open_inputs
+from conveyor.cli.inputs import Inputs, batched, column_splitter, csv_splitter, open_inputs
 from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
-from conveyor.cli.templates import Template, UnsafeValue, compile_template
+from conveyor.cli.templates import Template, UnsafeValue, compile_template, name_columns
 
 if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
@@ -547,17 +547,36 @@ def _checked(
 
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
-    per_job = config.colsep is not None or config.max_args is not None
+    splitter = (
+        csv_splitter()
+        if config.csv
+        else column_splitter(config.colsep)
+        if config.colsep is not None
+        else None
+    )
+    per_job = splitter is not None or config.max_args is not None
     groups = None if per_job else len(config.groups) or 1
-    template = compile_template(config.command, groups=groups, quote=config.quote)
+    if not config.header:  # else once the header is read
+        template = compile_template(config.command, groups=groups, quote=config.quote)
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
     materialize = config.shuf or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
-    inputs = open_inputs(config.groups, null=config.null, materialize=materialize, link=config.link)
-    if config.colsep is not None:
-        inputs.jobs = map(column_splitter(config.colsep), inputs.jobs)
+    inputs = open_inputs(
+        config.groups,
+        null=config.null,
+        materialize=materialize,
+        link=config.link,
+        csv=config.csv,
+        header=config.header,
+    )
+    if config.header:
+        names = splitter(inputs.header) if splitter is not None else inputs.header
+        command = name_columns(config.command, names)
+        template = compile_template(command, groups=groups, quote=config.quote)
+    if splitter is not None:
+        inputs.jobs = map(splitter, inputs.jobs)
     if config.max_args is not None:
         inputs.jobs = batched(inputs.jobs, config.max_args)
         if inputs.total is not None and config.max_args:

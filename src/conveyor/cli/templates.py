@@ -73,6 +73,7 @@ __all__ = [
     "TemplateError",
     "UnsafeValue",
     "compile_template",
+    "name_columns",
     "transform",
 ]
 
@@ -641,6 +642,23 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
     if last < len(text):
         parts.append(text[last:])
     return parts
+
+
+def name_columns(words: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``--header``: write ``{name}`` (and ``{name.}`` ``{name/}`` ...) in COMMAND as
+    the position of the column so named (the first of equal names).
+
+    >>> name_columns(["echo {b}-{a.}"], ["a", "b"])
+    ['echo {2}-{1.}']
+    """
+    positions: dict[str, int] = {}
+    for i, name in enumerate(names, 1):
+        positions.setdefault(name, i)
+    if not positions:
+        return list(words)
+    alternatives = "|".join(re.escape(n) for n in sorted(positions, key=len, reverse=True))
+    field = re.compile(r"\{(" + alternatives + r")(\.|//|/\.|/)?\}")
+    return [field.sub(lambda m: f"{{{positions[m.group(1)]}{m.group(2) or ''}}}", w) for w in words]
 
 
 def compile_template(words: Sequence[str], *, groups: int | None, quote: bool = False) -> Template:
