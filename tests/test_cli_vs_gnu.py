@@ -186,6 +186,23 @@ CASES = [
     Case(
         "colsep-dry-run", ["-k", "--dry-run", "--colsep", ",", "echo {2}"], b"a,b c\n", ordered=True
     ),
+    # Output (issue 13).
+    Case(
+        "tagstring", ["-k", "--tagstring", "{#}:{}-{.}", "echo x", ":::", "a.b", "c"], ordered=True
+    ),
+    Case(
+        "tagstring-groups",
+        ["-k", "--tagstring", "{2}", "echo", ":::", "a", ":::", "b"],
+        ordered=True,
+    ),
+    Case("tagstring-literal", ["-k", "--tagstring", "{foo} {", "echo", ":::", "a"], ordered=True),
+    Case(
+        "tagstring-header",
+        ["-k", "--header", ":", "--tagstring", "<{n}>", "echo"],
+        b"n\nv\n",
+        ordered=True,
+    ),
+    Case("ungroup", ["-u", "echo {}; echo e{} >&2", ":::", "a", "b", "c"]),
     # Deliberate differences, each documented in `conveyor run --help`:
     Case(
         "double-quoted-braces",

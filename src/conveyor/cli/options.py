@@ -136,6 +136,7 @@ examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
   find . -name '*.jpg' | conveyor run -j 50% convert {} {.}.png
   conveyor run --tag -k 'wc -l {}' ::: *.txt        # tagged, in input order
+  conveyor run --tagstring '{#} {/}' 'wc -l < {}' ::: *.txt   # tagged with STR
   conveyor run echo {1}-{2} ::: a b ::: 1 2         # a-1 a-2 b-1 b-2
   conveyor run echo {1}-{2} ::: a b :::+ 1 2        # a-1 b-2 (linked)
   conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
@@ -185,10 +186,23 @@ def run_parser() -> ErrorRaisingParser:
     a("-k", "--keep-order", action="store_true", help="print output in input order")
     a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
     a(
+        "--tagstring",
+        metavar="STR",
+        help="prefix each output line with STR and a TAB; replacement strings in STR "
+        "are replaced by the values as they are (implies --tag)",
+    )
+    a(
         "--line-buffer",
         "--lb",
         action="store_true",
         help="print whole lines as they come instead of whole jobs at their end",
+    )
+    a(
+        "-u",
+        "--ungroup",
+        action="store_true",
+        help="write output as it comes, not even whole lines (fastest; jobs' output "
+        "may mix); not with -k, --tag or --line-buffer",
     )
     a("--dry-run", action="store_true", help="print the commands, run nothing")
     a("--progress", "--bar", action="store_true", help="show a progress bar on stderr")
@@ -348,7 +362,9 @@ class RunConfig:
     halt: Halt
     keep_order: bool
     tag: bool
+    tagstring: str | None
     line_buffer: bool
+    ungroup: bool
     dry_run: bool
     progress: bool
     shuf: bool
@@ -377,6 +393,17 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
         raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
+    if ns.ungroup:
+        for flag, given in (
+            ("-k/--keep-order", ns.keep_order),
+            ("--tag/--tagstring", ns.tag or ns.tagstring is not None),
+            ("--line-buffer", ns.line_buffer),
+        ):
+            if given:
+                raise UsageError(
+                    f"-u/--ungroup and {flag}: ungrouped output is written as it comes, "
+                    "so it can be neither ordered, tagged nor line-buffered"
+                )
     if ns.header is not None and ns.header != ":":
         raise UsageError(f"bad --header {ns.header!r}: only ':' (the first line) is supported")
     if ns.csv and ns.colsep is not None:
@@ -394,8 +421,10 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         retries=ns.retries,
         halt=parse_halt(ns.halt),
         keep_order=ns.keep_order,
-        tag=ns.tag,
+        tag=ns.tag or ns.tagstring is not None,
+        tagstring=ns.tagstring,
         line_buffer=ns.line_buffer,
+        ungroup=ns.ungroup,
         dry_run=ns.dry_run,
         progress=ns.progress,
         shuf=ns.shuf,

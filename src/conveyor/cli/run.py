@@ -44,6 +44,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -53,7 +54,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -66,7 +67,13 @@ from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
-from conveyor.cli.templates import Template, UnsafeValue, compile_template, name_columns
+from conveyor.cli.templates import (
+    TagString,
+    Template,
+    UnsafeValue,
+    compile_template,
+    name_columns,
+)
 
 if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
@@ -247,6 +254,7 @@ class _Runner:
         self.stop = StopSignal()  # kill running jobs, start no more
         self.no_new = threading.Event()  # start no more jobs (set along with stop too)
         self.read_ahead: _ReadAhead | None = None
+        self.tagstring: TagString | None = None  # --tagstring, with --header's names
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
         self.halted_by: int | None = None  # the status of the job that made --halt stop
@@ -405,7 +413,10 @@ class _Runner:
                 if self.config.line_buffer
                 else None
             )
-            result = run_command(job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink)
+            raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
+            result = run_command(
+                job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink or raw
+            )
             if attempts == 1:
                 first_start = result.start
             if sink is not None:
@@ -424,11 +435,15 @@ class _Runner:
         return result, attempts
 
     def _tag(self, job: _Job) -> bytes:
-        return os.fsencode(" ".join(job.args)) + b"\t" if self.config.tag else b""
+        if not self.config.tag:
+            return b""
+        if self.tagstring is not None:
+            return os.fsencode(self.tagstring.render(job.args, job.seq, job.slot)) + b"\t"
+        return os.fsencode(" ".join(job.args)) + b"\t"
 
     def _chunks(self, job: _Job, result: Completed) -> list[Chunk]:
-        if self.config.line_buffer:
-            return []  # already written line by line
+        if self.config.line_buffer or self.config.ungroup:
+            return []  # already written as it came
         tag = self._tag(job)
         chunks: list[Chunk] = []
         for stream, captured in ((1, result.stdout), (2, result.stderr)):
@@ -571,6 +586,7 @@ def run(config: RunConfig) -> int:
         csv=config.csv,
         header=config.header,
     )
+    names: Sequence[str] = ()
     if config.header:
         names = splitter(inputs.header) if splitter is not None else inputs.header
         command = name_columns(config.command, names)
@@ -598,6 +614,8 @@ def run(config: RunConfig) -> int:
             out.flush()
             return 0
         runner = _Runner(config, template, total, joblog)
+        if config.tagstring is not None:
+            runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
             runner.run(jobs)
         except KeyboardInterrupt:

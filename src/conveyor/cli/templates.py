@@ -69,6 +69,7 @@ from conveyor.cli.errors import CliError
 
 __all__ = [
     "SHELL",
+    "TagString",
     "Template",
     "TemplateError",
     "UnsafeValue",
@@ -619,10 +620,11 @@ class Template:
         return " ".join(rendered)
 
 
-def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
+def _parse_word(text: str, *, shell: bool, strict: bool = True) -> list[str | _Field]:
     """Split one COMMAND string into literal text and fields.
 
     With ``shell=False`` (``-q``) the text is a literal word: no context tracking.
+    ``strict=False`` leaves unknown ``{word}`` as text.
     """
     if shell:
         return _Scanner(text).scan()
@@ -631,7 +633,7 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
     for m in re.finditer(r"\{[^{}]*\}", text):
         fm = _FIELD.fullmatch(m.group(0))
         if fm is None:
-            if _CANDIDATE.fullmatch(m.group(0)):
+            if strict and _CANDIDATE.fullmatch(m.group(0)):
                 raise TemplateError(f"unknown replacement string {m.group(0)!r} in command")
             continue
         if m.start() > last:
@@ -642,6 +644,28 @@ def _parse_word(text: str, *, shell: bool) -> list[str | _Field]:
     if last < len(text):
         parts.append(text[last:])
     return parts
+
+
+class TagString:
+    """``--tagstring STR``: STR with its replacement strings replaced by the values as
+    they are (no quoting: it is output, not shell code).
+
+    >>> TagString("{#}:{.}").render(("a.txt",), seq=3, slot=1)
+    '3:a'
+    """
+
+    def __init__(self, text: str) -> None:
+        self._parts = _parse_word(text, shell=False, strict=False)
+        self._template = Template([self._parts], quote_words=True, append=False, raw_input=False)
+
+    def render(self, args: Sequence[str], seq: int, slot: int) -> str:
+        """The tag for one job."""
+        return "".join(
+            p
+            if isinstance(p, str)
+            else " ".join(self._template._values((p.position, p.op), args, seq, slot))
+            for p in self._parts
+        )
 
 
 def name_columns(words: Sequence[str], names: Sequence[str]) -> list[str]:
