@@ -283,3 +283,23 @@ def test_every_difference_is_in_the_help() -> None:
     keys = ("'a  b' with its quotes", "--retries N", "unknown {word}", "'{}'", "--colsep")
     for key in keys:
         assert key in section
+
+
+def _joblog_rows(text: str) -> list[list[str]]:
+    """A GNU-layout joblog without its times (Starttime, JobRuntime differ by nature)."""
+    rows = [line.split("\t") for line in text.splitlines()]
+    return [[*row[:2], "T", "T", *row[4:]] if i else row for i, row in enumerate(rows)]
+
+
+def test_joblog_command_prints_gnu_parallels_layout(tmp_path: Path) -> None:
+    assert GNU is not None
+    args = ["-j1", "echo {}; exit {}", ":::", "0", "3", "12"]
+    gnu_log, our_log = tmp_path / "gnu.tsv", tmp_path / "ours.db"
+    subprocess.run([GNU, "--will-cite", "--joblog", str(gnu_log), *args], capture_output=True)
+    subprocess.run([*CLI, "run", "--joblog", str(our_log), *args], capture_output=True)
+    ours = subprocess.run([*CLI, "joblog", str(our_log)], capture_output=True, text=True)
+    assert ours.returncode == 0, ours.stderr
+    assert _joblog_rows(ours.stdout) == _joblog_rows(gnu_log.read_text())
+    # The fields GNU's layout formats: start with 3 decimals, runtime padded to 10.
+    first = ours.stdout.splitlines()[1].split("\t")
+    assert len(first[2].split(".")[1]) == 3 and len(first[3]) == 10

@@ -133,6 +133,7 @@ class Completed:
     stderr: Captured
     start: float  # Unix time
     duration: float
+    received: int = 0  # bytes the job wrote to its stdout
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -191,6 +192,7 @@ def run_command(
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
     exited = False
+    received = 0
     returncode: int | None = None
     timed_out = stopped = False
     deadline = t0 + timeout if timeout is not None else None
@@ -226,6 +228,8 @@ def run_command(
                 if fd in streams:
                     data = os.read(fd, _READ)
                     if data:
+                        if streams[fd] == 1:
+                            received += len(data)
                         if sink is None:
                             captured[streams[fd]].write(data)
                         else:
@@ -259,4 +263,5 @@ def run_command(
         captured[2],
         start,
         time.monotonic() - t0,
+        received,
     )

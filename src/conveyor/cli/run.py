@@ -507,6 +507,7 @@ class _Runner:
                 signal=signum,
                 attempts=attempts,
                 timed_out=result.timed_out,
+                received=result.received,
             )
         )
 
