@@ -110,9 +110,9 @@ as it ends, so even a SIGKILLed run loses no written row):
   killed the job), signal, attempts, timed_out, received (bytes of stdout).
   'conveyor joblog FILE' prints it in GNU parallel's tab-separated --joblog layout.
   --resume skips the jobs the log has as finished (succeeded or failed);
-  --resume-failed skips only the succeeded ones, so failed ones run again. A job is known by its number and input. Jobs that never
-  finished (killed by Ctrl-C, --halt now, or the runner's own death) have no row and
-  run again. Without --resume/--resume-failed an existing log is emptied first.
+  --resume-failed skips only the succeeded ones, so failed ones run again. A job is
+  known by its number and input. Jobs that never finished (killed by Ctrl-C, --halt
+  now, or the runner's own death) have no row and run again. Without --resume/--resume-failed an existing log is emptied first.
 
 processes:
   Every job runs in its own process group (new session), stdin from /dev/null.
