@@ -112,7 +112,8 @@ as it ends, so even a SIGKILLed run loses no written row):
   --resume skips the jobs the log has as finished (succeeded or failed);
   --resume-failed skips only the succeeded ones, so failed ones run again. A job is
   known by its number and input. Jobs that never finished (killed by Ctrl-C, --halt
-  now, or the runner's own death) have no row and run again. Without --resume/--resume-failed an existing log is emptied first.
+  now, or the runner's own death) have no row and run again. Without --resume or
+  --resume-failed an existing log is emptied first.
 
 processes:
   Every job runs in its own process group (new session), stdin from /dev/null.
