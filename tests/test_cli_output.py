@@ -117,6 +117,14 @@ def test_progress_bar_on_stderr() -> None:
     assert "5/5" in r.stderr
 
 
+def test_eta_counts_stdin_inputs_first_and_shows_time_left() -> None:
+    r = run("--eta", "-k", "echo", input="a\nb\nc\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "a\nb\nc\n"
+    assert "3/3" in r.stderr
+    assert "<00:00" in r.stderr  # tqdm's [elapsed<remaining]
+
+
 def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:
     proc = start("-j", "2", "yes {} | head -c 100000", ":::", *[str(i) for i in range(50)])
     try:

@@ -208,6 +208,12 @@ def run_parser() -> ErrorRaisingParser:
     )
     a("--dry-run", action="store_true", help="print the commands, run nothing")
     a("--progress", "--bar", action="store_true", help="show a progress bar on stderr")
+    a(
+        "--eta",
+        action="store_true",
+        help="--progress with the estimated time left: reads all inputs (also stdin) "
+        "before the first job, to know their number",
+    )
     a("--shuf", action="store_true", help="run the jobs in random order")
     a(
         "--delay",
@@ -369,6 +375,7 @@ class RunConfig:
     ungroup: bool
     dry_run: bool
     progress: bool
+    eta: bool
     shuf: bool
     delay: float
     null: bool
@@ -428,7 +435,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         line_buffer=ns.line_buffer,
         ungroup=ns.ungroup,
         dry_run=ns.dry_run,
-        progress=ns.progress,
+        progress=ns.progress or ns.eta,
+        eta=ns.eta,
         shuf=ns.shuf,
         delay=ns.delay,
         null=ns.null,

@@ -576,7 +576,7 @@ def run(config: RunConfig) -> int:
         template = compile_template(config.command, groups=groups, quote=config.quote)
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
-    materialize = config.shuf or config.halt.percent is not None
+    materialize = config.shuf or config.eta or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
     inputs = open_inputs(
