@@ -27,7 +27,9 @@ start-up takes 0.9-1.1x xargs' time on a quiet machine (up to ~1.4x under load),
 4.3-4.6x less than GNU parallel's. Every job runs under ``/bin/sh -c``: exec'ing
 simple commands directly saves nothing measurable (one exec either way: ``sh`` with its
 builtin ``true``, or ``/usr/bin/true``) and is not equivalent for builtins such as
-``echo``.
+``echo``. A job's values travel as arguments of that shell, never inside its script
+(``templates``), and its argument vector is checked against the system's limits before
+it is spawned (``limits``): before any job starts when the inputs are known.
 
 Guarantees, and where they are kept:
 

@@ -524,11 +524,6 @@ class Template:
         """The replacement strings, in order."""
         return [p for word in self._words for p in word if isinstance(p, _Field)]
 
-    @property
-    def has_fields(self) -> bool:
-        """Whether COMMAND contains a replacement string (otherwise inputs are appended)."""
-        return not self._append
-
     def _build_script(self, variables: dict[tuple[int | None, str], list[int]], count: int) -> str:
         body: list[str] = []
         for word in self._words:
