@@ -46,6 +46,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -396,6 +397,13 @@ class _Runner:
                     self._record(job, result, attempts)
                 self.output.finish(job.order, self._chunks(job, result))
                 finished = True
+        except OSError as e:
+            if e.errno != errno.E2BIG:
+                self._fail(e)
+            else:  # over a limit the check before the spawn did not foresee
+                finished = True
+                problem = f"command line too long: {e.strerror} (E2BIG)"
+                self._cannot_run(job, JobCannotRun(f"job {job.seq}: {problem}"))
         except BaseException as e:
             self._fail(e)
         finally:
