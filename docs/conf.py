@@ -28,7 +28,11 @@ root_doc = "index"
 # pages are not part of this site (no intersphinx: the build needs no network).
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(collections|concurrent|typing|types|threading|queue|logging|os|io|multiprocessing|joblib|sqlite3|pathlib)\..*"),
+    (
+        r"py:.*",
+        r"(collections|concurrent|typing|types|threading|queue|logging|os|io|multiprocessing"
+        r"|joblib|sqlite3|pathlib)\..*",
+    ),
     (r"py:.*", r"(Future|Executor|Callable|Iterable|Iterator|Generator|Sequence|Mapping)"),
     (r"py:.*", r"(conveyor\.)?_.*|conveyor\.(backends|cli)\..*"),  # private helpers
     (r"py:class", r"(T|R|P|P\.args|P\.kwargs|tqdm\..*)"),

@@ -233,8 +233,9 @@ def test_halt_soon_lets_running_jobs_finish(tmp_path: Path) -> None:
 def test_halt_fail_count_and_percentage(tmp_path: Path) -> None:
     r = run("-j", "1", "--halt", "soon,fail=2", "echo {}; exit {}", ":::", "1", "0", "1", "0", "1")
     assert (r.returncode, r.stdout) == (2, "1\n0\n1\n")
+    # With a percentage, the exit status is the percentage of all jobs that failed.
     r = run("-j", "1", "--halt", "soon,fail=50%", "echo {}; exit {}", ":::", "1", "0", "1", "0")
-    assert (r.returncode, r.stdout) == (2, "1\n0\n1\n")
+    assert (r.returncode, r.stdout) == (50, "1\n0\n1\n")
 
 
 @pytest.mark.parametrize(

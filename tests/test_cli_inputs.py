@@ -93,3 +93,51 @@ def test_jobs_start_while_stdin_is_still_open(tmp_path: Path) -> None:
     finally:
         kill_tree(proc)
     assert os.path.exists(tmp_path / "second.done")
+
+
+def test_linked_groups_advance_together(tmp_path: Path) -> None:
+    # GNU parallel's rules (also checked against it in test_cli_vs_gnu.py): :::+ zips
+    # with the group before, to the shorter; --link zips all, wrapping to the longest.
+    r = run("-k", "echo {1}{2}{3}", ":::", "a", "b", ":::", "1", "2", "3", ":::+", "x", "y")
+    assert r.stdout.split() == ["a1x", "a2y", "b1x", "b2y"]
+    r = run("-k", "--link", "echo {1}{2}", ":::", "a", "b", "c", ":::", "1", "2")
+    assert r.stdout.split() == ["a1", "b2", "c1"]
+    r = run("--link", "echo {1}{2}", ":::", "a", ":::")  # an empty group: no job
+    assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_arg_file_option_is_a_group_before_the_others(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("f1\nf2\n")
+    r = run("-k", "-a", "f", "--arg-file", "f", "echo", ":::", "x", cwd=tmp_path)
+    assert r.stdout.splitlines() == ["f1 f1 x", "f1 f2 x", "f2 f1 x", "f2 f2 x"]
+    r = run("-a", "missing", "echo", cwd=tmp_path)
+    assert r.returncode == 255 and "cannot read input file 'missing'" in r.stderr
+
+
+def test_colsep_splits_inputs_into_columns() -> None:
+    r = run("-k", "--colsep", ",", "echo {2}+{1} [{3}]", input="a,b\nc,d,e\n")
+    assert r.stdout.splitlines() == ["b+a []", "d+c [e]"]
+    r = run("--colsep", "(x", "echo", ":::", "a")
+    assert r.returncode == 255 and "bad --colsep regular expression '(x'" in r.stderr
+    r = run("--colsep", "x*", "echo", ":::", "a")
+    assert r.returncode == 255 and "matches the empty string" in r.stderr
+
+
+def test_max_args_gives_each_job_several_inputs() -> None:
+    r = run("-k", "-n", "2", "echo {2}-{1} [{}]", ":::", "a", "b", "c")
+    assert r.stdout.splitlines() == ["b-a [a b]", "-c [c]"]
+    r = run("-k", "-N0", "echo x", ":::", "a", "b")
+    assert r.stdout == "x\nx\n"
+    r = run("--max-args=-1", "echo", ":::", "a")
+    assert r.returncode == 255 and "-n/-N" in r.stderr
+
+
+def test_csv_records_and_named_columns() -> None:
+    r = run("-k", "--csv", "echo {2}-{1}", input='a,"b,c"\n"x\ny",z\n')
+    assert r.stdout == "b,c-a\nz-x\ny\n"
+    r = run("-k", "--header", ":", "--csv", "echo {new}-{old}", input="old,new\n1,2\n3,4\n")
+    assert r.stdout == "2-1\n4-3\n"
+    r = run("--header", "x", "echo", ":::", "a")
+    assert r.returncode == 255 and "--header" in r.stderr
+    r = run("--csv", "--colsep", ",", "echo", ":::", "a")
+    assert r.returncode == 255 and "--csv and --colsep" in r.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from cli_helpers import assert_all_gone, kill_tree, run, start, wait_for
+from cli_helpers import assert_all_gone, kill_tree, run, run_cli, start, wait_for
 
 COLUMNS = [
     "id",
@@ -25,6 +25,7 @@ COLUMNS = [
     "signal",
     "attempts",
     "timed_out",
+    "received",
 ]
 
 
@@ -179,3 +180,29 @@ def test_rows_survive_sigkill_while_jobs_keep_finishing(tmp_path: Path) -> None:
     seqs = [int(row["seq"]) for row in _rows(Path(db))]  # type: ignore[call-overload]
     assert sorted(seqs) == list(range(1, 201))
     assert first == _rows(Path(db), order="id")[: len(first)]  # earlier rows unchanged
+
+
+def test_joblog_command_in_gnu_layout(tmp_path: Path) -> None:
+    log = tmp_path / "jobs.db"
+    r = run("-j1", "--joblog", str(log), "--timeout", "0.5", "printf ab; exit {}", ":::", "0", "4")
+    assert r.returncode == 1
+    done = run_cli("joblog", str(log))
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert lines[0] == [
+        "Seq",
+        "Host",
+        "Starttime",
+        "JobRuntime",
+        "Send",
+        "Receive",
+        "Exitval",
+        "Signal",
+        "Command",
+    ]
+    assert [row[:2] + row[4:] for row in lines[1:]] == [
+        ["1", ":", "0", "2", "0", "0", "printf ab; exit 0"],
+        ["2", ":", "0", "2", "4", "0", "printf ab; exit 4"],
+    ]
+    missing = run_cli("joblog", str(tmp_path / "nope.db"))
+    assert missing.returncode == 255 and "no job log" in missing.stderr

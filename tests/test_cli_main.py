@@ -20,7 +20,9 @@ def test_run_help_documents_quoting_and_examples() -> None:
     for text in (
         "examples:",
         "quoting (exactly):",
-        "shlex.quote",
+        "never spliced into that shell code",
+        "differences from GNU parallel",
+        "command line limits",
         "replacement strings",
         "--halt",
         "--joblog",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 from cli_helpers import kill_tree, run, start
@@ -116,6 +117,14 @@ def test_progress_bar_on_stderr() -> None:
     assert "5/5" in r.stderr
 
 
+def test_eta_counts_stdin_inputs_first_and_shows_time_left() -> None:
+    r = run("--eta", "-k", "echo", input="a\nb\nc\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "a\nb\nc\n"
+    assert "3/3" in r.stderr
+    assert "<00:00" in r.stderr  # tqdm's [elapsed<remaining]
+
+
 def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:
     proc = start("-j", "2", "yes {} | head -c 100000", ":::", *[str(i) for i in range(50)])
     try:
@@ -129,3 +138,30 @@ def test_closed_stdout_stops_quietly(tmp_path: Path) -> None:
         assert b"Traceback" not in err
     finally:
         kill_tree(proc)
+
+
+def test_ungroup_writes_partial_lines_as_they_come(tmp_path: Path) -> None:
+    # The job prints a partial line, then waits for the test to have seen it: only
+    # ungrouped output can show it before the job ends.
+    go = tmp_path / "go"
+    wait = f"while [ ! -e {go} ]; do sleep 0.01; done"
+    proc = start("-u", f"printf partial; {wait}; echo ' done'; : {{}}", ":::", "x")
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        while not seen.endswith(b"partial"):
+            chunk = os.read(proc.stdout.fileno(), 100)
+            assert chunk, "output ended before the partial line arrived"
+            seen += chunk
+        go.touch()
+        assert proc.wait(timeout=30) == 0
+        assert seen + proc.stdout.read() == b"partial done\n"
+    finally:
+        kill_tree(proc)
+
+
+def test_tagstring_and_ungroup_errors() -> None:
+    r = run("-k", "--tagstring", "{#}/{/}", "echo x", ":::", "d/a", "b")
+    assert r.stdout == "1/a\tx d/a\n2/b\tx b\n"
+    r = run("-u", "--tag", "echo", ":::", "a")
+    assert r.returncode == 255 and "-u/--ungroup and --tag" in r.stderr

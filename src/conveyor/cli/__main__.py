@@ -26,11 +26,16 @@ def _top_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-V", "--version", action="store_true", help="print conveyor's version and exit"
     )
-    sub = parser.add_subparsers(dest="subcommand", metavar="{run,demo}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="{run,joblog,demo}")
     sub.add_parser(
         "run",
         add_help=False,
         help="run a shell command once per input, in parallel (GNU parallel-like)",
+    )
+    sub.add_parser(
+        "joblog",
+        add_help=False,
+        help="print a --joblog file in GNU parallel's tab-separated layout",
     )
     sub.add_parser(
         "demo",
@@ -49,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from conveyor.cli.run import main as run_main
 
             return run_main(args[1:])
+        if args and args[0] == "joblog":
+            from conveyor.cli.joblog import main as joblog_main
+
+            return joblog_main(args[1:])
         if args and args[0] == "demo":
             from conveyor.cli.demo import main as demo_main
 

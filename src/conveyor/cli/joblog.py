@@ -4,7 +4,8 @@ Schema (table ``jobs``; ``start`` is Unix time, ``duration`` seconds from the st
 the first attempt to the end of the last)::
 
     id INTEGER PRIMARY KEY, seq INTEGER, input TEXT, command TEXT, start REAL,
-    duration REAL, exit_code INTEGER, signal INTEGER, attempts INTEGER, timed_out INTEGER
+    duration REAL, exit_code INTEGER, signal INTEGER, attempts INTEGER, timed_out INTEGER,
+    received INTEGER (bytes of stdout; added to older logs when they are opened)
 
 ``exit_code`` is the job's exit status, or -1 when a signal killed it (then ``signal``
 is that signal's number, otherwise 0). ``input`` is the job's arguments joined by TAB.
@@ -35,6 +36,7 @@ the writes on the one connection.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from conveyor.cli.errors import CliError
@@ -52,9 +54,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER NOT NULL,
     signal INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
-    timed_out INTEGER NOT NULL DEFAULT 0
+    timed_out INTEGER NOT NULL DEFAULT 0,
+    received INTEGER NOT NULL DEFAULT 0
 )
 """
+
+# GNU parallel's --joblog layout, which `conveyor joblog FILE` prints.
+GNU_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand"
 
 
 class JobLogError(CliError):
@@ -84,6 +90,7 @@ class JobRow:
     signal: int
     attempts: int
     timed_out: bool
+    received: int = 0
 
 
 class JobLog:
@@ -100,6 +107,9 @@ class JobLog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "received" not in columns:  # a log written before the column existed
+                self._db.execute("ALTER TABLE jobs ADD COLUMN received INTEGER NOT NULL DEFAULT 0")
             if mode == "new":
                 self._db.execute("DELETE FROM jobs")
             where = "" if mode == "resume" else " WHERE exit_code = 0 AND signal = 0"
@@ -125,15 +135,76 @@ class JobLog:
             row.signal,
             row.attempts,
             int(row.timed_out),
+            row.received,
         )
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (seq, input, command, start, duration, exit_code, signal,"
-                " attempts, timed_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempts, timed_out, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
+            )
+
+    def gnu_lines(self) -> Iterator[str]:
+        """The rows in GNU parallel's tab-separated --joblog layout, header first,
+        in the order the jobs finished. Host is ':' (this machine), Send 0, Receive
+        the bytes of stdout; a job killed by a signal has Exitval 0 and that Signal,
+        one killed by --timeout Exitval -1 (as GNU parallel writes them)."""
+        yield GNU_HEADER
+        query = (
+            "SELECT seq, start, duration, exit_code, signal, timed_out, received, command"
+            " FROM jobs ORDER BY id"
+        )
+        with self._lock:
+            rows = self._db.execute(query).fetchall()
+        for seq, start, duration, exit_code, signum, timed_out, received, command in rows:
+            exitval = -1 if timed_out else 0 if signum else exit_code
+            yield (
+                f"{seq}\t:\t{start:.3f}\t{duration:10.3f}\t0\t{received}\t{exitval}\t"
+                f"{signum}\t{command}"
             )
 
     def close(self) -> None:
         """Close the connection (rows are already committed)."""
         with self._lock:
             self._db.close()
+
+
+def main(argv: list[str]) -> int:
+    """``conveyor joblog FILE``: print a job log in GNU parallel's --joblog layout
+    (exit status 0, or 255 with a message if FILE is not a readable job log).
+
+    The SQLite file stays the record (it is what --resume reads); this prints it for
+    scripts written for GNU parallel's tab-separated joblog.
+    """
+    import os
+    import sys
+
+    from conveyor.cli.options import ErrorRaisingParser, UsageError
+
+    parser = ErrorRaisingParser(
+        prog="conveyor joblog",
+        description="Print a 'conveyor run --joblog FILE' log in GNU parallel's "
+        "tab-separated layout: " + GNU_HEADER.replace("\t", " ") + ".",
+        epilog="example: conveyor joblog jobs.db | awk -F'\\t' 'NR > 1 && $7 != 0'",
+    )
+    parser.add_argument("file", metavar="FILE", help="the SQLite job log")
+    try:
+        ns = parser.parse_args(argv)
+        if not os.path.isfile(ns.file):
+            raise JobLogError(f"no job log {ns.file!r}")
+        log = JobLog(ns.file, "resume")
+        try:
+            out = sys.stdout
+            for line in log.gnu_lines():
+                out.write(line + "\n")
+            out.flush()
+        finally:
+            log.close()
+    except (UsageError, JobLogError) as e:
+        print(f"conveyor joblog: error: {e}", file=sys.stderr)
+        return 255
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 0

@@ -39,10 +39,13 @@ def usable_cores() -> int:
 DESCRIPTION = """\
 Run COMMAND once per input, in parallel, like GNU parallel.
 
-Inputs: the arguments after each ':::' form a group, each FILE after '::::' is a
-group of its lines ('-' is stdin); several groups make every combination (cartesian
-product, the last group varying fastest). With no group, the lines of stdin are read
-as they arrive. -0 separates inputs by NUL instead of newline."""
+Inputs: the arguments after each ':::' form a group, each FILE after '::::' (or
+-a FILE) is a group of its lines ('-' is stdin); several groups make every
+combination (cartesian product, the last group varying fastest). A group after
+':::+' or '::::+' is linked to the one before: they advance together, as many jobs
+as the shorter has (--link links all groups, the shorter ones wrapping around to
+the longest). With no group, the lines of stdin are read as they arrive. -0
+separates inputs by NUL instead of newline."""
 
 EPILOG = """\
 replacement strings (GNU parallel's):
@@ -57,13 +60,27 @@ replacement strings (GNU parallel's):
 quoting (exactly):
   COMMAND's words are joined with spaces and run by /bin/sh -c, so shell syntax in
   COMMAND works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
-  Every substituted input is quoted with Python's shlex.quote and reaches the command
-  literally, as part of the one word it is in: spaces, quotes, ; $ ` * and newlines
-  in inputs are never interpreted (a file named 'a b; rm -rf x' never runs rm).
-  Inside '...' or "..." in COMMAND the quote is closed around the quoted value, so
-  "{}.txt" and '{}' are safe too (not tracked inside $(...) or backquotes).
+  Inputs are never spliced into that shell code: each job runs
+  /bin/sh -c SCRIPT sh VALUE... and every replacement string refers to its value,
+  which the shell does not parse. So an input reaches the command literally, as one
+  word or part of the word it stands in, wherever it stands: plain, '...', "...",
+  $(...), backquotes, ${x:-...}, here-documents. Spaces, quotes, ; $ ` * and newlines
+  in inputs are never interpreted (a file named 'a b; rm -rf x' never runs rm, and
+  'echo "$(echo {})"' on '$(touch x)' prints $(touch x)).
+  Inside $((...)) an input must be a number expression (digits, operators): the
+  shell evaluates what is there, so other inputs fail their job before it runs.
+  {} in a quoted here-document (<<'EOF') is refused. Commands that run their
+  argument as code (eval {}, sh -c {}) do run it, as with GNU parallel.
+  --dry-run and the job log show each command as equivalent shell text.
   -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
   With no COMMAND, each input is itself a shell command, unquoted.
+
+command line limits:
+  A job whose command line would exceed the system's limit (ARG_MAX for all
+  arguments and the environment; on Linux also 128 KiB per argument, and each input
+  is its own argument) is an error naming the job and the limit: before any job
+  runs when the inputs are known (::: and :::: groups), otherwise that job fails
+  (status 255) and the others go on.
 
 output:
   By default each job's stdout, then its stderr, is written whole when the job ends:
@@ -72,11 +89,14 @@ output:
   order they were started. With --retries only the last attempt's output is shown
   (all attempts' lines with --line-buffer).
 
-exit status:
+exit status (GNU parallel's rules):
   0 if every job succeeded, else the number of failed jobs (at most 101); 255 for
   any other error (bad option or template, unreadable input, Ctrl-C). A job fails
   if it exits non-zero, is killed by a signal or times out, after all retries; jobs
   killed or never started because of --halt or Ctrl-C are not counted (nor logged).
+  With --halt: success=N or N% that triggered exits 0; fail=1 exits with the status
+  of the job that failed (its exit code, 128+N if signal N killed it, 255 if it
+  timed out); any N% exits with the percentage of all jobs that failed (rounded up).
 
 --halt WHEN,COND=N:
   WHEN is 'now' (kill running jobs at once) or 'soon' (start no new job, let running
@@ -87,11 +107,13 @@ exit status:
 job log (--joblog FILE: SQLite, table 'jobs', one row per finished job, committed
 as it ends, so even a SIGKILLed run loses no written row):
   columns seq, input, command, start (Unix time), duration, exit_code (-1 if a signal
-  killed the job), signal, attempts, timed_out. --resume skips the jobs the log has
-  as finished (succeeded or failed); --resume-failed skips only the succeeded ones,
-  so failed ones run again. A job is known by its number and input. Jobs that never
-  finished (killed by Ctrl-C, --halt now, or the runner's own death) have no row and
-  run again. Without --resume/--resume-failed an existing log is emptied first.
+  killed the job), signal, attempts, timed_out, received (bytes of stdout).
+  'conveyor joblog FILE' prints it in GNU parallel's tab-separated --joblog layout.
+  --resume skips the jobs the log has as finished (succeeded or failed);
+  --resume-failed skips only the succeeded ones, so failed ones run again. A job is
+  known by its number and input. Jobs that never finished (killed by Ctrl-C, --halt
+  now, or the runner's own death) have no row and run again. Without --resume or
+  --resume-failed an existing log is emptied first.
 
 processes:
   Every job runs in its own process group (new session), stdin from /dev/null.
@@ -100,11 +122,30 @@ processes:
   closed and its shell has exited; a process it left in the background with its
   output redirected elsewhere is not killed, as in a shell.
 
+differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them):
+  "{}" and '{}': GNU splices each input, shell-quoted, into the command text, so
+    'echo "{}"' on 'a  b' prints 'a  b' with its quotes, and 'echo '{}'' splits it
+    (a b); conveyor passes inputs out of band, so both print a  b: a value is never
+    shell code, wherever {} stands (see quoting).
+  --retries N: a failed job runs up to N more times (N+1 in all); GNU runs a job at
+    most N times in all.
+  --colsep REGEX is a Python regular expression (GNU: Perl's), and one character is
+    taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
+  An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
+    text. Write \\{word\\} or '{ word }' for literal braces.
+
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
   find . -name '*.jpg' | conveyor run -j 50% convert {} {.}.png
   conveyor run --tag -k 'wc -l {}' ::: *.txt        # tagged, in input order
+  conveyor run --tagstring '{#} {/}' 'wc -l < {}' ::: *.txt   # tagged with STR
   conveyor run echo {1}-{2} ::: a b ::: 1 2         # a-1 a-2 b-1 b-2
+  conveyor run echo {1}-{2} ::: a b :::+ 1 2        # a-1 b-2 (linked)
+  conveyor run --link echo ::: a b c ::: 1 2        # a 1, b 2, c 1 (wraps)
+  conveyor run -a hosts.txt ssh {} uptime           # inputs from a file
+  conveyor run -n 2 echo {2}-{1} ::: a b c d        # b-a d-c: two inputs a job
+  conveyor run --csv --header : 'mv {old} {new}' :::: renames.csv   # named columns
+  conveyor run --colsep '\t' -a table.tsv 'mv {1} {2}'   # columns of each line
   conveyor run --timeout 30 --retries 2 --joblog jobs.db ./fetch.sh {} :::: urls.txt
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
@@ -147,13 +188,32 @@ def run_parser() -> ErrorRaisingParser:
     a("-k", "--keep-order", action="store_true", help="print output in input order")
     a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
     a(
+        "--tagstring",
+        metavar="STR",
+        help="prefix each output line with STR and a TAB; replacement strings in STR "
+        "are replaced by the values as they are (implies --tag)",
+    )
+    a(
         "--line-buffer",
         "--lb",
         action="store_true",
         help="print whole lines as they come instead of whole jobs at their end",
     )
+    a(
+        "-u",
+        "--ungroup",
+        action="store_true",
+        help="write output as it comes, not even whole lines (fastest; jobs' output "
+        "may mix); not with -k, --tag or --line-buffer",
+    )
     a("--dry-run", action="store_true", help="print the commands, run nothing")
     a("--progress", "--bar", action="store_true", help="show a progress bar on stderr")
+    a(
+        "--eta",
+        action="store_true",
+        help="--progress with the estimated time left: reads all inputs (also stdin) "
+        "before the first job, to know their number",
+    )
     a("--shuf", action="store_true", help="run the jobs in random order")
     a(
         "--delay",
@@ -163,6 +223,58 @@ def run_parser() -> ErrorRaisingParser:
         help="wait this long between job starts",
     )
     a("-0", "--null", action="store_true", help="inputs are separated by NUL, not newline")
+    a(
+        "-a",
+        "--arg-file",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="an input group of FILE's lines, like ':::: FILE' (before the ::: groups; "
+        "may be repeated)",
+    )
+    per_job = p.add_mutually_exclusive_group()
+    per_job.add_argument(
+        "-n",
+        "--max-args",
+        metavar="N",
+        type=int,
+        help="give each job N inputs (the last may get fewer): {} is all of them, "
+        "{1}..{N} each; 0 runs one job per input with none",
+    )
+    per_job.add_argument(
+        "-N",
+        "--max-replace-args",
+        metavar="N",
+        type=int,
+        dest="max_args",
+        help="the same as -n",
+    )
+    a(
+        "--colsep",
+        "-C",
+        metavar="REGEX",
+        help="split each input into columns {1} {2} ... at this Python regular "
+        "expression (one character is literal); {} is all columns",
+    )
+    a(
+        "--csv",
+        action="store_true",
+        help="read inputs as CSV records (a quoted field may hold separators and newlines)"
+        " and split them into columns {1} {2} ...",
+    )
+    a(
+        "--header",
+        metavar=":",
+        help="':': the first value of each input group (with --colsep/--csv: the first "
+        "line's columns) names it, for {name} in COMMAND; not itself an input",
+    )
+    a(
+        "--link",
+        "--xapply",
+        action="store_true",
+        help="take the input groups side by side (the i-th job gets the i-th value of "
+        "each; shorter groups wrap around) instead of every combination",
+    )
     a(
         "-q",
         "--quote",
@@ -258,12 +370,20 @@ class RunConfig:
     halt: Halt
     keep_order: bool
     tag: bool
+    tagstring: str | None
     line_buffer: bool
+    ungroup: bool
     dry_run: bool
     progress: bool
+    eta: bool
     shuf: bool
     delay: float
     null: bool
+    link: bool
+    colsep: str | None
+    csv: bool
+    header: bool
+    max_args: int | None
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
@@ -282,8 +402,26 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
         raise UsageError(f"bad --delay {ns.delay}: must be 0 or more seconds")
+    if ns.ungroup:
+        for flag, given in (
+            ("-k/--keep-order", ns.keep_order),
+            ("--tag/--tagstring", ns.tag or ns.tagstring is not None),
+            ("--line-buffer", ns.line_buffer),
+        ):
+            if given:
+                raise UsageError(
+                    f"-u/--ungroup and {flag}: ungrouped output is written as it comes, "
+                    "so it can be neither ordered, tagged nor line-buffered"
+                )
+    if ns.header is not None and ns.header != ":":
+        raise UsageError(f"bad --header {ns.header!r}: only ':' (the first line) is supported")
+    if ns.csv and ns.colsep is not None:
+        raise UsageError("--csv and --colsep: choose one (--csv splits at commas)")
+    if ns.max_args is not None and ns.max_args < 0:
+        raise UsageError(f"bad -n/-N {ns.max_args}: must be 0 or more")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
+    groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,
         groups=groups,
@@ -292,13 +430,21 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         retries=ns.retries,
         halt=parse_halt(ns.halt),
         keep_order=ns.keep_order,
-        tag=ns.tag,
+        tag=ns.tag or ns.tagstring is not None,
+        tagstring=ns.tagstring,
         line_buffer=ns.line_buffer,
+        ungroup=ns.ungroup,
         dry_run=ns.dry_run,
-        progress=ns.progress,
+        progress=ns.progress or ns.eta,
+        eta=ns.eta,
         shuf=ns.shuf,
         delay=ns.delay,
         null=ns.null,
+        link=ns.link,
+        colsep=ns.colsep,
+        csv=ns.csv,
+        header=ns.header is not None,
+        max_args=ns.max_args,
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",

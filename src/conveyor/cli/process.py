@@ -4,7 +4,7 @@ Data flow for one job (this runs on an executor thread; one call per attempt)::
 
     executor thread                                  the job's process group
     ---------------                                  -----------------------
-    Popen(/bin/sh -c CMD, new session) ------------> sh (group leader) + its children
+    Popen(sh -c SCRIPT sh VALUES..., new session) ------------> sh (group leader) + its children
     poll() on:  stdout pipe  <---------------------- writes
                 stderr pipe  <---------------------- writes
                 pidfd        <---------------------- leader exits
@@ -43,7 +43,6 @@ __all__ = ["GRACE", "Captured", "Completed", "StopSignal", "run_command"]
 
 GRACE = 1.0  # seconds between SIGTERM and SIGKILL, and before abandoning pipes
 SPILL = 8 << 20  # bytes of one output stream kept in memory before spilling to a file
-SHELL = "/bin/sh"
 _READ = 65536
 
 Sink = Callable[[int, bytes], None]
@@ -134,6 +133,7 @@ class Completed:
     stderr: Captured
     start: float  # Unix time
     duration: float
+    received: int = 0  # bytes the job wrote to its stdout
 
 
 def _killpg(pgid: int, sig: int) -> None:
@@ -150,9 +150,9 @@ def _pidfd(pid: int) -> int:
         return -1  # not Linux >= 5.3: fall back to polling the leader
 
 
-def _spawn(command: str) -> subprocess.Popen[bytes]:
-    """Start ``/bin/sh -c command`` in a new session, stdin from /dev/null, stdout and
-    stderr to pipes; nothing else is inherited (``close_fds``).
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``/bin/sh -c SCRIPT sh VALUES...``) in a new session, stdin from
+    /dev/null, stdout and stderr to pipes; nothing else is inherited (``close_fds``).
 
     ``subprocess.Popen`` (vfork + exec), not ``os.posix_spawn``: posix_spawn measured
     ~45 us less parent CPU a job but a slower start (glibc resets every signal handler
@@ -160,7 +160,7 @@ def _spawn(command: str) -> subprocess.Popen[bytes]:
     what a slot waits for.
     """
     return subprocess.Popen(
-        [SHELL, "-c", command],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -169,16 +169,16 @@ def _spawn(command: str) -> subprocess.Popen[bytes]:
 
 
 def run_command(
-    command: str, *, timeout: float | None, stop: StopSignal, sink: Sink | None = None
+    argv: list[str], *, timeout: float | None, stop: StopSignal, sink: Sink | None = None
 ) -> Completed:
-    """Run ``command`` under ``/bin/sh -c`` in a new session and wait for it.
+    """Run ``argv`` (a shell with its script and values) in a new session and wait for it.
 
     Output goes to ``sink(1 or 2, data)`` as it arrives, or, with no sink, is returned
     in :class:`Completed`. stdin is ``/dev/null``.
     """
     start = time.time()
     t0 = time.monotonic()
-    proc = _spawn(command)
+    proc = _spawn(argv)
     assert proc.stdout is not None and proc.stderr is not None
     pid = proc.pid
     guardian.started(pid)
@@ -192,6 +192,7 @@ def run_command(
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
     exited = False
+    received = 0
     returncode: int | None = None
     timed_out = stopped = False
     deadline = t0 + timeout if timeout is not None else None
@@ -227,6 +228,8 @@ def run_command(
                 if fd in streams:
                     data = os.read(fd, _READ)
                     if data:
+                        if streams[fd] == 1:
+                            received += len(data)
                         if sink is None:
                             captured[streams[fd]].write(data)
                         else:
@@ -260,4 +263,5 @@ def run_command(
         captured[2],
         start,
         time.monotonic() - t0,
+        received,
     )

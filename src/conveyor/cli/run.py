@@ -27,7 +27,9 @@ start-up takes 0.9-1.1x xargs' time on a quiet machine (up to ~1.4x under load),
 4.3-4.6x less than GNU parallel's. Every job runs under ``/bin/sh -c``: exec'ing
 simple commands directly saves nothing measurable (one exec either way: ``sh`` with its
 builtin ``true``, or ``/usr/bin/true``) and is not equivalent for builtins such as
-``echo``.
+``echo``. A job's values travel as arguments of that shell, never inside its script
+(``templates``), and its argument vector is checked against the system's limits before
+it is spawned (``limits``): before any job starts when the inputs are known.
 
 Guarantees, and where they are kept:
 
@@ -44,6 +46,9 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import queue
 import random
@@ -52,7 +57,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -60,11 +65,18 @@ from typing import TYPE_CHECKING, Any
 
 from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
-from conveyor.cli.inputs import Inputs, open_inputs
+from conveyor.cli.inputs import Inputs, batched, column_splitter, csv_splitter, open_inputs
+from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
-from conveyor.cli.process import Completed, StopSignal, run_command
-from conveyor.cli.templates import Template, compile_template
+from conveyor.cli.process import Captured, Completed, StopSignal, run_command
+from conveyor.cli.templates import (
+    TagString,
+    Template,
+    UnsafeValue,
+    compile_template,
+    name_columns,
+)
 
 if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
@@ -208,7 +220,28 @@ class _Job:
     args: tuple[str, ...]
     order: int
     slot: int
-    command: str
+    argv: list[str]
+
+
+class JobCannotRun(CliError):
+    """A job whose command line cannot be built or executed (named in the message)."""
+
+
+def _job_argv(template: Template, seq: int, args: tuple[str, ...], slot: int) -> list[str]:
+    """What job ``seq`` executes; :class:`JobCannotRun` if its value cannot be substituted
+    or its command line is over the system's limit."""
+    try:
+        argv = template.argv(args, seq, slot)
+    except UnsafeValue as e:
+        reason = str(e)
+    else:
+        problem = too_long(argv)
+        if problem is None:
+            return argv
+        reason = f"command line too long: {problem}"
+    shown = " ".join(args)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise JobCannotRun(f"job {seq} (input {shown!r}): {reason}")
 
 
 class _Runner:
@@ -224,8 +257,10 @@ class _Runner:
         self.stop = StopSignal()  # kill running jobs, start no more
         self.no_new = threading.Event()  # start no more jobs (set along with stop too)
         self.read_ahead: _ReadAhead | None = None
+        self.tagstring: TagString | None = None  # --tagstring, with --header's names
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
+        self.halted_by: int | None = None  # the status of the job that made --halt stop
         self.errors: list[BaseException] = []
         self.progress: Any = None
         around: Callable[[], AbstractContextManager[object]] | None = None
@@ -325,8 +360,26 @@ class _Runner:
         try:
             while (item := source.take()) is not None:
                 order, seq, args = item
-                self._run_job(_Job(seq, args, order, slot, self.template.render(args, seq, slot)))
+                try:
+                    argv = _job_argv(self.template, seq, args, slot)
+                except JobCannotRun as e:
+                    self._cannot_run(_Job(seq, args, order, slot, []), e)
+                    continue
+                self._run_job(_Job(seq, args, order, slot, argv))
         except BaseException as e:  # e.g. reading stdin failed
+            self._fail(e)
+
+    def _cannot_run(self, job: _Job, error: JobCannotRun) -> None:
+        """A job that could not be started fails with status 255 and a message; the
+        others go on (inputs known in advance are checked before any job starts)."""
+        try:
+            self.output.finish(job.order, [(2, f"conveyor run: error: {error}\n".encode())])
+            self._account(False, EXIT_ERROR)
+            if self.joblog is not None:
+                now = time.time()
+                result = Completed(255, False, False, Captured(), Captured(), now, 0.0)
+                self._record(job, result, 0)
+        except BaseException as e:
             self._fail(e)
 
     def _fail(self, error: BaseException) -> None:
@@ -339,11 +392,18 @@ class _Runner:
         try:
             result, attempts = self._attempts(job)
             if result is not None and not result.stopped:
-                self._account(result.returncode == 0)
+                self._account(result.returncode == 0, _job_status(result))
                 if self.joblog is not None:
                     self._record(job, result, attempts)
                 self.output.finish(job.order, self._chunks(job, result))
                 finished = True
+        except OSError as e:
+            if e.errno != errno.E2BIG:
+                self._fail(e)
+            else:  # over a limit the check before the spawn did not foresee
+                finished = True
+                problem = f"command line too long: {e.strerror} (E2BIG)"
+                self._cannot_run(job, JobCannotRun(f"job {job.seq}: {problem}"))
         except BaseException as e:
             self._fail(e)
         finally:
@@ -363,8 +423,9 @@ class _Runner:
                 if self.config.line_buffer
                 else None
             )
+            raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
             result = run_command(
-                job.command, timeout=self.config.timeout, stop=self.stop, sink=sink
+                job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink or raw
             )
             if attempts == 1:
                 first_start = result.start
@@ -384,11 +445,15 @@ class _Runner:
         return result, attempts
 
     def _tag(self, job: _Job) -> bytes:
-        return os.fsencode(" ".join(job.args)) + b"\t" if self.config.tag else b""
+        if not self.config.tag:
+            return b""
+        if self.tagstring is not None:
+            return os.fsencode(self.tagstring.render(job.args, job.seq, job.slot)) + b"\t"
+        return os.fsencode(" ".join(job.args)) + b"\t"
 
     def _chunks(self, job: _Job, result: Completed) -> list[Chunk]:
-        if self.config.line_buffer:
-            return []  # already written line by line
+        if self.config.line_buffer or self.config.ungroup:
+            return []  # already written as it came
         tag = self._tag(job)
         chunks: list[Chunk] = []
         for stream, captured in ((1, result.stdout), (2, result.stderr)):
@@ -397,7 +462,22 @@ class _Runner:
                 chunks.append((stream, tag_pieces(tag, pieces) if tag else pieces))
         return chunks
 
-    def _account(self, ok: bool) -> None:
+    def exit_status(self) -> int:
+        """GNU parallel's EXIT STATUS rules: the number of failed jobs (at most 101);
+        with --halt ...success=: 0 once it triggered; with --halt ...fail=1: the status
+        of the job that triggered it; with a percentage: the percentage of all jobs
+        that failed, rounded up."""
+        halt = self.config.halt
+        if self.halted_by is not None:
+            if halt.what == "success":
+                return 0
+            if halt.what == "fail" and halt.percent is None and halt.count == 1:
+                return self.halted_by
+        if halt.percent is not None and self.total:
+            return min(100, math.ceil(100 * self.failed / self.total))
+        return min(self.failed, EXIT_FAILED_CAP)
+
+    def _account(self, ok: bool, status: int) -> None:
         halt = self.config.halt
         with self._lock:  # counters and the halt decision: one thread at a time
             if ok:
@@ -413,8 +493,9 @@ class _Runner:
                 "success": self.succeeded,
                 "done": self.failed + self.succeeded,
             }[halt.what]
-            if count < halt.threshold(self.total):
+            if count < halt.threshold(self.total) or self.halted_by is not None:
                 return
+            self.halted_by = status
         if halt.when == "now":
             self._halt_now()
         else:
@@ -429,15 +510,26 @@ class _Runner:
             JobRow(
                 seq=job.seq,
                 input=input_text(job.args),
-                command=job.command,
+                command=self.template.display(job.args, job.seq, job.slot),
                 start=result.start,
                 duration=result.duration,
                 exit_code=-1 if signum else result.returncode,
                 signal=signum,
                 attempts=attempts,
                 timed_out=result.timed_out,
+                received=result.received,
             )
         )
+
+
+def _job_status(result: Completed) -> int:
+    """A job's status as GNU parallel reports it: its exit code, 128 + the signal that
+    killed it, 255 after a timeout."""
+    if result.timed_out:
+        return EXIT_ERROR
+    if result.returncode < 0:
+        return 128 - result.returncode
+    return result.returncode
 
 
 def _uninterrupted(wait: Callable[[], object]) -> None:
@@ -467,15 +559,55 @@ def _job_list(
     return iter(listed), len(listed)
 
 
+def _checked(
+    template: Template, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
+) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """Inputs known in advance: every job's command line is built once (with the
+    widest slot number) before any job starts, so a job that could not run stops the
+    whole run at once (:class:`JobCannotRun`) rather than after others ran."""
+    listed = list(jobs)
+    for seq, args in listed:
+        _job_argv(template, seq, args, slots)
+    return iter(listed)
+
+
 def run(config: RunConfig) -> int:
     """Run (or with --dry-run, print) every job; return the exit status."""
-    template = compile_template(config.command, groups=len(config.groups) or 1, quote=config.quote)
+    splitter = (
+        csv_splitter()
+        if config.csv
+        else column_splitter(config.colsep)
+        if config.colsep is not None
+        else None
+    )
+    per_job = splitter is not None or config.max_args is not None
+    groups = None if per_job else len(config.groups) or 1
+    if not config.header:  # else once the header is read
+        template = compile_template(config.command, groups=groups, quote=config.quote)
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
-    materialize = config.shuf or config.halt.percent is not None
+    materialize = config.shuf or config.eta or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
-    inputs = open_inputs(config.groups, null=config.null, materialize=materialize)
+    inputs = open_inputs(
+        config.groups,
+        null=config.null,
+        materialize=materialize,
+        link=config.link,
+        csv=config.csv,
+        header=config.header,
+    )
+    names: Sequence[str] = ()
+    if config.header:
+        names = splitter(inputs.header) if splitter is not None else inputs.header
+        command = name_columns(config.command, names)
+        template = compile_template(command, groups=groups, quote=config.quote)
+    if splitter is not None:
+        inputs.jobs = map(splitter, inputs.jobs)
+    if config.max_args is not None:
+        inputs.jobs = batched(inputs.jobs, config.max_args)
+        if inputs.total is not None and config.max_args:
+            inputs.total = -(-inputs.total // config.max_args)
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
         from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it
@@ -483,14 +615,18 @@ def run(config: RunConfig) -> int:
         joblog = JobLog(config.joblog, config.resume)
     try:
         jobs, total = _job_list(config, inputs, joblog)
+        if total is not None and not config.dry_run:
+            jobs = _checked(template, jobs, config.jobs)
         if config.dry_run:
             out = sys.stdout.buffer
             for order, (seq, args) in enumerate(jobs):
                 slot = order % config.jobs + 1
-                out.write(os.fsencode(template.render(args, seq, slot)) + b"\n")
+                out.write(os.fsencode(template.display(args, seq, slot)) + b"\n")
             out.flush()
             return 0
         runner = _Runner(config, template, total, joblog)
+        if config.tagstring is not None:
+            runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
             runner.run(jobs)
         except KeyboardInterrupt:
@@ -505,7 +641,7 @@ def run(config: RunConfig) -> int:
         if runner.output.broken:
             _silence_stdout()
             return EXIT_ERROR
-        return min(runner.failed, EXIT_FAILED_CAP)
+        return runner.exit_status()
     finally:
         if joblog is not None:
             joblog.close()
