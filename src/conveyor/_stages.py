@@ -103,14 +103,13 @@ class _Group:
 def _engine_options(group: _Group) -> dict[str, Any]:
     """The ONE place a stage's options become the engine's MapJob keywords.
 
-    The engine still calls the per-item limit ``timeout`` (issue 8 renames it to
-    ``task_timeout``). Fused stages share one worker call, so their limits add up. Failures come
+    Fused stages share one worker call, so their ``task_timeout`` limits add up. Failures come
     back as values (``on_error="return"``): the pipeline applies each stage's own ``on_error``.
     """
     limits = [stage.task_timeout for stage in group.stages]
     return dict(
         chunksize=group.first.chunksize,
-        timeout=None if None in limits else sum(t or 0.0 for t in limits),
+        task_timeout=None if None in limits else sum(t or 0.0 for t in limits),
         retries=group.first.retries,
         on_error="return",
         progress=False,
