@@ -19,18 +19,22 @@ from ._work import MODE_MAP, MODE_STAR
 
 __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 
-_defaults: dict[tuple[str, int | None, str | None], Pool] = {}
+_defaults: dict[tuple[str, int | None, str | None, Any], Pool] = {}
 _defaults_lock = threading.Lock()
 
 
-def _default_pool(backend: str, workers: int | None, start_method: str | None) -> Pool:
+def _default_pool(
+    backend: str, workers: int | None, start_method: str | None, cluster: Any = None
+) -> Pool:
     backend = check_backend(backend)
     workers = check_workers(workers)
-    key = (backend, workers, start_method)
+    key = (backend, workers, start_method, cluster)
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._backend.alive:
-            pool = Pool(workers=workers, backend=backend, start_method=start_method)
+            pool = Pool(
+                workers=workers, backend=backend, start_method=start_method, cluster=cluster
+            )
             _defaults[key] = pool
         return pool
 
@@ -46,14 +50,15 @@ def _run(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     options: dict[str, Any],
+    cluster: Any = None,
 ) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own."""
     if initializer is None:
-        pool = _default_pool(backend, workers, start_method)
+        pool = _default_pool(backend, workers, start_method, cluster)
         try:
             job = pool._job(fn, iterable, (), ordered=ordered, mode=mode, **options)
         except PoolClosed:  # shut down under us (at exit, or by a broken initializer)
-            pool = _default_pool(backend, workers, start_method)
+            pool = _default_pool(backend, workers, start_method, cluster)
             job = pool._job(fn, iterable, (), ordered=ordered, mode=mode, **options)
         yield from job.batches()
         return
@@ -63,6 +68,7 @@ def _run(
         start_method=start_method,
         initializer=initializer,
         initargs=initargs,
+        cluster=cluster,
     ) as own:
         yield from own._job(fn, iterable, (), ordered=ordered, mode=mode, **options).batches()
 
@@ -83,11 +89,14 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    cluster: Any = None,
 ) -> list[Any]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
     * ``backend``: ``"process"`` (conveyor's worker processes; any callable works, lambdas
-      included), ``"thread"``, or ``"auto"``.
+      included), ``"thread"``, ``"auto"``, or ``"dask"`` with ``cluster=`` an address
+      (``"tcp://host:8786"``, ``"tls://..."``), a ``distributed.Client``, or None for a
+      LocalCluster on 127.0.0.1 (kept for later calls, closed at exit).
     * ``ordered=False``: results in completion order.
     * ``chunksize``: ``"auto"`` measures per-item time and sizes chunks to it; or a number.
     * ``timeout``: seconds per item; an item past it raises :class:`conveyor.TaskTimeout`.
@@ -125,6 +134,7 @@ def map(
         initializer,
         initargs,
         options,
+        cluster,
     ):
         out.extend(values)
     return out
@@ -172,7 +182,15 @@ def imap_unordered(
     return _iterate(fn, iterable, MODE_MAP, **options)
 
 
-_CALL_OPTIONS = ("workers", "backend", "start_method", "initializer", "initargs", "ordered")
+_CALL_OPTIONS = (
+    "workers",
+    "backend",
+    "start_method",
+    "initializer",
+    "initargs",
+    "ordered",
+    "cluster",
+)
 _JOB_OPTIONS = ("chunksize", "timeout", "retries", "on_error", "progress", "explain")
 
 
@@ -203,6 +221,7 @@ def _batches(
         call.get("initializer"),
         call.get("initargs", ()),
         job,
+        call.get("cluster"),
     )
 
 

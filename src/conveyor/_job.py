@@ -140,7 +140,7 @@ class MapJob:
         self._next_index = 0
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None
-        self._chunker = Chunker(chunksize, backend.workers, total, known)
+        self._chunker = Chunker(chunksize, backend.workers, total, known, backend.chunk_seconds)
         per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
         self._chunks_in_flight = max(2, per_worker * backend.workers)
         self._unemitted = 0  # items taken from the input and not yet handed to the caller

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 
+from .._chunking import TARGET_SECONDS
 from .._work import Unit
 
 __all__ = ["Backend"]
@@ -22,8 +23,10 @@ class Backend(abc.ABC):
     * :meth:`submit` raises in the caller's thread for work that cannot be sent (unpicklable).
     """
 
-    #: "thread" or "process"
+    #: "thread", "process" or "dask"
     name: str = ""
+    #: seconds of work a map's chunk is sized to (see conveyor._chunking)
+    chunk_seconds: float = TARGET_SECONDS
     #: whether a task is stopped in place on timeout (process) or only abandoned (thread)
     stops_timed_out_tasks: bool = False
 
