@@ -2,11 +2,11 @@
 
 ``chunksize="auto"`` starts with chunks of one item until the first outcomes report how long an
 item takes in the worker (pure run time, without transport), then sizes chunks so each runs
-for about :data:`TARGET_SECONDS` (a backend may ask for more: a Dask task costs a millisecond of
-scheduler time, so the Dask backend asks for 100 ms): long enough that sending a chunk costs little against running
-it, short enough that the work still spreads over every worker and a crash re-runs little. When
-the input's length is known, chunks are also kept small enough that every worker gets several,
-so the last chunks do not leave workers idle.
+for about :data:`TARGET_SECONDS` (a backend may ask for more: a Dask task costs a millisecond
+of scheduler time, so the Dask backend asks for 100 ms): long enough that sending a chunk costs
+little against running it, short enough that the work still spreads over every worker and a
+crash re-runs little. When the input's length is known, chunks are also kept small enough that
+every worker gets several, so the last chunks do not leave workers idle.
 
 A pool remembers the per-item time of each function (:class:`ItemTimes`), so the next call of
 the same function starts with full-size chunks instead of measuring again: the slow start costs

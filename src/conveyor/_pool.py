@@ -122,9 +122,10 @@ class Pool(Executor):
     ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"``,
     ``"auto"`` or ``"dask"`` (a Dask cluster: ``cluster=`` an address, a ``distributed.Client``
     or None for a LocalCluster on 127.0.0.1 that the pool owns; ``security=`` a
-    ``distributed.Security`` for TLS). ``workers=None`` means the CPUs this process may use (for threads:
-    that plus 4, at most 32). ``max_tasks_per_worker`` and ``max_memory_per_worker`` (bytes of
-    resident memory) replace a worker process after it ran that many tasks or grew that big.
+    ``distributed.Security`` for TLS). ``workers=None`` means the CPUs this process may use
+    (for threads: that plus 4, at most 32). ``max_tasks_per_worker`` and
+    ``max_memory_per_worker`` (bytes of resident memory) replace a worker process after it ran
+    that many tasks or grew that big.
 
     Example::
 

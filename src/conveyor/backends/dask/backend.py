@@ -440,4 +440,3 @@ def _first_tag(unit: Unit) -> int:
 def _fail(units: list[Unit], error: BaseException) -> None:
     for unit in units:
         unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
-
