@@ -30,7 +30,8 @@ Guarantees, and where they are kept:
 * **A lost worker costs only its items**: a task whose worker died fails with ``KilledWorker``
   (at once on the pool's own LocalCluster: ``allowed_failures=0``; after Dask's own re-runs on
   another cluster); its items run again in smaller pieces, and a single item whose worker died
-  gets :class:`~conveyor.WorkerCrashed` (which ``retries`` may retry).
+  twice under it gets :class:`~conveyor.WorkerCrashed` (which ``retries`` may retry). (Twice:
+  Dask also fails the tasks that were only queued on the dead worker.)
 * **A unit's outcomes are delivered once**: a task's entry leaves ``_running`` under the lock
   exactly once, by whoever takes it first: the dispatcher (its outcome), ``cancel`` (dropped)
   or ``terminate`` (PoolClosed). A future finishing after that finds no entry and is ignored.
@@ -137,6 +138,7 @@ class DaskBackend(Backend):
         self._functions_lock = threading.Lock()
         self._restarting: dict[str, threading.Thread] = {}
         self._restarted: set[str] = set()
+        self._struck: set[int] = set()  # ids of single-item units whose worker died once
         self._closing = False
         self._terminated = False
         self._closed_connection = False
@@ -385,6 +387,14 @@ class DaskBackend(Backend):
             with self._lock:
                 self._queue.ready.extendleft(reversed(pieces))
             return
+        # Dask fails every task assigned to a dead worker, also those still queued there: a
+        # single item is blamed only when its worker dies under it a second time.
+        if unit.id not in self._struck:
+            with self._lock:
+                self._struck.add(unit.id)
+                self._queue.ready.appendleft(unit)
+            return
+        self._struck.discard(unit.id)
         crash = WorkerCrashed(f"the Dask worker running the task ({address}) died")
         unit.sink.deliver(unit, 0, errors_of(1, crash), 0.0)
 
