@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import conveyor
+
 import faults
 
 distributed = pytest.importorskip("distributed")
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.dask, pytest.mark.timeout(120)]
 #: the map option that limits each item's run time (renamed to task_timeout by issue 8)
 ITEM_TIMEOUT = "timeout"
 
-MAIN_SOURCE = '''
+MAIN_SOURCE = """
 import os, signal, time, uuid
 
 def square(x):
@@ -65,7 +66,7 @@ def kill_worker_on(x, bad):
 
 def worker_pid(_=None):
     return os.getpid()
-'''
+"""
 
 
 def _main_namespace() -> SimpleNamespace:
@@ -286,19 +287,14 @@ def test_bad_address_is_a_clear_error_within_seconds() -> None:
 
 
 def test_own_cluster_is_loopback_isolates_a_crash_and_leaves_nothing() -> None:
-    with faults.no_leftovers(timeout=30):
-        with conveyor.Pool(workers=2, backend="dask") as pool:
-            client = _client(pool)
-            assert client.scheduler.address.startswith("tcp://127.0.0.1:")
-            assert all(a.startswith("tcp://127.0.0.1:") for a in client.nthreads())
-            assert _listening_addresses() <= {"127.0.0.1"}  # no port open beyond loopback
-            results = pool.map(
-                MAIN.kill_worker_on, range(8), [5] * 8, chunksize=4, on_error="return"
-            )
-            assert [r for i, r in enumerate(results) if i != 5] == [
-                i * 10 for i in range(8) if i != 5
-            ]
-            assert isinstance(results[5].exception, conveyor.WorkerCrashed)
+    with faults.no_leftovers(timeout=30), conveyor.Pool(workers=2, backend="dask") as pool:
+        client = _client(pool)
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(a.startswith("tcp://127.0.0.1:") for a in client.nthreads())
+        assert _listening_addresses() <= {"127.0.0.1"}  # no port open beyond loopback
+        results = pool.map(MAIN.kill_worker_on, range(8), [5] * 8, chunksize=4, on_error="return")
+        assert [r for i, r in enumerate(results) if i != 5] == [i * 10 for i in range(8) if i != 5]
+        assert isinstance(results[5].exception, conveyor.WorkerCrashed)
 
 
 def _listening_addresses() -> set[str]:
