@@ -346,3 +346,42 @@ def test_cluster_needs_the_dask_backend() -> None:
         conveyor.Pool(backend="thread", cluster="tcp://127.0.0.1:8786")
     with pytest.raises(TypeError, match="cluster must be an address"):
         conveyor.Pool(backend="dask", cluster=Path("/tmp"))
+
+
+# ============================================================================ Ctrl-C
+
+
+def test_ctrl_c_returns_within_seconds_and_releases_the_tasks(
+    address: str, pool: conveyor.Pool, tmp_path: Path
+) -> None:
+    child = faults.start_child(
+        f"""
+directory = {str(tmp_path)!r}
+
+def task(i):
+    open(os.path.join(directory, f"started-{{i}}"), "w").close()
+    time.sleep(3)
+    return i
+
+def announce():
+    faults.wait_until(lambda: len(os.listdir(directory)) >= 2, 60)
+    print("READY {{}}", flush=True)
+
+threading.Thread(target=announce, daemon=True).start()
+conveyor.map(task, range(40), backend="dask", cluster={address!r}, chunksize=1)
+""",
+    )
+    child.wait_ready(timeout=90)
+    seconds = child.signal_and_time(signal.SIGINT)
+    print(f"\n  dask backend: exit {seconds:.3f} s after SIGINT")
+    assert child.stderr.rstrip().endswith("KeyboardInterrupt"), child.stderr
+    assert seconds < 10
+    client = _client(pool)
+
+    def leftover_tasks() -> list[str]:
+        return client.run_on_scheduler(  # type: ignore[no-any-return]
+            lambda dask_scheduler: [k for k in dask_scheduler.tasks if "conveyor-" in str(k)]
+        )
+
+    faults.wait_until(lambda: not leftover_tasks(), 30, "the scheduler to drop the tasks")
+    assert len(os.listdir(tmp_path)) < 40  # the rest never started
