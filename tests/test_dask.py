@@ -160,6 +160,8 @@ def test_function_from_main_runs_on_command_line_workers(pool: conveyor.Pool) ->
 
     assert pool.map(MAIN.square, range(2000)) == [x * x for x in range(2000)]
     assert pool.map(lambda x: x + offset, range(10)) == list(range(7, 17))
+    table = bytes(range(256)) * 1024  # 256 kB captured: copied to each worker once, not inline
+    assert pool.map(lambda i: table[i * 1000], range(200)) == [table[i * 1000] for i in range(200)]
     assert pool.starmap(pow, [(2, 5), (3, 2)]) == [32, 9]
 
 

@@ -22,11 +22,11 @@ Guarantees, and where they are kept:
   chunks with equal items are two tasks, never merged.
 * **Bounded work in flight**: at most ``limit`` tasks are on the cluster at a time (a map job
   bounds its own chunks further); the rest wait here, where ``cancel`` drops them cheaply.
-* **The function travels once per cluster**: it is pickled by value (cloudpickle) and
-  made the result of a task once per pool and function (not ``scatter``-ed: scattered data is
-  lost with the worker holding it, a task's result is computed again); tasks name it by its
-  future, so each Dask worker fetches it once and unpickles it once
-  (:func:`.task.load_function`).
+* **The function is pickled once and unpickled once per worker**: by value (cloudpickle), once
+  per pool and function, under a token by which each Dask worker process keeps it unpickled
+  (:func:`.task.load_function`). Small pickles ride inside each task; a large one (captured
+  data) is the result of a task of its own, replicated to every worker once (see
+  :meth:`DaskBackend._function_ref`).
 * **A lost worker costs only its items**: a task whose worker died fails with ``KilledWorker``
   (at once on the pool's own LocalCluster: ``allowed_failures=0``; after Dask's own re-runs on
   another cluster); its items run again in smaller pieces, and a single item whose worker died
@@ -67,8 +67,10 @@ CHUNK_SECONDS = 0.1
 TASKS_PER_THREAD = 2
 #: a unit whose worker died is sent again cut into at most this many pieces
 CRASH_PIECES = 8
-#: functions (and their scattered bytes) kept per pool
+#: functions (and their pickles) kept per pool
 FUNCTION_CACHE_SIZE = 64
+#: a function pickled to at most this many bytes travels inside each task
+INLINE_FUNCTION_BYTES = 64 * 1024
 #: seconds a worker restart (of a worker stuck past a timeout) may take
 RESTART_TIMEOUT = 30.0
 
@@ -273,17 +275,25 @@ class DaskBackend(Backend):
         self._events.put(_WAKE)
 
     def _function_ref(self, fn: Callable[..., Any]) -> tuple[str, Any]:
-        """``(token, future of the pickled function)``, scattered once per pool and function."""
+        """``(token, pickled function or a future of it)``, made once per pool and function.
+
+        A small pickle travels inside each task: a dependency would make Dask place every task
+        on the worker that holds it. A large one (captured data) becomes the result of a task
+        of its own, copied to every worker once (a task's result, unlike scattered data, is
+        computed again if the workers holding it are lost).
+        """
         with self._functions_lock:
             entry = self._functions.get(id(fn))
             if entry is not None and entry[0] is fn:
                 self._functions.move_to_end(id(fn))
                 return entry[1]
         data = dumps_callable(fn)
-        # A task whose result is the bytes, not scattered data: scattered data dies with the
-        # worker that holds it (a restart, a crash), a task's result is computed again.
         token = f"conveyor-fn-{uuid.uuid4().hex}"
-        ref = (token, self._client.submit(_same, data, key=token, pure=False))
+        ref: tuple[str, Any] = (token, data)
+        if len(data) > INLINE_FUNCTION_BYTES:
+            future = self._client.submit(_same, data, key=token, pure=False)
+            self._client.replicate([future])
+            ref = (token, future)
         with self._functions_lock:
             self._functions[id(fn)] = (fn, ref)  # holding fn: its id cannot be reused meanwhile
             while len(self._functions) > FUNCTION_CACHE_SIZE:

@@ -17,8 +17,9 @@ Data flow (inside one Dask worker process)::
 
 Guarantees kept here:
 
-* The function arrives by value (cloudpickle bytes, scattered to the cluster once per pool and
-  function) and is unpickled once per worker process (:data:`_FUNCTIONS`), so a function typed
+* The function arrives by value (cloudpickle bytes, made once per pool and function, inside
+  each task or, when large, as a task result copied to each worker once) and is unpickled once
+  per worker process (:data:`_FUNCTIONS`), so a function typed
   into ``__main__`` or a notebook runs on a ``dask worker`` that never saw the caller's module.
 * An item past ``timeout`` gets :class:`~conveyor.TaskTimeout` and the rest of the chunk runs on.
   The race "the item ends just as its deadline passes" is settled by ``_Box.lock``: the item
@@ -53,14 +54,14 @@ __all__ = ["TaskResult", "run_unit"]
 #: (values, {position: (exception, traceback text)}, run seconds, address of a stuck worker)
 TaskResult = tuple[list[Any], dict[int, tuple[BaseException, str]], float, "str | None"]
 
-#: functions unpickled in this worker process, by the token they were scattered under
+#: functions unpickled in this worker process, by the token they were pickled under
 _FUNCTIONS: OrderedDict[str, Callable[..., Any]] = OrderedDict()
 _FUNCTIONS_LOCK = threading.Lock()
 FUNCTION_CACHE_SIZE = 64
 
 
 def load_function(token: str, data: bytes) -> Callable[..., Any]:
-    """The function scattered under ``token``, unpickled once per process.
+    """The function pickled under ``token``, unpickled once per process.
 
     Example::
 
