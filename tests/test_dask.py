@@ -98,6 +98,8 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "--port",
                 "0",
                 "--no-dashboard",
+                "--dashboard-address",
+                "127.0.0.1:0",
                 "--scheduler-file",
                 str(scheduler_file),
             ),
@@ -119,6 +121,8 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                         "--nthreads",
                         "1",
                         "--no-dashboard",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
                         "--memory-limit",
                         "0",
                     ),
@@ -289,21 +293,22 @@ def test_bad_address_is_a_clear_error_within_seconds() -> None:
 
 
 def test_own_cluster_is_loopback_isolates_a_crash_and_leaves_nothing() -> None:
+    others = faults.descendants()  # the module's command-line cluster, for one
     with faults.no_leftovers(timeout=30), conveyor.Pool(workers=2, backend="dask") as pool:
         client = _client(pool)
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert all(a.startswith("tcp://127.0.0.1:") for a in client.nthreads())
-        assert _listening_addresses() <= {"127.0.0.1"}  # no port open beyond loopback
+        assert _listening_addresses(others) <= {"127.0.0.1"}  # no port open beyond loopback
         results = pool.map(MAIN.kill_worker_on, range(8), [5] * 8, chunksize=4, on_error="return")
         assert [r for i, r in enumerate(results) if i != 5] == [i * 10 for i in range(8) if i != 5]
         assert isinstance(results[5].exception, conveyor.WorkerCrashed)
 
 
-def _listening_addresses() -> set[str]:
-    """The addresses this process and its descendants listen on (TCP)."""
+def _listening_addresses(others: set[int]) -> set[str]:
+    """The addresses this process and its descendants but ``others`` listen on (TCP)."""
     import psutil
 
-    pids = {os.getpid(), *faults.descendants()}
+    pids = {os.getpid(), *faults.descendants()} - others
     return {
         c.laddr.ip
         for c in psutil.net_connections("tcp")
@@ -382,7 +387,11 @@ conveyor.map(task, range(40), backend="dask", cluster={address!r}, chunksize=1)
 
     def leftover_tasks() -> list[str]:
         return client.run_on_scheduler(  # type: ignore[no-any-return]
-            lambda dask_scheduler: [k for k in dask_scheduler.tasks if "conveyor-" in str(k)]
+            lambda dask_scheduler: [
+                k
+                for k in dask_scheduler.tasks
+                if str(k).startswith("conveyor-") and not str(k).startswith("conveyor-fn-")
+            ]
         )
 
     faults.wait_until(lambda: not leftover_tasks(), 30, "the scheduler to drop the tasks")

@@ -342,6 +342,9 @@ class DaskBackend(Backend):
             if drained:
                 self._close_connection()
                 return
+            # Drop our references before blocking again: a Dask future held here would keep
+            # its result on the cluster until the next event.
+            del events, finished
 
     def _on_finished(self, futures: list[Any]) -> None:
         done: list[tuple[_Task, Any]] = []

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 __all__ = ["CONNECT_TIMEOUT", "Connection", "connect", "require_distributed"]
 
 #: seconds to reach a scheduler before giving up with an error naming the address
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
 
 _INSTALL_HINT = 'backend="dask" needs dask.distributed: pip install "conveyor[dask]"'
 
