@@ -311,40 +311,46 @@ class DaskBackend(Backend):
     # ----------------------------------------------------------------- dispatcher thread
 
     def _dispatch_loop(self) -> None:
+        while self._dispatch_once():
+            pass
+
+    def _dispatch_once(self) -> bool:
+        """Wait for finished tasks (or the next held retry), handle them; False to stop.
+
+        One call per wakeup, so that no Dask future outlives it in a local variable while the
+        thread blocks: a future held here would keep its result on the cluster.
+        """
+        with self._lock:
+            due = self._queue.next_due()
+        wait = None if due is None else max(0.0, due - time.monotonic())
+        try:
+            events = [self._events.get(timeout=wait)]
+        except queue.Empty:
+            events = []
         while True:
-            with self._lock:
-                due = self._queue.next_due()
-            wait = None if due is None else max(0.0, due - time.monotonic())
             try:
-                events = [self._events.get(timeout=wait)]
+                events.append(self._events.get_nowait())
             except queue.Empty:
-                events = []
-            while True:
-                try:
-                    events.append(self._events.get_nowait())
-                except queue.Empty:
-                    break
-            if self._terminated or _STOP in events:
-                return
-            finished = [e for e in events if e is not _WAKE]
-            if finished:
-                try:
-                    self._on_finished(finished)
-                except Exception:
-                    if self._terminated:
-                        return
-                    raise
-            with self._lock:
-                tasks = self._take_sendable()
-                drained = self._closing and not self._running and not self._queue
-            for task in tasks:
-                self._send(task)
-            if drained:
-                self._close_connection()
-                return
-            # Drop our references before blocking again: a Dask future held here would keep
-            # its result on the cluster until the next event.
-            del events, finished
+                break
+        if self._terminated or _STOP in events:
+            return False
+        finished = [e for e in events if e is not _WAKE]
+        if finished:
+            try:
+                self._on_finished(finished)
+            except Exception:
+                if self._terminated:
+                    return False
+                raise
+        with self._lock:
+            tasks = self._take_sendable()
+            drained = self._closing and not self._running and not self._queue
+        for task in tasks:
+            self._send(task)
+        if drained:
+            self._close_connection()
+            return False
+        return True
 
     def _on_finished(self, futures: list[Any]) -> None:
         done: list[tuple[_Task, Any]] = []
