@@ -197,6 +197,19 @@ def test_every_call_runs_even_with_equal_arguments(pool: conveyor.Pool) -> None:
     first = pool.map(MAIN.token, [0] * 50, chunksize=1)
     second = pool.map(MAIN.token, [0] * 50, chunksize=1)
     assert len(set(first + second)) == 100  # pure=False: no merged tasks, no cached results
+    # and nothing stays behind on the cluster once the results are in
+    faults.wait_until(lambda: not _task_keys(pool), 30, "the results to leave the cluster")
+
+
+def _task_keys(pool: conveyor.Pool) -> list[str]:
+    """Keys of conveyor's tasks (not its function pickles) that the scheduler still holds."""
+    return _client(pool).run_on_scheduler(  # type: ignore[no-any-return]
+        lambda dask_scheduler: [
+            str(k)
+            for k in dask_scheduler.tasks
+            if str(k).startswith("conveyor-") and not str(k).startswith("conveyor-fn-")
+        ]
+    )
 
 
 def test_errors_become_failures(pool: conveyor.Pool) -> None:
@@ -383,16 +396,5 @@ conveyor.map(task, range(40), backend="dask", cluster={address!r}, chunksize=1)
     print(f"\n  dask backend: exit {seconds:.3f} s after SIGINT")
     assert child.stderr.rstrip().endswith("KeyboardInterrupt"), child.stderr
     assert seconds < 10
-    client = _client(pool)
-
-    def leftover_tasks() -> list[str]:
-        return client.run_on_scheduler(  # type: ignore[no-any-return]
-            lambda dask_scheduler: [
-                k
-                for k in dask_scheduler.tasks
-                if str(k).startswith("conveyor-") and not str(k).startswith("conveyor-fn-")
-            ]
-        )
-
-    faults.wait_until(lambda: not leftover_tasks(), 30, "the scheduler to drop the tasks")
+    faults.wait_until(lambda: not _task_keys(pool), 30, "the scheduler to drop the tasks")
     assert len(os.listdir(tmp_path)) < 40  # the rest never started
