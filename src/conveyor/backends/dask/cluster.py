@@ -118,7 +118,13 @@ def _local_cluster(distributed: Any, workers: int | None, security: Any) -> Conn
         silence_logs=logging.CRITICAL,  # conveyor reports the failures Dask logs
         # A worker that dies under a task fails the task at once (KilledWorker), as a process
         # worker's death does: the backend re-runs its items, charging only the one that kills.
-        scheduler_kwargs={"allowed_failures": 0},
+        scheduler_kwargs={
+            "allowed_failures": 0,
+            # no dashboard, and the scheduler's HTTP endpoints on a free loopback port (by
+            # default they take 8787, and a second cluster warns that it is taken)
+            "dashboard": False,
+            "dashboard_address": "127.0.0.1:0",
+        },
         **extra,
     )
     try:
