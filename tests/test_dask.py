@@ -398,3 +398,13 @@ conveyor.map(task, range(40), backend="dask", cluster={address!r}, chunksize=1)
     assert seconds < 10
     faults.wait_until(lambda: not _task_keys(pool), 30, "the scheduler to drop the tasks")
     assert len(os.listdir(tmp_path)) < 40  # the rest never started
+
+
+def test_an_unpicklable_item_is_named(pool: conveyor.Pool) -> None:
+    import threading
+
+    with pytest.raises(TypeError, match="item 1"):
+        pool.map(len, [[1], [threading.Lock()], [3]], chunksize=1)
+    with pytest.raises(TypeError, match="argument 0"):
+        pool.submit(len, threading.Lock())
+    assert pool.map(len, [[1]]) == [1]

@@ -182,7 +182,7 @@ class DaskBackend(Backend):
         for task in tasks:
             try:
                 self._send(task, raise_unsendable=id(task.unit) in own and task.unit.eager)
-            except TypeError as exc:
+            except Exception as exc:  # the others still go out
                 error = error or exc
         if held:
             self._events.put(_WAKE)
@@ -311,8 +311,23 @@ class DaskBackend(Backend):
     # ----------------------------------------------------------------- dispatcher thread
 
     def _dispatch_loop(self) -> None:
-        while self._dispatch_once():
-            pass
+        try:
+            while self._dispatch_once():
+                pass
+        except BaseException as exc:  # never a silent hang: whatever is owed gets the error
+            if not self._terminated:
+                self._break(exc)
+
+    def _break(self, error: BaseException) -> None:
+        """The dispatcher failed: fail every owed unit with ``error`` and close."""
+        with self._lock:
+            self._closing = True
+            dropped = self._queue.take_all()
+            running = list(self._running.values())
+            self._running.clear()
+        self._cancel_futures([task.future for task in running])
+        _fail(dropped + [task.unit for task in running], error)
+        self._close_connection()
 
     def _dispatch_once(self) -> bool:
         """Wait for finished tasks (or the next held retry), handle them; False to stop.
