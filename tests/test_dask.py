@@ -366,6 +366,8 @@ def test_cluster_needs_the_dask_backend() -> None:
         conveyor.Pool(backend="thread", cluster="tcp://127.0.0.1:8786")
     with pytest.raises(TypeError, match="cluster must be an address"):
         conveyor.Pool(backend="dask", cluster=Path("/tmp"))
+    with pytest.raises(ValueError, match="max_tasks_per_worker=5 is for the process backend"):
+        conveyor.Pool(backend="dask", max_tasks_per_worker=5)
 
 
 # ============================================================================ Ctrl-C

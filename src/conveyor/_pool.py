@@ -633,6 +633,16 @@ def _make_backend(
             max_memory_per_worker=max_memory_per_worker,
         )
     if name == "dask":
+        for option, value in (
+            ("start_method", start_method),
+            ("max_tasks_per_worker", max_tasks_per_worker),
+            ("max_memory_per_worker", max_memory_per_worker),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f'{option}={value!r} is for the process backend; backend="dask" runs on '
+                    "the cluster's own workers (set their limits where the cluster is started)"
+                )
         from .backends.dask.cluster import require_distributed
 
         require_distributed()
