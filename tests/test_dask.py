@@ -305,6 +305,7 @@ def test_bad_address_is_a_clear_error_within_seconds() -> None:
 # ============================================================================ own cluster
 
 
+@pytest.mark.timeout(300)  # each crash waits for Dask to start a worker: slow on a busy machine
 def test_own_cluster_is_loopback_isolates_a_crash_and_leaves_nothing() -> None:
     others = faults.descendants()  # the module's command-line cluster, for one
     with faults.no_leftovers(timeout=30), conveyor.Pool(workers=2, backend="dask") as pool:
