@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 
-_defaults: dict[tuple[str, int | None, str | None], Pool] = {}
+_defaults: dict[tuple[str, int | None, str | None, Any], Pool] = {}
 _defaults_lock = threading.Lock()
 
 
@@ -45,14 +45,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_defaults_after_fork)
 
 
-def _default_pool(backend: str, workers: int | None, start_method: str | None) -> Pool:
+def _default_pool(
+    backend: str, workers: int | None, start_method: str | None, cluster: Any = None
+) -> Pool:
     backend = check_backend(backend)
     workers = check_workers(workers)
-    key = (backend, workers, start_method)
+    key = (backend, workers, start_method, cluster)
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._open():
-            pool = Pool(workers=workers, backend=backend, start_method=start_method)
+            pool = Pool(
+                workers=workers, backend=backend, start_method=start_method, cluster=cluster
+            )
             _defaults[key] = pool
         return pool
 
@@ -66,11 +70,11 @@ def _run(
 ) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own."""
     if call.initializer is None:
-        pool = _default_pool(call.backend, call.workers, call.start_method)
+        pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
         try:
             job = pool._job(fn, iterable, (), mode=mode, **options)
         except PoolClosed:  # shut down under us (at exit, or by a broken initializer)
-            pool = _default_pool(call.backend, call.workers, call.start_method)
+            pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
             job = pool._job(fn, iterable, (), mode=mode, **options)
         yield from job.batches()
         return
@@ -80,6 +84,7 @@ def _run(
         start_method=call.start_method,
         initializer=call.initializer,
         initargs=call.initargs,
+        cluster=call.cluster,
     ) as own:
         yield from own._job(fn, iterable, (), mode=mode, **options).batches()
 
@@ -87,7 +92,7 @@ def _run(
 class _Call:
     """The options of a one-shot call that choose its pool."""
 
-    __slots__ = ("backend", "initargs", "initializer", "start_method", "workers")
+    __slots__ = ("backend", "cluster", "initargs", "initializer", "start_method", "workers")
 
     def __init__(
         self,
@@ -96,7 +101,9 @@ class _Call:
         start_method: str | None,
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
+        cluster: Any = None,
     ):
+        self.cluster = cluster
         self.workers = workers
         self.backend = backend
         self.start_method = start_method
@@ -122,11 +129,14 @@ def map(
     start_method: str | None = None,
     explain: bool = False,
     checkpoint: Any = None,
+    cluster: Any = None,
 ) -> list[R]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
 
     * ``backend``: ``"process"`` (conveyor's worker processes; any callable works, lambdas
-      included), ``"thread"``, or ``"auto"``.
+      included), ``"thread"``, ``"auto"``, or ``"dask"`` with ``cluster=`` an address
+      (``"tcp://host:8786"``, ``"tls://..."``), a ``distributed.Client``, or None for a
+      LocalCluster on 127.0.0.1 (kept for later calls, closed at exit).
     * ``ordered=False``: results in completion order.
     * ``chunksize``: ``"auto"`` measures per-item time and sizes chunks to it; or a number.
     * ``task_timeout``: seconds per item; an item past it is stopped and raises
@@ -152,7 +162,7 @@ def map(
         >>> conveyor.map(lambda x: x * x, range(5))
         [0, 1, 4, 9, 16]
     """
-    call = _Call(workers, backend, start_method, initializer, initargs)
+    call = _Call(workers, backend, start_method, initializer, initargs, cluster)
     options = _options(
         ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
@@ -179,6 +189,7 @@ def starmap(
     start_method: str | None = None,
     explain: bool = False,
     checkpoint: Any = None,
+    cluster: Any = None,
 ) -> list[R]:
     """``[fn(*args) for args in iterable]`` in parallel; the options of :func:`map`.
 
@@ -187,7 +198,7 @@ def starmap(
         >>> conveyor.starmap(pow, [(2, 5), (3, 2)])
         [32, 9]
     """
-    call = _Call(workers, backend, start_method, initializer, initargs)
+    call = _Call(workers, backend, start_method, initializer, initargs, cluster)
     options = _options(
         ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
@@ -213,6 +224,7 @@ def imap(
     start_method: str | None = None,
     explain: bool = False,
     checkpoint: Any = None,
+    cluster: Any = None,
 ) -> Iterator[R]:
     """Lazily yield ``fn(x)`` in input order; input is read as results are consumed.
 
@@ -227,7 +239,7 @@ def imap(
         ...     if square > 100:
         ...         break
     """
-    call = _Call(workers, backend, start_method, initializer, initargs)
+    call = _Call(workers, backend, start_method, initializer, initargs, cluster)
     deadline = _started(timeout)
     options = _options(
         True, chunksize, task_timeout, deadline, retries, on_error, progress, explain
@@ -254,6 +266,7 @@ def imap_unordered(
     start_method: str | None = None,
     explain: bool = False,
     checkpoint: Any = None,
+    cluster: Any = None,
 ) -> Iterator[R]:
     """Like :func:`imap`, yielding results as they finish.
 
@@ -262,7 +275,7 @@ def imap_unordered(
         >>> sorted(conveyor.imap_unordered(abs, [-3, -1, -2]))
         [1, 2, 3]
     """
-    call = _Call(workers, backend, start_method, initializer, initargs)
+    call = _Call(workers, backend, start_method, initializer, initargs, cluster)
     deadline = _started(timeout)
     options = _options(
         False, chunksize, task_timeout, deadline, retries, on_error, progress, explain

@@ -2,10 +2,11 @@
 
 ``chunksize="auto"`` starts with chunks of one item until the first outcomes report how long an
 item takes in the worker (pure run time, without transport), then sizes chunks so each runs
-for about :data:`TARGET_SECONDS`: long enough that sending a chunk costs little against running
-it, short enough that the work still spreads over every worker and a crash re-runs little. When
-the input's length is known, chunks are also kept small enough that every worker gets several,
-so the last chunks do not leave workers idle.
+for about :data:`TARGET_SECONDS` (a backend may ask for more: a Dask task costs a millisecond
+of scheduler time, so the Dask backend asks for 100 ms): long enough that sending a chunk costs
+little against running it, short enough that the work still spreads over every worker and a
+crash re-runs little. When the input's length is known, chunks are also kept small enough that
+every worker gets several, so the last chunks do not leave workers idle.
 
 A pool remembers the per-item time of each function (:class:`ItemTimes`), so the next call of
 the same function starts with full-size chunks instead of measuring again: the slow start costs
@@ -54,7 +55,9 @@ class Chunker:
         workers: int,
         total: int | None,
         known: float | None = None,
+        target: float = TARGET_SECONDS,
     ):
+        self.target = target
         self.fixed = chunksize if isinstance(chunksize, int) else None
         #: seconds per item; ``known`` (remembered from an earlier call) seeds it
         self.per_item: float | None = known
@@ -66,7 +69,7 @@ class Chunker:
         self.observed = False  # whether a chunk of this call has been measured
         cap = MAX_CHUNK
         if total is not None:
-            cap = min(cap, max(1, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
+            cap = min(cap, max(1, math.ceil(total / (max(1, workers) * CHUNKS_PER_WORKER))))
         self._cap = cap
 
     def observe(self, items: int, elapsed: float) -> None:
@@ -91,7 +94,7 @@ class Chunker:
             return 1
         if self.per_item <= 0:
             return self._cap
-        return max(1, min(self._cap, int(TARGET_SECONDS / self.per_item)))
+        return max(1, min(self._cap, int(self.target / self.per_item)))
 
     def estimate(self, items: int) -> float:
         """Expected run time of ``items`` items, 0.0 while unknown."""

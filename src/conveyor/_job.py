@@ -173,7 +173,7 @@ class MapJob:
         self._next_index = 0
         self._item_times = item_times
         known = item_times.get(fn, mode, backend.name) if item_times is not None else None
-        self._chunker = Chunker(chunksize, backend.workers, total, known)
+        self._chunker = Chunker(chunksize, backend.workers, total, known, backend.chunk_seconds)
         max_chunk = getattr(iterable, "max_chunk", None)  # a pipeline's buffer bounds chunks
         if max_chunk is not None:
             self._chunker._cap = min(self._chunker._cap, max_chunk)

@@ -16,6 +16,7 @@ __all__ = [
     "ON_ERROR",
     "Deadline",
     "check_callable",
+    "check_cluster",
     "check_deadline",
     "check_options",
     "check_timeout",
@@ -50,6 +51,21 @@ def check_backend(backend: Any) -> str:
             f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
         )
     return str(backend)
+
+
+def check_cluster(backend: str, cluster: Any, security: Any) -> None:
+    """``cluster=`` and ``security=`` belong to ``backend="dask"``.
+
+    Example::
+
+        >>> check_cluster("thread", "tcp://127.0.0.1:8786", None)
+        Traceback (most recent call last):
+        ...
+        ValueError: cluster='tcp://127.0.0.1:8786' needs backend="dask", got backend='thread'
+    """
+    for name, value in (("cluster", cluster), ("security", security)):
+        if value is not None and backend != "dask":
+            raise ValueError(f'{name}={value!r} needs backend="dask", got backend={backend!r}')
 
 
 def check_options(

@@ -43,6 +43,7 @@ from ._job import MapJob, retry_backoff
 from ._options import (
     check_backend,
     check_callable,
+    check_cluster,
     check_deadline,
     check_options,
     check_timeout,
@@ -150,10 +151,13 @@ class _FutureTask:
 class Pool(Executor):
     """A pool of workers: a real ``concurrent.futures.Executor`` with conveyor's map calls.
 
-    ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"`` or
-    ``"auto"``. ``workers=None`` means the CPUs this process may use (for threads:
-    that plus 4, at most 32). ``max_tasks_per_worker`` and ``max_memory_per_worker`` (bytes of
-    resident memory) replace a worker process after it ran that many tasks or grew that big.
+    ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"``,
+    ``"auto"`` or ``"dask"`` (a Dask cluster: ``cluster=`` an address, a ``distributed.Client``
+    or None for a LocalCluster on 127.0.0.1 that the pool owns; ``security=`` a
+    ``distributed.Security`` for TLS). ``workers=None`` means the CPUs this process may use
+    (for threads: that plus 4, at most 32). ``max_tasks_per_worker`` and
+    ``max_memory_per_worker`` (bytes of resident memory) replace a worker process after it ran
+    that many tasks or grew that big.
 
     Example::
 
@@ -174,8 +178,11 @@ class Pool(Executor):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
+        cluster: Any = None,
+        security: Any = None,
     ):
         backend = check_backend(backend)
+        check_cluster(backend, cluster, security)
         workers = check_workers(workers)
         if initializer is not None:
             check_callable(initializer, "initializer")
@@ -202,6 +209,8 @@ class Pool(Executor):
             initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
+            cluster=cluster,
+            security=security,
         )
         self._closed = False
         self._lock = threading.Lock()
@@ -927,6 +936,8 @@ def _make_backend(
     initargs: tuple[Any, ...] = (),
     max_tasks_per_worker: int | None = None,
     max_memory_per_worker: int | None = None,
+    cluster: Any = None,
+    security: Any = None,
 ) -> Backend:
     if name == "thread":
         from .backends.thread import ThreadBackend
@@ -945,6 +956,24 @@ def _make_backend(
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
         )
+    if name == "dask":
+        for option, value in (
+            ("start_method", start_method),
+            ("max_tasks_per_worker", max_tasks_per_worker),
+            ("max_memory_per_worker", max_memory_per_worker),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f'{option}={value!r} is for the process backend; backend="dask" runs on '
+                    "the cluster's own workers (set their limits where the cluster is started)"
+                )
+        from .backends.dask.cluster import require_distributed
+
+        require_distributed()
+        from .backends.dask import DaskBackend
+
+        _register_exit_handler()
+        return DaskBackend(workers, cluster=cluster, security=security, initializer=initializer)
     raise ValueError(f"backend {name!r} is not available yet")
 
 

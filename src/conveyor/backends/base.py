@@ -7,6 +7,7 @@ import os
 import weakref
 from collections.abc import Sequence
 
+from .._chunking import TARGET_SECONDS
 from .._work import Unit
 from .queue import JobTicket
 
@@ -33,8 +34,10 @@ class Backend(abc.ABC):
       nothing of the parent's (its workers and threads serve the parent only).
     """
 
-    #: "thread" or "process"
+    #: "thread", "process" or "dask"
     name: str = ""
+    #: seconds of work a map's chunk is sized to (see conveyor._chunking)
+    chunk_seconds: float = TARGET_SECONDS
     #: whether a task is stopped in place on timeout (process) or only abandoned (thread)
     stops_timed_out_tasks: bool = False
 
