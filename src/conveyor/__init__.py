@@ -10,12 +10,17 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._aio import acall, amap, amap_unordered, astarmap
     from ._api import as_completed, imap, imap_unordered, map, starmap
     from ._errors import Failure, TaskTimeout, WorkerCrashed
     from ._pool import Pool
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
 _WHERE = {
+    "acall": "_aio",
+    "amap": "_aio",
+    "amap_unordered": "_aio",
+    "astarmap": "_aio",
     "as_completed": "_api",
     "imap": "_api",
     "imap_unordered": "_api",
@@ -48,7 +53,11 @@ __all__ = [
     "Pool",
     "TaskTimeout",
     "WorkerCrashed",
+    "acall",
+    "amap",
+    "amap_unordered",
     "as_completed",
+    "astarmap",
     "imap",
     "imap_unordered",
     "map",

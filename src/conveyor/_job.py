@@ -41,6 +41,9 @@ from .backends.base import Backend
 
 __all__ = ["MapJob"]
 
+#: what a backend thread puts on a job's queue: (chunk, unit, start, loader, elapsed)
+Event = tuple["_Chunk", Unit, int, Loader, float]
+
 _SKIPPED = object()
 _PENDING = object()
 #: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
@@ -123,9 +126,7 @@ class MapJob:
         self.retries = retries
         self.on_error = on_error
         self.closed = False
-        self.events: queue.SimpleQueue[tuple[_Chunk, Unit, int, Loader, float]] = (
-            queue.SimpleQueue()
-        )
+        self.events: queue.SimpleQueue[Event] = self._new_events()
         if total is None:
             total = _length(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
@@ -178,23 +179,36 @@ class MapJob:
         """Lists of results, as they become ready to hand out."""
         try:
             while True:
-                self._top_up()
-                if self._ready:
-                    ready, self._ready = self._ready, []
-                    for values in ready:
-                        self._unemitted -= len(values)
-                        yield values
-                    continue
-                if self._raise is not None:
-                    raise self._raise
-                if self._input is None and self._unemitted == 0:
+                ready = self._step()
+                if ready is None:
                     return
-                self._wait()
+                if not ready:
+                    self._wait()
+                yield from ready
         except KeyboardInterrupt:
             self._close(interrupt=True)
             raise
         finally:
             self._close(interrupt=False)
+
+    def _step(self) -> list[list[Any]] | None:
+        """Take input, then hand out what is ready: lists of results, [] when there is nothing
+        to hand out until more outcomes arrive, None when the job is over; raises its error.
+
+        One step of :meth:`batches`, which blocks between steps; the asyncio front
+        (conveyor._aio) awaits between them instead.
+        """
+        self._top_up()
+        if self._ready:
+            ready, self._ready = self._ready, []
+            for values in ready:
+                self._unemitted -= len(values)
+            return ready
+        if self._raise is not None:
+            raise self._raise
+        if self._input is None and self._unemitted == 0:
+            return None
+        return []
 
     # ----------------------------------------------------------------- feeding
 
@@ -202,18 +216,10 @@ class MapJob:
         """Take input and submit chunks while fewer than the in-flight bound are out."""
         while self._input is not None and self._raise is None:
             size = self._chunker.next_size()
-            # Until the first measurement, one single-item chunk per worker: the measurement
-            # arrives after one round trip and the next chunks are sized by it.
-            limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
-            if self._unemitted + size > size * limit and self._unemitted:
+            if not self._has_room(size):
                 return
-            if self._sequence is not None:
-                index = self._next_index
-                piece = self._sequence[index : index + size]
-                items = piece if type(piece) is list else list(piece)
-            else:
-                items = list(itertools.islice(self._input, size))
-            if len(items) < size:
+            items, ended = self._take(size)
+            if ended:
                 self._input = None
             if not items:
                 return
@@ -232,9 +238,35 @@ class MapJob:
             )
             self.backend.submit([unit])
 
+    def _has_room(self, size: int) -> bool:
+        """Whether a chunk of ``size`` more items stays within the in-flight bound."""
+        # Until the first measurement, one single-item chunk per worker: the measurement
+        # arrives after one round trip and the next chunks are sized by it.
+        limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
+        return not (self._unemitted + size > size * limit and self._unemitted)
+
+    def _take(self, size: int) -> tuple[list[Any], bool]:
+        """Up to ``size`` items of input, and whether the input has ended."""
+        if self._sequence is not None:
+            index = self._next_index
+            piece = self._sequence[index : index + size]
+            items = piece if type(piece) is list else list(piece)
+        else:
+            assert self._input is not None
+            items = list(itertools.islice(self._input, size))
+        return items, len(items) < size
+
+    def _new_events(self) -> queue.SimpleQueue[Event]:
+        """The queue that backend threads put outcomes on (the asyncio front's also wakes its
+        event loop)."""
+        return queue.SimpleQueue()
+
     def _wait(self) -> None:
-        event = self.events.get()
-        self._handle(*event)
+        self._handle(*self.events.get())
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle the outcomes that arrived, without waiting for more."""
         while True:
             try:
                 event = self.events.get_nowait()
@@ -338,7 +370,9 @@ class MapJob:
 
     # ----------------------------------------------------------------- closing
 
-    def _close(self, interrupt: bool) -> None:
+    def _close(self, interrupt: bool, wait: bool = True) -> None:
+        """Close the job; ``interrupt`` also stops its running units (``wait``: until their
+        workers are reaped)."""
         if self.closed:
             return
         self.closed = True
@@ -348,7 +382,7 @@ class MapJob:
             self._item_times.put(self.fn, self.mode, self.backend.name, chunker.per_item)
         self._progress.close()
         if interrupt:
-            self.backend.interrupt(self)
+            self.backend.interrupt(self, wait=wait)
             if self._on_interrupt is not None:
                 self._on_interrupt()
         else:

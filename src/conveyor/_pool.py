@@ -34,6 +34,7 @@ from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskTimeout, WorkerCrashed
 from ._job import MapJob, retry_backoff
+from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._options import check_backend, check_callable, check_options, check_timeout, check_workers
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
@@ -109,7 +110,7 @@ class _FutureTask:
         self.future.set_exception(error)
 
 
-class Pool(Executor):
+class Pool(AsyncPoolMethods, Executor):
     """A pool of workers: a real ``concurrent.futures.Executor`` with conveyor's map calls.
 
     ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"`` or
@@ -212,6 +213,17 @@ class Pool(Executor):
         timeout: float | None,
         retries: int,
     ) -> Future[Any]:
+        return self._submit_task(fn, args, kwargs, timeout, retries).future
+
+    def _submit_task(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+        retries: int,
+    ) -> _FutureTask:
+        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``)."""
         check_callable(fn)
         future: Future[Any] = Future()
         task = _FutureTask(self._backend, future, retries, self._times)
@@ -226,7 +238,7 @@ class Pool(Executor):
             coalesce=True,
         )
         self._backend.submit([unit])
-        return future
+        return task
 
     def map(  # type: ignore[override]
         self,
@@ -514,7 +526,7 @@ class Pool(Executor):
         return f"<conveyor.Pool backend={self.backend_name!r} workers={self.workers} {state}>"
 
 
-class _PoolOptions:
+class _PoolOptions(AsyncOptionsMethods):
     """A pool seen with per-task options; returned by :meth:`Pool.options`."""
 
     def __init__(self, pool: Pool, timeout: float | None, retries: int):

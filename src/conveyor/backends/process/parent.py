@@ -370,8 +370,9 @@ class ProcessBackend(Backend):
         with self._lock:
             self._queue.cancel(owner)
 
-    def interrupt(self, owner: object) -> None:
-        """Kill the workers running units of ``owner`` (Ctrl-C) and wait until they are reaped.
+    def interrupt(self, owner: object, wait: bool = True) -> None:
+        """Kill the workers running units of ``owner`` (Ctrl-C, a cancelled await) and, with
+        ``wait``, wait until they are reaped.
 
         Other units those workers held are re-queued, not failed; the workers are replaced.
         """
@@ -386,8 +387,9 @@ class ProcessBackend(Backend):
                 worker.cancelled_owner = owner
         for worker in victims:
             worker.kill()
-        for worker in victims:
-            worker.reaped.wait(10.0)
+        if wait:
+            for worker in victims:
+                worker.reaped.wait(10.0)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         with self._lock:
