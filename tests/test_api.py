@@ -33,6 +33,10 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "Failure",
             "TaskTimeout",
             "WorkerCrashed",
+            "acall",
+            "amap",
+            "amap_unordered",
+            "astarmap",
         ]
     )
 

@@ -472,13 +472,18 @@ class ProcessBackend(Backend):
                     if pool_id in worker.mapped:
                         worker.mapped.discard(pool_id)
                         worker.to_forget.append(pool_id)
-        with self._lock:
-            if self._stop_now:
-                return False
-            self._release_held()
-            batches = self._take_batches()
-        for worker, units, ahead in batches:
-            self._send(worker, units, ahead)
+        # Again while a batch lost units unsent (cancelled, or unpicklable): its worker is still
+        # free, and the units queued behind must not wait for the next event to be sent.
+        dropped = True
+        while dropped:
+            with self._lock:
+                if self._stop_now:
+                    return False
+                self._release_held()
+                batches = self._take_batches()
+            dropped = False
+            for worker, units, ahead in batches:
+                dropped |= self._send(worker, units, ahead)
         return True
 
     def _waitables(self) -> list[Any]:
@@ -584,13 +589,17 @@ class ProcessBackend(Backend):
             batches.append((worker, units, ahead))
         return batches
 
-    def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> None:
+    def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> bool:
+        """Send ``units`` to ``worker``; True when some of them were dropped unsent (their
+        sink said no, or they could not be pickled)."""
         if ahead and worker.batch is None:
             # The batch picked for it just before came to nothing (its units were cancelled or
             # could not be pickled): this one is not ahead of anything, it runs now.
             worker.queued = None
             ahead = False
+        count = len(units)
         units = self._with_wires([u for u in units if u.sink.starting(u)])
+        dropped = len(units) < count
         if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
             # Too large to send ahead without risking a blocked write: wait until it is idle.
             with self._lock:
@@ -601,7 +610,7 @@ class ProcessBackend(Backend):
                 worker.queued = None
             else:
                 worker.batch = None
-            return
+            return dropped
         stream = units[0].timeout is not None
         wire_units = []
         fds: list[int] = []
@@ -647,6 +656,7 @@ class ProcessBackend(Backend):
             worker.conn.send_bytes(encode(message))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
+        return dropped
 
     def _begin(
         self, worker: _Worker, units: list[Unit], exact: list[bool], seq: int, stream: bool
