@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import conveyor
 from conveyor._errors import RemoteTraceback
@@ -270,9 +272,7 @@ def test_cancelling_an_awaited_thread_task_stops_it(tmp_path: Path) -> None:
     with conveyor.Pool(workers=1, backend="thread") as pool:
 
         async def main() -> None:
-            call = asyncio.create_task(
-                pool.acall(aio_tasks.spin_until_stopped, str(tmp_path), key)
-            )
+            call = asyncio.create_task(pool.acall(aio_tasks.spin_until_stopped, str(tmp_path), key))
             await started(tmp_path, key)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -407,3 +407,49 @@ def test_cancelled_futures_at_the_head_of_the_queue_do_not_hold_up_the_rest(
     Path(go).touch()
     assert [b.result(timeout=30) for b in blockers] == [0, 1]
     assert last.result(timeout=30) == 5
+
+
+# ---------------------------------------------------------------------- random cancel timings
+
+
+@hypothesis.settings(
+    max_examples=12, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+@hypothesis.given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.005, 0.02, 5.0]),  # how long the task runs
+            st.sampled_from([0.0, 0.001, 0.01, 0.03]),  # when its await is cancelled
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    break_after=st.integers(min_value=0, max_value=6),
+)
+def test_any_cancel_timing_leaves_a_whole_pool(
+    calls: list[tuple[float, float]], break_after: int
+) -> None:
+    # Whenever the cancel lands (before the task is sent, while it runs, after it ended), the
+    # await ends with the result or CancelledError, and the pool keeps its width and serves.
+    with faults.no_leftovers(), conveyor.Pool(workers=2, backend="process") as pool:
+
+        async def cancel_later(task: asyncio.Task[Any], delay: float) -> None:
+            await asyncio.sleep(delay)  # the random timing under test, not synchronization
+            task.cancel()
+
+        async def main() -> None:
+            tasks_ = [asyncio.create_task(pool.acall(faults.nap, run)) for run, _ in calls]
+            await asyncio.gather(*(cancel_later(t, d) for t, (_, d) in zip(tasks_, calls)))
+            outcomes = await asyncio.gather(*tasks_, return_exceptions=True)
+            for (run, _), outcome in zip(calls, outcomes):
+                assert outcome == run or isinstance(outcome, asyncio.CancelledError), outcome
+            got = []
+            async for value in pool.amap(tasks.square, range(10), chunksize=1):
+                got.append(value)
+                if len(got) > break_after:
+                    break
+            assert got == [i * i for i in range(len(got))]
+            assert await pool.acall(tasks.square, 7) == 49
+
+        asyncio.run(main())
+        assert_pool_serves(pool)

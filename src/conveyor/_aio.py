@@ -146,7 +146,7 @@ async def acall(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
 # ============================================================================ maps
 
 
-class _WakingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+class _WakingQueue(queue.SimpleQueue[Event]):
     """A job's outcome queue that also wakes the job's loop when the job waits on it."""
 
     job: _AsyncJob | None = None
@@ -154,7 +154,9 @@ class _WakingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
     def put(self, item: Event, block: bool = True, timeout: float | None = None) -> None:
         super().put(item)
         job = self.job
-        waiter = job._waiter if job is not None else None
+        if job is None:
+            return
+        waiter = job._waiter
         if waiter is not None:  # read after queueing: see the module's guarantees
             _wake_threadsafe(job._loop, waiter)
 
@@ -608,4 +610,3 @@ def astarmap(
         [32, 9]
     """
     return _one_shot(fn, iterable, MODE_STAR, **options)
-

@@ -34,6 +34,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable, Coroutine
@@ -114,7 +115,8 @@ class AsyncFunction(RunsItems):
 
     def run_items(self, mode: int, items: list[Any]) -> Outcomes:
         """Run the items' coroutines, ``concurrency`` at a time; outcomes as run_items's."""
-        return self._run(self._run_all(mode, items))  # type: ignore[no-any-return]
+        outcomes: Outcomes = self._run(self._run_all(mode, items))
+        return outcomes
 
     def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         loop = _thread_loop()
@@ -144,7 +146,7 @@ class AsyncFunction(RunsItems):
             for position, item in todo:
                 try:
                     values[position] = await self._timed(
-                        lambda item=item: call_item(self.func, mode, item)
+                        functools.partial(call_item, self.func, mode, item)
                     )
                 except Abandoned:
                     raise

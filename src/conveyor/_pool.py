@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
+from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskTimeout, WorkerCrashed
 from ._job import MapJob, retry_backoff
-from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._options import check_backend, check_callable, check_options, check_timeout, check_workers
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
