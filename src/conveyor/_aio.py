@@ -89,6 +89,49 @@ def _wake_threadsafe(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Non
         pass
 
 
+class _Inbox:
+    """Wakes the awaited calls of one loop from backend threads, one loop wakeup per burst.
+
+    A batch of coalesced calls finishes at once; waking each through ``call_soon_threadsafe``
+    would write the loop's self-pipe once per call. Here the first put of a burst schedules one
+    :meth:`_drain` and later ones only queue. No wakeup is lost: :meth:`_drain` clears
+    ``scheduled`` *before* it empties the queue, so a put that sees it set is drained by the
+    pending drain, and a put that sees it clear schedules a new one (deque appends and the flag
+    are atomic under the GIL; a spurious extra drain is harmless).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.scheduled = False
+
+    def put(self, waiter: asyncio.Future[None]) -> None:
+        """Wake ``waiter`` (any thread)."""
+        self.waiters.append(waiter)
+        if not self.scheduled:
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is left to wake
+
+    def _drain(self) -> None:
+        self.scheduled = False
+        waiters = self.waiters
+        while waiters:
+            _wake(waiters.popleft())
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+
+
+def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        inbox = _inboxes[loop] = _Inbox(loop)
+    return inbox
+
+
 # ============================================================================ single calls
 
 
@@ -108,7 +151,8 @@ async def call_on(
     future = task.future
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    future.add_done_callback(lambda _: _wake_threadsafe(loop, waiter))
+    inbox = _inbox(loop)
+    future.add_done_callback(lambda _: inbox.put(waiter))
     try:
         await waiter
     except asyncio.CancelledError:

@@ -58,6 +58,9 @@ def is_async_function(fn: Any) -> bool:
         >>> is_async_function(fetch), is_async_function(len)
         (True, False)
     """
+    code = getattr(fn, "__code__", None)
+    if code is not None:  # a plain function: one flag to read (this runs for every acall)
+        return bool(code.co_flags & inspect.CO_COROUTINE)
     if isinstance(fn, AsyncFunction):
         return False  # already wrapped: it runs its coroutines itself
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
