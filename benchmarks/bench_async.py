@@ -28,22 +28,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from bench_engine import cpu_block, square
+
 from _common import Row, describe_error, fmt_ratio, fmt_seconds, markdown_table, usable_cores
-
-# --------------------------------------------------------------------------- task functions
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def cpu_block(n: int) -> int:
-    """Pure-Python, GIL-bound work: about ``n`` loop iterations."""
-    acc = 0
-    for i in range(n):
-        acc = (acc + i * i) % 1_000_003
-    return acc
-
 
 # --------------------------------------------------------------------------- contenders
 
