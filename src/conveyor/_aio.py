@@ -328,6 +328,7 @@ class AsyncResults:
 
     Example::
 
+        >>> import asyncio, conveyor
         >>> async def first_squares():
         ...     async with conveyor.amap(abs, range(-3, 3)) as results:
         ...         return [r async for r in results]
@@ -391,6 +392,7 @@ class AsyncResults:
 
         Example::
 
+            >>> import asyncio, conveyor
             >>> async def one():
             ...     results = conveyor.amap(abs, [-1, -2])
             ...     first = await results.__anext__()
@@ -630,6 +632,7 @@ def amap_unordered(
 
     Example::
 
+        >>> import asyncio, conveyor
         >>> async def main():
         ...     return sorted([r async for r in conveyor.amap_unordered(abs, [-2, -1])])
         >>> asyncio.run(main())
@@ -648,6 +651,7 @@ def astarmap(
 
     Example::
 
+        >>> import asyncio, conveyor
         >>> async def main():
         ...     return [r async for r in conveyor.astarmap(pow, [(2, 5), (3, 2)])]
         >>> asyncio.run(main())

@@ -51,6 +51,7 @@ class AsyncPoolMethods:
 
         Example::
 
+            >>> import asyncio, conveyor
             >>> async def main():
             ...     with conveyor.Pool(workers=2) as pool:
             ...         return [r async for r in pool.amap(abs, [-1, -2])]
@@ -68,6 +69,7 @@ class AsyncPoolMethods:
 
         Example::
 
+            >>> import asyncio, conveyor
             >>> async def main():
             ...     with conveyor.Pool(workers=2) as pool:
             ...         return sorted([r async for r in pool.amap_unordered(abs, [-2, -1])])
@@ -87,6 +89,7 @@ class AsyncPoolMethods:
 
         Example::
 
+            >>> import asyncio, conveyor
             >>> async def main():
             ...     with conveyor.Pool(workers=2) as pool:
             ...         return [r async for r in pool.astarmap(pow, [(2, 5), (3, 2)])]
@@ -111,6 +114,7 @@ class AsyncOptionsMethods:
 
         Example::
 
+            >>> import asyncio, conveyor
             >>> async def main():
             ...     with conveyor.Pool(workers=1) as pool:
             ...         return await pool.options(retries=1).acall(abs, -3)
