@@ -46,6 +46,11 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "CheckpointMismatch",
             # pipelines (issue 11)
             "pipeline",
+            # asyncio (issue 12)
+            "acall",
+            "amap",
+            "amap_unordered",
+            "astarmap",
         ]
     )
 

@@ -14,6 +14,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._aio import acall, amap, amap_unordered, astarmap
     from ._api import as_completed, imap, imap_unordered, map, starmap
     from ._checkpoint import Checkpoint, CheckpointError, CheckpointInUse, CheckpointMismatch
     from ._errors import (
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
 _WHERE = {
+    "acall": "_aio",
+    "amap": "_aio",
+    "amap_unordered": "_aio",
+    "astarmap": "_aio",
     "as_completed": "_api",
     "imap": "_api",
     "imap_unordered": "_api",
@@ -84,7 +89,11 @@ __all__ = [
     "Unsendable",
     "WorkerCrashed",
     "WorkerInitError",
+    "acall",
+    "amap",
+    "amap_unordered",
     "as_completed",
+    "astarmap",
     "imap",
     "imap_unordered",
     "map",

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MapJob"]
 
+#: what a backend thread puts on a job's queue: (chunk, unit, start, loader, elapsed)
+Event = tuple["_Chunk", Unit, int, Loader, float] | BaseException | None
+
 _SKIPPED = object()
 _PENDING = object()
 #: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
@@ -145,11 +148,10 @@ class MapJob:
         #: items settled as a Failure so far (on_error="return"): while it is 0, no result
         #: handed out is a Failure, and a caller need not look through them for one
         self.failures = 0
-        # Pipeline hook: None is a wake-up (a pipeline's buffer got input, see _take_now
-        # below); an exception is raised here in the job's thread (the pipeline is stopping).
-        self.events: queue.SimpleQueue[
-            tuple[_Chunk, Unit, int, Loader, float] | BaseException | None
-        ] = queue.SimpleQueue()
+        # Pipeline hook: None is a wake-up (a pipeline's buffer got input, see _take below); an
+        # exception is raised in the job's thread (the pipeline is stopping). The asyncio front
+        # gives a queue that also wakes its event loop (_new_events).
+        self.events: queue.SimpleQueue[Event] = self._new_events()
         #: worker-seconds spent running this job's units (a pipeline stage's busy time)
         self.busy_seconds = 0.0
         if total is None:
@@ -219,23 +221,36 @@ class MapJob:
             while True:
                 if ticket is not None:
                     ticket.thread = threading.current_thread()  # who drives it (see above)
-                self._top_up()
-                if self._ready:
-                    ready, self._ready = self._ready, []
-                    for values in ready:
-                        self._unemitted -= len(values)
-                        yield values
-                    continue
-                if self._raise is not None:
-                    raise self._raise
-                if self._input is None and self._unemitted == 0:
+                ready = self._step()
+                if ready is None:
                     return
-                self._wait()
+                if not ready:
+                    self._wait()
+                yield from ready
         except KeyboardInterrupt:
             self._close(interrupt=True)
             raise
         finally:
             self._close(interrupt=False)
+
+    def _step(self) -> list[list[Any]] | None:
+        """Take input, then hand out what is ready: lists of results, [] when there is nothing
+        to hand out until more outcomes arrive, None when the job is over; raises its error.
+
+        One step of :meth:`batches`, which blocks between steps; the asyncio front
+        (conveyor._aio) awaits between them instead.
+        """
+        self._top_up()
+        if self._ready:
+            ready, self._ready = self._ready, []
+            for values in ready:
+                self._unemitted -= len(values)
+            return ready
+        if self._raise is not None:
+            raise self._raise
+        if self._input is None and self._unemitted == 0:
+            return None
+        return []
 
     # ----------------------------------------------------------------- feeding
 
@@ -243,35 +258,13 @@ class MapJob:
         """Take input and submit chunks while fewer than the in-flight bound are out."""
         while self._input is not None and self._raise is None:
             size = self._chunker.next_size()
-            # Until the first measurement, one single-item chunk per worker: the measurement
-            # arrives after one round trip and the next chunks are sized by it.
-            limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
-            if self._unemitted + size > size * limit and self._unemitted:
+            if not self._has_room(size):
                 return
-            if self._take_now is not None:
-                taken = self._take_now(size, self._unemitted == 0)
-                if taken is None:
-                    self._input = None
-                if not taken:
-                    return
-                items = taken
-            else:
-                if self._sequence is not None:
-                    index = self._next_index
-                    piece = self._sequence[index : index + size]
-                    # (a range slice stays a range inline: nothing is sent, so nothing to build)
-                    inline = self.backend.name == "inline"
-                    items = (
-                        piece  # type: ignore[assignment]
-                        if type(piece) is list or inline
-                        else list(piece)
-                    )
-                else:
-                    items = list(itertools.islice(self._input, size))
-                if len(items) < size:
-                    self._input = None
-                if not items:
-                    return
+            items, ended = self._take(size)
+            if ended:
+                self._input = None
+            if not items:
+                return
             chunk = _Chunk(self, self._next_index, items)
             self._next_index += len(items)
             self._unemitted += len(items)
@@ -287,6 +280,38 @@ class MapJob:
             )
             self.backend.submit([unit], self._ticket)
 
+    def _has_room(self, size: int) -> bool:
+        """Whether a chunk of ``size`` more items stays within the in-flight bound."""
+        # Until the first measurement, one single-item chunk per worker: the measurement
+        # arrives after one round trip and the next chunks are sized by it.
+        limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
+        return not (self._unemitted + size > size * limit and self._unemitted)
+
+    def _take(self, size: int) -> tuple[list[Any], bool]:
+        """Up to ``size`` items of input, and whether the input has ended."""
+        if self._take_now is not None:  # a pipeline's buffer: what it has now, never blocking
+            taken = self._take_now(size, self._unemitted == 0)
+            return ([], True) if taken is None else (taken, False)
+        if self._sequence is not None:
+            index = self._next_index
+            piece = self._sequence[index : index + size]
+            # (a range slice stays a range inline: nothing is sent, so nothing to build)
+            inline = self.backend.name == "inline"
+            items: list[Any] = (
+                piece  # type: ignore[assignment]
+                if type(piece) is list or inline
+                else list(piece)
+            )
+        else:
+            assert self._input is not None
+            items = list(itertools.islice(self._input, size))
+        return items, len(items) < size
+
+    def _new_events(self) -> queue.SimpleQueue[Event]:
+        """The queue that backend threads put outcomes on (the asyncio front's also wakes its
+        event loop)."""
+        return queue.SimpleQueue()
+
     def _wait(self) -> None:
         if self._end_time is None:
             event = self.events.get()
@@ -300,15 +325,23 @@ class MapJob:
                 # chunks are dropped) and raise.
                 self._close(interrupt=True)
                 raise missed_deadline("the map call", self.timeout) from None
+        self._event(event)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle the outcomes that arrived, without waiting for more."""
         while True:
-            if isinstance(event, BaseException):
-                raise event
-            if event is not None:  # None: a wake-up; batches() tops up next
-                self._handle(*event)
             try:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
+            self._event(event)
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, BaseException):  # a pipeline stopping: raised in the job's thread
+            raise event
+        if event is not None:  # None: a pipeline's wake-up; batches() tops up next
+            self._handle(*event)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -408,7 +441,9 @@ class MapJob:
 
     # ----------------------------------------------------------------- closing
 
-    def _close(self, interrupt: bool) -> None:
+    def _close(self, interrupt: bool, wait: bool = True) -> None:
+        """Close the job; ``interrupt`` also stops its running units (``wait``: until their
+        workers are reaped)."""
         if self.closed:
             return
         self.closed = True
@@ -418,7 +453,7 @@ class MapJob:
             self._item_times.put(self.fn, self.mode, self.backend.name, chunker.per_item)
         self._progress.close()
         if interrupt:
-            self.backend.interrupt(self)
+            self.backend.interrupt(self, wait=wait)
             if self._on_interrupt is not None:
                 self._on_interrupt()
         else:

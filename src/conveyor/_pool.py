@@ -35,6 +35,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
 
+from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskStopped, TaskTimeout
@@ -148,7 +149,7 @@ class _FutureTask:
         self.future.set_exception(error)
 
 
-class Pool(Executor):
+class Pool(AsyncPoolMethods, Executor):
     """A pool of workers: a real ``concurrent.futures.Executor`` with conveyor's map calls.
 
     ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"``,
@@ -295,6 +296,17 @@ class Pool(Executor):
         task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
+        return self._submit_task(fn, args, kwargs, task_timeout, retries).future
+
+    def _submit_task(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task_timeout: float | None,
+        retries: int,
+    ) -> _FutureTask:
+        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``)."""
         check_callable(fn)
         future: Future[Any] = Future()
         task = _FutureTask(self._backend, future, retries, self._times)
@@ -310,7 +322,7 @@ class Pool(Executor):
         )
         self._backend.submit([unit])
         setattr(future, _TASK, weakref.ref(task))  # weak: the future must not keep its task
-        return future
+        return task
 
     def stop(self, future: Future[Any]) -> bool:
         """Stop one submitted task, even a running one; True if it was stopped.
@@ -792,7 +804,7 @@ class Pool(Executor):
         return f"<conveyor.Pool backend={self.backend_name!r} workers={self.workers} {state}>"
 
 
-class _PoolOptions:
+class _PoolOptions(AsyncOptionsMethods):
     """A pool seen with per-task options; returned by :meth:`Pool.options`.
 
     Its calls are the pool's, with this view's ``task_timeout`` and ``retries``.

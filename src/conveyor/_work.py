@@ -29,6 +29,7 @@ __all__ = [
     "Loader",
     "Outcome",
     "Outcomes",
+    "RunsItems",
     "Sink",
     "Unit",
     "call_item",
@@ -84,12 +85,24 @@ class Abandoned(BaseException):
     the item's failure, so the thread stops instead of running the rest of its chunk."""
 
 
+class RunsItems:
+    """A task function that runs a whole list of items itself (:func:`run_items` hands it the
+    chunk): an ``async def`` function, whose items run concurrently on the worker's event
+    loop (see conveyor._coroutines)."""
+
+    def run_items(self, mode: int, items: list[Any]) -> Outcomes:
+        """The outcomes of ``items``, as :func:`run_items` gives them."""
+        raise NotImplementedError
+
+
 def run_items(fn: Callable[..., Any], mode: int, items: list[Any]) -> Outcomes:
     """Apply ``fn`` to each item; an exception settles that item and the loop goes on.
 
     The happy path is one tight loop per mode (no per-item call of :func:`call_item`), which
     matters for chunks of thousands of tiny items.
     """
+    if isinstance(fn, RunsItems):
+        return fn.run_items(mode, items)
     values: list[Any] = []
     errors: dict[int, BaseException] = {}
     append = values.append

@@ -83,11 +83,13 @@ class Backend(abc.ABC):
     def terminate(self) -> None:
         """Stop now: kill the workers, fail what is owed; for Ctrl-C and interpreter exit."""
 
-    def interrupt(self, owner: object) -> None:
+    def interrupt(self, owner: object, wait: bool = True) -> None:
         """Cancel ``owner``'s queued units and stop its running ones where the backend can.
 
-        Called on Ctrl-C so that nothing keeps running behind the caller's back; the backend
-        stays usable. Threads cannot be stopped, so the thread backend only cancels.
+        Called on Ctrl-C, and by the asyncio front when an awaiting task is cancelled, so that
+        nothing keeps running behind the caller's back; the backend stays usable. The running
+        units' outcomes are not delivered. ``wait=False`` returns once the stop is under way
+        (the process backend then reaps the killed workers in its dispatcher thread).
         """
         self.cancel(owner)
 

@@ -19,7 +19,9 @@ result is thrown away. A task that catches the exception and goes on runs to its
 The process backend, in contrast, really stops the task (and keeps its worker when it can).
 ``terminate()`` abandons every running task the same way: each gets
 :class:`~conveyor._errors.PoolClosed` at once (so nobody waits on a future or a map that can
-no longer end), and its thread is asked to stop.
+no longer end), and its thread is asked to stop. ``interrupt(owner)`` (Ctrl-C in a map, a
+cancelled ``await`` in the asyncio front) abandons just that owner's running tasks, delivers
+nothing for them, and puts fresh threads in their places.
 
 Races, and what settles them:
 
@@ -203,6 +205,29 @@ class ThreadBackend(Backend):
                 self._cv.notify_all()
             error = PoolClosed("the pool was terminated while the task ran")
             unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
+
+    def interrupt(self, owner: object, wait: bool = True) -> None:
+        """Cancel ``owner``'s queued units and abandon its running ones as :meth:`terminate`
+        does: each such thread is asked to stop (an asynchronous exception, which a call
+        blocked in C sees only when it returns) and a fresh thread takes its place at once.
+        Nothing is delivered for the abandoned units; ``wait`` changes nothing (there is
+        nothing to reap)."""
+        with self._cv:
+            self._queue.cancel(owner)
+            states = list(self._states)
+        for state in states:
+            with state.lock:
+                unit = state.unit
+                if unit is None or state.abandoned or unit.sink.owner is not owner:
+                    continue
+                state.abandoned = True
+                state.unit = state.current = None
+                _stop_thread(state)
+            with self._cv:
+                self._states.discard(state)
+                if not (self._closing or self._terminated):
+                    self._start_thread()
+                self._cv.notify()
 
     @property
     def alive(self) -> bool:

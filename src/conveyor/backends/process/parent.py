@@ -456,8 +456,9 @@ class ProcessBackend(Backend):
         with self._lock:
             self._queue.cancel(owner)
 
-    def interrupt(self, owner: object) -> None:
-        """Kill the workers running units of ``owner`` (Ctrl-C) and wait until they are reaped.
+    def interrupt(self, owner: object, wait: bool = True) -> None:
+        """Kill the workers running units of ``owner`` (Ctrl-C, a cancelled await) and, with
+        ``wait``, wait until they are reaped.
 
         Other units those workers held are re-queued, not failed; the workers are replaced.
         """
@@ -472,8 +473,9 @@ class ProcessBackend(Backend):
                 worker.cancelled_owner = owner
         for worker in victims:
             worker.kill()
-        for worker in victims:
-            worker.reaped.wait(10.0)
+        if wait:
+            for worker in victims:
+                worker.reaped.wait(10.0)
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         if self._forked:
@@ -710,13 +712,17 @@ class ProcessBackend(Backend):
             batches.append((worker, units, ahead))
         return batches
 
-    def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> None:
+    def _send(self, worker: _Worker, units: list[Unit], ahead: bool = False) -> bool:
+        """Send ``units`` to ``worker``; True when some of them were dropped unsent (their
+        sink said no, or they could not be pickled)."""
         if ahead and worker.batch is None:
             # The batch picked for it just before came to nothing (its units were cancelled or
             # could not be pickled): this one is not ahead of anything, it runs now.
             worker.queued = None
             ahead = False
+        count = len(units)
         units = self._with_wires([u for u in units if u.sink.starting(u)])
+        dropped = len(units) < count
         if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
             # Too large to send ahead without risking a blocked write: wait until it is idle.
             with self._lock:
@@ -727,7 +733,7 @@ class ProcessBackend(Backend):
                 worker.queued = None
             else:
                 worker.batch = None
-            return
+            return dropped
         stream = units[0].timeout is not None
         wire_units = []
         fds: list[int] = []
@@ -773,6 +779,7 @@ class ProcessBackend(Backend):
             worker.conn.send_bytes(encode(message))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
+        return dropped
 
     def _begin(
         self, worker: _Worker, units: list[Unit], exact: list[bool], seq: int, stream: bool
