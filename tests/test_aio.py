@@ -52,7 +52,7 @@ async def started(directory: Path, tag: object = 0) -> tuple[int, int]:
 def assert_pool_serves(pool: conveyor.Pool, workers: int = 2) -> None:
     """The pool is back to its width and runs work."""
     faults.wait_until(lambda: len(pool._backend.worker_pids()) == workers, 10, "replacement")
-    assert pool.map(tasks.square, range(10)) == [i * i for i in range(10)]
+    assert list(pool.imap(tasks.square, range(10))) == [i * i for i in range(10)]
 
 
 # ---------------------------------------------------------------------- results

@@ -162,10 +162,12 @@ def _worker_pids(pool: conveyor.Pool) -> dict[str, int]:
 def test_function_from_main_runs_on_command_line_workers(pool: conveyor.Pool) -> None:
     offset = 7  # captured by a closure: travels with the function
 
-    assert pool.map(MAIN.square, range(2000)) == [x * x for x in range(2000)]
-    assert pool.map(lambda x: x + offset, range(10)) == list(range(7, 17))
+    assert list(pool.imap(MAIN.square, range(2000))) == [x * x for x in range(2000)]
+    assert list(pool.imap(lambda x: x + offset, range(10))) == list(range(7, 17))
     table = bytes(range(256)) * 1024  # 256 kB captured: copied to each worker once, not inline
-    assert pool.map(lambda i: table[i * 1000], range(200)) == [table[i * 1000] for i in range(200)]
+    assert list(pool.imap(lambda i: table[i * 1000], range(200))) == [
+        table[i * 1000] for i in range(200)
+    ]
     assert pool.starmap(pow, [(2, 5), (3, 2)]) == [32, 9]
 
 
@@ -190,12 +192,12 @@ def test_infinite_input_is_read_lazily_and_break_stops_it(pool: conveyor.Pool) -
     at_break = pulled
     assert at_break < 1_000_000  # bounded: nowhere near "materialize everything"
     assert pulled == at_break  # nothing more is read after the break
-    assert pool.map(MAIN.square, [3]) == [9]  # the pool is still fine
+    assert list(pool.imap(MAIN.square, [3])) == [9]  # the pool is still fine
 
 
 def test_every_call_runs_even_with_equal_arguments(pool: conveyor.Pool) -> None:
-    first = pool.map(MAIN.token, [0] * 50, chunksize=1)
-    second = pool.map(MAIN.token, [0] * 50, chunksize=1)
+    first = list(pool.imap(MAIN.token, [0] * 50, chunksize=1))
+    second = list(pool.imap(MAIN.token, [0] * 50, chunksize=1))
     assert len(set(first + second)) == 100  # pure=False: no merged tasks, no cached results
     # and nothing stays behind on the cluster once the results are in
     faults.wait_until(lambda: not _task_keys(pool), 30, "the results to leave the cluster")
@@ -213,19 +215,19 @@ def _task_keys(pool: conveyor.Pool) -> list[str]:
 
 
 def test_errors_become_failures(pool: conveyor.Pool) -> None:
-    results = pool.map(MAIN.inverse, [1, 0, 2], on_error="return")
+    results = list(pool.imap(MAIN.inverse, [1, 0, 2], on_error="return"))
     assert results[0] == 1.0 and results[2] == 0.5
     failure = results[1]
     assert isinstance(failure, conveyor.Failure)
     assert isinstance(failure.exception, ZeroDivisionError)
     assert "inverse" in failure.traceback  # the worker's traceback came along
     with pytest.raises(ZeroDivisionError):
-        pool.map(MAIN.inverse, [1, 0])
+        list(pool.imap(MAIN.inverse, [1, 0]))
 
 
 def test_progress_bar_counts_every_item(pool: conveyor.Pool) -> None:
     out = io.StringIO()
-    pool.map(MAIN.square, range(500), progress={"file": out, "mininterval": 0})
+    list(pool.imap(MAIN.square, range(500), progress={"file": out, "mininterval": 0}))
     assert "500/500" in out.getvalue()
 
 
@@ -251,8 +253,10 @@ def test_submit_as_completed_and_asyncio(pool: conveyor.Pool) -> None:
 def test_timeout_stops_a_busy_loop_and_the_worker_lives_on(pool: conveyor.Pool) -> None:
     pids = _worker_pids(pool)
     started = time.monotonic()
-    results = pool.map(
-        MAIN.busy, [0.0, 60.0, 0.0], chunksize=3, on_error="return", **{ITEM_TIMEOUT: 1.0}
+    results = list(
+        pool.imap(
+            MAIN.busy, [0.0, 60.0, 0.0], chunksize=3, on_error="return", **{ITEM_TIMEOUT: 1.0}
+        )
     )
     assert time.monotonic() - started < 30
     assert results[0] == 0.0 and results[2] == 0.0
@@ -262,8 +266,10 @@ def test_timeout_stops_a_busy_loop_and_the_worker_lives_on(pool: conveyor.Pool) 
 
 def test_timeout_of_a_call_blocked_in_c_restarts_its_worker(pool: conveyor.Pool) -> None:
     started = time.monotonic()
-    results = pool.map(
-        MAIN.nap, [0.0, 600.0, 0.0], chunksize=3, on_error="return", **{ITEM_TIMEOUT: 1.0}
+    results = list(
+        pool.imap(
+            MAIN.nap, [0.0, 600.0, 0.0], chunksize=3, on_error="return", **{ITEM_TIMEOUT: 1.0}
+        )
     )
     assert time.monotonic() - started < 30
     assert results[0] == 0.0 and results[2] == 0.0
@@ -272,7 +278,7 @@ def test_timeout_of_a_call_blocked_in_c_restarts_its_worker(pool: conveyor.Pool)
     client.wait_for_workers(2, timeout=60)
     # the stuck thread went with its worker: no worker is still running a task
     faults.wait_until(lambda: not any(client.processing().values()), 60, "the workers to idle")
-    assert pool.map(MAIN.square, range(4)) == [0, 1, 4, 9]
+    assert list(pool.imap(MAIN.square, range(4))) == [0, 1, 4, 9]
 
 
 # ============================================================================ faults
@@ -313,7 +319,9 @@ def test_own_cluster_is_loopback_isolates_a_crash_and_leaves_nothing() -> None:
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
         assert all(a.startswith("tcp://127.0.0.1:") for a in client.nthreads())
         assert _listening_addresses(others) <= {"127.0.0.1"}  # no port open beyond loopback
-        results = pool.map(MAIN.kill_worker_on, range(8), [5] * 8, chunksize=4, on_error="return")
+        results = list(
+            pool.imap(MAIN.kill_worker_on, range(8), [5] * 8, chunksize=4, on_error="return")
+        )
         assert [r for i, r in enumerate(results) if i != 5] == [i * 10 for i in range(8) if i != 5]
         assert isinstance(results[5].exception, conveyor.WorkerCrashed)
 
@@ -407,7 +415,7 @@ def test_an_unpicklable_item_is_named(pool: conveyor.Pool) -> None:
     import threading
 
     with pytest.raises(TypeError, match="item 1"):
-        pool.map(len, [[1], [threading.Lock()], [3]], chunksize=1)
+        list(pool.imap(len, [[1], [threading.Lock()], [3]], chunksize=1))
     with pytest.raises(TypeError, match="argument 0"):
         pool.submit(len, threading.Lock())
-    assert pool.map(len, [[1]]) == [1]
+    assert list(pool.imap(len, [[1]])) == [1]

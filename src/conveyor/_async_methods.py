@@ -24,7 +24,7 @@ class AsyncPoolMethods:
 
         Named like ``submit``'s awaitable twin: it calls ``fn`` and gives back what it
         returns (``run`` is what ``conveyor run`` does with commands). Every keyword goes to
-        ``fn``; ``pool.options(timeout=..., retries=...).acall(...)`` sets a limit and retries.
+        ``fn``; ``pool.options(task_timeout=..., retries=...).acall(...)`` sets a limit and retries.
         Cancelling the await (``asyncio.timeout``, ``wait_for``, a failing ``TaskGroup``)
         stops the task: a worker process running it is killed and replaced, a worker thread is
         asked to stop as :meth:`terminate` does. ``asyncio.shield(pool.acall(...))`` lets it
