@@ -187,7 +187,7 @@ def test_async_def_functions_run_concurrently_in_each_worker(backend: str) -> No
 
 def test_one_pool_serves_sync_and_async_callers_at_once(pool: conveyor.Pool) -> None:
     async def main() -> tuple[list[int], list[int]]:
-        sync = asyncio.to_thread(pool.map, tasks.square, range(200))
+        sync = asyncio.to_thread(lambda: list(pool.imap(tasks.square, range(200))))
         awaited = asyncio.gather(*(pool.acall(tasks.square, i) for i in range(200)))
         return tuple(await asyncio.gather(sync, awaited))  # type: ignore[return-value]
 

@@ -31,7 +31,9 @@ Guarantees, and where they are kept:
   (at once on the pool's own LocalCluster: ``allowed_failures=0``; after Dask's own re-runs on
   another cluster); its items run again in smaller pieces, and a single item whose worker died
   twice under it gets :class:`~conveyor.WorkerCrashed` (which ``retries`` may retry). (Twice:
-  Dask also fails the tasks that were only queued on the dead worker.)
+  Dask also fails the tasks that were only queued on the dead worker; and a struck item runs
+  again only while no other struck item is on the cluster, so two items that shared a dead
+  worker are not struck together again.)
 * **A unit's outcomes are delivered once**: a task's entry leaves ``_running`` under the lock
   exactly once, by whoever takes it first: the dispatcher (its outcome), ``cancel`` (dropped)
   or ``terminate`` (PoolClosed). A future finishing after that finds no entry and is ignored.
@@ -141,6 +143,7 @@ class DaskBackend(Backend):
         self._restarting: dict[str, threading.Thread] = {}
         self._restarted: set[str] = set()
         self._struck: set[int] = set()  # ids of single-item units whose worker died once
+        self._suspect_key: str | None = None  # the one struck unit on the cluster, if any
         self._closing = False
         self._terminated = False
         self._closed_connection = False
@@ -234,11 +237,19 @@ class DaskBackend(Backend):
         """
         self._queue.release_due(time.monotonic())
         tasks = []
+        held_back: list[Unit] = []
         while self._queue.ready and len(self._running) < self._limit:
             unit = self._queue.ready.popleft()
+            suspect = unit.id in self._struck
+            if suspect and self._suspect_key in self._running:
+                held_back.append(unit)  # one suspect on the cluster at a time (see _on_error)
+                continue
             task = _Task(unit, f"conveyor-{uuid.uuid4().hex}")
             self._running[task.key] = task
             tasks.append(task)
+            if suspect:
+                self._suspect_key = task.key
+        self._queue.ready.extendleft(reversed(held_back))
         return tasks
 
     def _send(self, task: _Task, raise_unsendable: bool = False) -> None:
@@ -424,7 +435,9 @@ class DaskBackend(Backend):
                 self._queue.ready.extendleft(reversed(pieces))
             return
         # Dask fails every task assigned to a dead worker, also those still queued there: a
-        # single item is blamed only when its worker dies under it a second time.
+        # single item is blamed only when its worker dies under it a second time, and a struck
+        # item (a suspect) runs again only while no other suspect is on the cluster, so an
+        # innocent item queued behind the culprit on the same worker is not struck twice.
         if unit.id not in self._struck:
             with self._lock:
                 self._struck.add(unit.id)
