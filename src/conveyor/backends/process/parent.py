@@ -15,6 +15,7 @@ Data flow::
                                 (which unit / item it was on),               the unit / item
                                 attributes it, re-queues, replaces           running now)
                                 past a hard deadline: kills the worker's process group
+    caller's logging  <-------  re-emits workers' log records            <-- LOG (worker_logging)
 
 Guarantees, and where they are kept:
 
@@ -90,12 +91,14 @@ from ..._shm import Segment
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
 from ..queue import JobTicket, WorkQueue
+from . import worker_logging
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
     IDLE,
     INIT_FAILED,
     ITEM,
+    LOG,
     PREFETCH_BYTES,
     READY,
     RUN,
@@ -820,6 +823,9 @@ class ProcessBackend(Backend):
                 if kind == INIT_FAILED:
                     self._on_init_failed(message[1])
                     continue
+                if kind == LOG:
+                    _reemit(message[2])
+                    continue
                 segments = _receive_segments(worker, message[1])
                 if kind == DONE:
                     worker.release_holds(message[4])
@@ -1124,6 +1130,7 @@ class ProcessBackend(Backend):
                         _pull.probe_args()
                         if self._segments is not None and _pull.AVAILABLE
                         else None,
+                        worker_logging.levels(),
                     ),
                     f"conveyor-worker-{next(_worker_numbers)}",
                 )
@@ -1271,6 +1278,15 @@ def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader
             return [None] * count, dict.fromkeys(range(count), error)
 
     return load
+
+
+def _reemit(record: dict[str, Any]) -> None:
+    """Hand a worker's log record to the caller's logging; a failing handler must not end the
+    dispatcher thread (logging reports its own handlers' errors; this is for the rest)."""
+    try:
+        worker_logging.reemit(record)
+    except Exception:
+        pass
 
 
 def _fail(units: list[Unit], error: BaseException) -> None:

@@ -12,6 +12,8 @@ Data flow::
     STOP                        ------ pipe ------>       exit
                                 <----- pipe -------       READY once the initializer ran, or
                                                           INIT_FAILED (traceback) and exit
+    re-emit it (worker_logging.py) <-- pipe -------       LOG (0, record as a dict), at any
+                                                          time, from any thread of the worker
     mark[0], mark[1] (shared)   <----- memory -----       what is running now (see below)
 
 A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items, exact)``
@@ -25,6 +27,13 @@ when the worker's function cache does not hold ``fn_key``. Both sides keep that 
 of :data:`FN_CACHE_SIZE` entries and update it in the same order (the parent replays what it
 sent), so they always agree on what the worker holds without any message about it. ``exact``
 asks the worker to mark each item it starts (see below).
+
+LOG messages may come at any time, also while the worker is idle (a thread of a task) or
+between the messages of a batch; the parent reads them wherever it reads the pipe, and the
+worker's sends are serialized, so they never split another message. They do not change the
+argument below: the parent reads its pipes whenever it is not writing, and it writes only
+messages that fit the socket's buffer to a worker that is running (prefetch) or one that is
+idle and therefore reading.
 
 Exactly one RUN is outstanding per worker: the parent sends the next one only after the last
 DONE (or final ITEM) of the previous batch. Neither side can then block writing while the other
@@ -72,6 +81,7 @@ __all__ = [
     "IDLE",
     "INIT_FAILED",
     "ITEM",
+    "LOG",
     "PREFETCH_BYTES",
     "READY",
     "RUN",
@@ -92,6 +102,7 @@ DONE = 3
 ITEM = 4
 INIT_FAILED = 5
 READY = 6
+LOG = 7
 
 #: ``mark[0]`` / ``mark[1]`` before anything of a batch has started
 IDLE = -1
