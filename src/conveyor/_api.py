@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from ._errors import PoolClosed
 from ._options import Deadline, check_backend, check_deadline, check_workers
 from ._pool import Pool
+from ._stats import MapStats
 from ._work import MODE_MAP, MODE_STAR
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
@@ -121,6 +122,7 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
 ) -> list[R]:
     """``[fn(x) for x in iterable]``, run in parallel; returns the list of results.
@@ -162,6 +164,7 @@ def map(
         on_error=on_error,
         progress=progress,
         explain=explain,
+        stats=stats,
     )
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint))
@@ -185,6 +188,7 @@ def starmap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
 ) -> list[R]:
     """``[fn(*args) for args in iterable]`` in parallel; the options of :func:`map`.
@@ -204,6 +208,7 @@ def starmap(
         on_error=on_error,
         progress=progress,
         explain=explain,
+        stats=stats,
     )
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_STAR, call, options, checkpoint))
@@ -226,6 +231,7 @@ def imap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
 ) -> Iterator[R]:
     """Lazily yield ``fn(x)`` in input order; input is read as results are consumed.
@@ -251,6 +257,7 @@ def imap(
         on_error=on_error,
         progress=progress,
         explain=explain,
+        stats=stats,
     )
     if checkpoint is not None:
         return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
@@ -273,6 +280,7 @@ def imap_unordered(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
 ) -> Iterator[R]:
     """Like :func:`imap`, yielding results as they finish.
@@ -292,6 +300,7 @@ def imap_unordered(
         on_error=on_error,
         progress=progress,
         explain=explain,
+        stats=stats,
     )
     if checkpoint is not None:
         return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)

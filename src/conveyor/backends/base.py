@@ -7,6 +7,7 @@ import os
 import weakref
 from collections.abc import Sequence
 
+from .._stats import PoolStats
 from .._work import Unit
 from .queue import JobTicket
 
@@ -87,6 +88,10 @@ class Backend(abc.ABC):
         stays usable. Threads cannot be stopped, so the thread backend only cancels.
         """
         self.cancel(owner)
+
+    def stats(self) -> PoolStats:
+        """Its workers' figures (see conveyor.Pool.stats); none for a backend without workers."""
+        return PoolStats.merged([])
 
     @property
     def alive(self) -> bool:

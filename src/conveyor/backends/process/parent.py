@@ -88,6 +88,7 @@ from ..._envmark import kill_marked, new_token
 from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
 from ..._shm import Segment
+from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
 from ..queue import JobTicket, WorkQueue
@@ -212,6 +213,8 @@ class _Worker:
         self.item_index = 0
         self.deadline: float | None = None
         self.tasks_run = 0
+        self.busy = 0.0  # seconds its items ran, as it measured them (for Pool.stats)
+        self.ready_at = 0.0  # time.monotonic() when it said READY
         self.ready = False  # said READY: its initializer ran, it may be given work
         self.retiring = False
         self.killed_for_timeout = False
@@ -397,6 +400,10 @@ class ProcessBackend(Backend):
         _register(self._wake_r, self._wake_w)
         self._workers: dict[Any, _Worker] = {}  # by sentinel; changed by the dispatcher only
         self._startup_deaths = 0
+        # Pool.stats(): replacements by cause, and the items run by workers no longer here
+        # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
+        self._restarts = dict.fromkeys(RESTART_CAUSES, 0)
+        self._gone_tasks = 0
         # Units sent back exact after a death at an unknown item (dispatcher thread only).
         self._suspects: weakref.WeakSet[Unit] = weakref.WeakSet()
         self._finished = threading.Event()
@@ -541,6 +548,28 @@ class ProcessBackend(Backend):
         """The pids of the current worker processes (for tests and diagnostics)."""
         with self._lock:
             return [w.pid for w in self._workers.values() if w.pid is not None]
+
+    def stats(self) -> PoolStats:
+        """Figures per live worker and restarts by cause (see conveyor.Pool.stats).
+
+        Another thread's view of the dispatcher's counters: each number is read whole (the
+        GIL), the set of workers under the lock; a batch in flight counts when it is done.
+        """
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self._workers.values())
+            gone, restarts = self._gone_tasks, dict(self._restarts)
+        rows = [
+            WorkerStats(
+                name=w.process.name,
+                pid=w.pid or 0,
+                tasks=w.tasks_run,
+                busy=w.busy,
+                idle=max(0.0, now - w.ready_at - w.busy) if w.ready else 0.0,
+            )
+            for w in workers
+        ]
+        return PoolStats(rows, gone + sum(w.tasks_run for w in workers), restarts)
 
     def _wake(self) -> None:
         try:
@@ -814,6 +843,7 @@ class ProcessBackend(Backend):
                 kind = message[0]
                 if kind == READY:
                     worker.ready = True
+                    worker.ready_at = time.monotonic()
                     # Every worker of a pool runs where the first did: its answer stands for
                     # all, but one that could not read our memory turns pulling off for good.
                     if self._pull_ok is None or not message[2]:
@@ -846,6 +876,7 @@ class ProcessBackend(Backend):
         batch = worker.batch or []
         for unit, (unit_id, payload, elapsed) in zip(batch, parts):
             assert unit.id == unit_id, "a worker answered for a unit it was not sent"
+            worker.busy += elapsed
             _release(unit)
             _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
         self._batch_finished(worker, rss)
@@ -865,6 +896,7 @@ class ProcessBackend(Backend):
         assert unit.id == unit_id and position == worker.item_index
         if position + 1 == len(unit.items):
             _release(unit)
+        worker.busy += elapsed
         _deliver(unit, position, 1, payload, segments, elapsed)
         worker.item_index += 1
         if worker.item_index == len(unit.items):
@@ -894,6 +926,7 @@ class ProcessBackend(Backend):
     def _retire(self, worker: _Worker) -> None:
         """Ask an idle worker to exit, and start its replacement now (not when it exits)."""
         worker.retiring = True
+        self._restarts["recycle"] += 1
         try:
             worker.conn.send_bytes(encode((STOP,)))
         except OSError:
@@ -943,7 +976,11 @@ class ProcessBackend(Backend):
         _kill_group(worker.pid, None)  # children its task left behind
         if exitcode != 0:  # it did not end on its own: so did not its task's programs
             kill_marked(worker.token)
-        del self._workers[worker.sentinel]
+        with self._lock:
+            del self._workers[worker.sentinel]
+            self._gone_tasks += worker.tasks_run
+        if not worker.retiring and not self._stop_now:
+            self._restarts[_death_cause(worker)] += 1
         worker.close_channels()
         worker.release_holds()  # its mappings died with it
         # Replace first, so re-queued work finds a worker; settle last, so nothing here still
@@ -1278,6 +1315,15 @@ def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader
             return [None] * count, dict.fromkeys(range(count), error)
 
     return load
+
+
+def _death_cause(worker: _Worker) -> str:
+    """Why a worker that the pool did not stop is gone (a key of PoolStats.restarts)."""
+    if worker.killed_for_timeout:
+        return "timeout"
+    if worker.cancelled_owner is not None:
+        return "stopped"
+    return "crash"
 
 
 def _reemit(record: dict[str, Any]) -> None:
