@@ -25,14 +25,13 @@ def fail_on_multiples_of_5(x: int) -> int:
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_map_stats_count_tasks_failures_retries_and_chunks(backend: str) -> None:
     stats = conveyor.MapStats()
-    out = conveyor.map(
-        fail_on_multiples_of_5,
-        range(50),
-        backend=backend,
-        retries=2,
-        on_error="return",
-        stats=stats,
-    )
+    with conveyor.Pool(workers=2, backend=backend) as pool:
+        out = list(
+            pool.imap(fail_on_multiples_of_5, range(50), retries=2, on_error="return", stats=stats)
+        )
+        per_worker = pool.stats().workers
+    assert sum(w.failures for w in per_worker) == 30  # every attempt of the 10 bad items
+    assert sum(w.tasks for w in per_worker) == 70
     assert len(out) == 50
     assert stats.tasks == 50
     assert stats.failures == 10  # items 0, 5, ..., 45, each after 1 + 2 attempts

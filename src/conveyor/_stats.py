@@ -129,15 +129,18 @@ class MapStats:
 class WorkerStats:
     """One worker process of a pool, as :meth:`conveyor.Pool.stats` saw it.
 
-    ``busy``: seconds spent running items; ``idle``: the rest of its life since it was ready.
+    ``tasks``: items it ran; ``failures``: those that raised (each attempt of a retried item;
+    an item that killed its worker is counted in ``PoolStats.restarts``); ``busy``: seconds
+    spent running items; ``idle``: the rest of its life since it was ready.
 
-    >>> WorkerStats(name="w", pid=1, tasks=4, busy=1.5, idle=0.5).tasks
+    >>> WorkerStats(name="w", pid=1, tasks=4, failures=1, busy=1.5, idle=0.5).tasks
     4
     """
 
     name: str
     pid: int
     tasks: int
+    failures: int
     busy: float
     idle: float
 

@@ -78,6 +78,7 @@ class _ThreadState:
         "abandoned",
         "busy",
         "current",
+        "failures",
         "lock",
         "position",
         "started",
@@ -97,6 +98,7 @@ class _ThreadState:
         self.thread: threading.Thread | None = None
         # Pool.stats(): written by its own thread only, read by others as whole numbers
         self.tasks = 0
+        self.failures = 0
         self.busy = 0.0
         self.started = time.monotonic()
 
@@ -149,6 +151,7 @@ class ThreadBackend(Backend):
                 name=s.thread.name if s.thread is not None else "",
                 pid=pid,
                 tasks=s.tasks,
+                failures=s.failures,
                 busy=s.busy,
                 idle=max(0.0, now - s.started - s.busy),
             )
@@ -345,6 +348,7 @@ class ThreadBackend(Backend):
                 state.unit = None
             elapsed = time.perf_counter() - started
             state.tasks += len(values)
+            state.failures += len(errors)
             state.busy += elapsed
             unit.sink.deliver(unit, 0, outcomes_of(values, errors), elapsed)
             return
@@ -363,6 +367,7 @@ class ThreadBackend(Backend):
                 state.current = state.unit = None
             elapsed = time.perf_counter() - started
             state.tasks += 1
+            state.failures += len(errors)
             state.busy += elapsed
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
 

@@ -214,6 +214,7 @@ class _Worker:
         self.deadline: float | None = None
         self.tasks_run = 0
         self.busy = 0.0  # seconds its items ran, as it measured them (for Pool.stats)
+        self.failures = 0  # items that raised in it (each attempt)
         self.ready_at = 0.0  # time.monotonic() when it said READY
         self.ready = False  # said READY: its initializer ran, it may be given work
         self.retiring = False
@@ -564,6 +565,7 @@ class ProcessBackend(Backend):
                 name=w.process.name,
                 pid=w.pid or 0,
                 tasks=w.tasks_run,
+                failures=w.failures,
                 busy=w.busy,
                 idle=max(0.0, now - w.ready_at - w.busy) if w.ready else 0.0,
             )
@@ -862,6 +864,7 @@ class ProcessBackend(Backend):
                     self._on_done(worker, segments, message[2], message[3])
                 elif kind == ITEM:
                     worker.release_holds(message[7])
+                    worker.failures += message[8]
                     self._on_item(worker, segments, *message[2:7])
         except (EOFError, OSError):
             pass  # it died; the sentinel says so
@@ -870,13 +873,14 @@ class ProcessBackend(Backend):
         self,
         worker: _Worker,
         segments: list[Segment],
-        parts: list[tuple[int, WirePayload, float]],
+        parts: list[tuple[int, WirePayload, float, int]],
         rss: int,
     ) -> None:
         batch = worker.batch or []
-        for unit, (unit_id, payload, elapsed) in zip(batch, parts):
+        for unit, (unit_id, payload, elapsed, failed) in zip(batch, parts):
             assert unit.id == unit_id, "a worker answered for a unit it was not sent"
             worker.busy += elapsed
+            worker.failures += failed
             _release(unit)
             _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
         self._batch_finished(worker, rss)

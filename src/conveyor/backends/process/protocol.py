@@ -20,8 +20,9 @@ A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, item
 where ``fn`` and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``:
 the segment index points into the descriptors sent on the worker's fd socket just before the
 message (their number, ``nfds``, is the message's second field; likewise for DONE and ITEM going
-back). DONE and ITEM end with the pool ids of pooled argument segments of which the worker holds
-no view any more, RUN with the ids of pooled segments the parent closed (see
+back). DONE's parts and ITEM carry how many of their items raised (for Pool.stats). DONE and
+ITEM end (ITEM: just before that count) with the pool ids of pooled argument segments of which
+the worker holds no view any more, RUN with the ids of pooled segments the parent closed (see
 :mod:`conveyor._shm`). The function travels once per worker: the parent sends ``fn_blob`` only
 when the worker's function cache does not hold ``fn_key``. Both sides keep that cache as an LRU
 of :data:`FN_CACHE_SIZE` entries and update it in the same order (the parent replays what it

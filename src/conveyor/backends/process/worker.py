@@ -363,7 +363,7 @@ def _serve(
         assert message[0] == RUN
         _, _, stream, units, forget, seq = message
         mappings.forget(forget)
-        done: list[tuple[int, Payload, float]] = []
+        done: list[tuple[int, Payload, float, int]] = []
         for index, unit in enumerate(units):
             part = _run_unit(
                 channel,
@@ -387,11 +387,12 @@ def _serve(
         if done:
             fds: list[int] = []
             parts = [
-                (unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done
+                (unit_id, to_wire(payload, fds), elapsed, failed)
+                for unit_id, payload, elapsed, failed in done
             ]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
-            channel.send(DONE, [payload for _, payload, _ in done], parts, rss, released)
+            channel.send(DONE, [part[1] for part in done], parts, rss, released)
 
 
 def _run_unit(
@@ -407,7 +408,7 @@ def _run_unit(
     index: int,
     seq: int,
     tokens: ItemTokens,
-) -> tuple[int, Payload, float] | None:
+) -> tuple[int, Payload, float, int] | None:
     """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
 
     A function of its own so that the items, and any view of shared memory they hold, are
@@ -423,25 +424,28 @@ def _run_unit(
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
         if not stream:
-            return unit_id, _dump_outcomes([None] * count, dict.fromkeys(range(count), exc)), 0.0
+            payload = _dump_outcomes([None] * count, dict.fromkeys(range(count), exc))
+            return unit_id, payload, 0.0, count
         for pos in range(count):
             payload = _dump_outcomes([None], {0: exc})
-            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [])
+            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [], 1)
         return None
     mark[0] = running(index, seq)
     if not stream:
         started = perf_counter()
         values, errors = _run_exact(fn, mode, items, mark) if exact else run_items(fn, mode, items)
         elapsed = perf_counter() - started
-        return unit_id, _dump_outcomes(values, errors), elapsed
+        return unit_id, _dump_outcomes(values, errors), elapsed, len(errors)
     last = len(items) - 1
     for pos in range(len(items)):
         mark[1] = pos
         item_started = perf_counter()
         item_token = tokens.begin()
+        failed = 0
         try:
             payload = _dump_outcomes([alarm.run(fn, mode, items[pos], timeout)], {})
         except BaseException as exc:
+            failed = 1
             payload = _dump_outcomes([None], {0: exc})
             if isinstance(exc, TaskTimeout):
                 # The item is over, its programs must be too (those that left this worker's
@@ -456,7 +460,7 @@ def _run_unit(
             items = None  # let go of the views first, so their release rides on this message
             released = mappings.released()
         wire = to_wire(payload, [])
-        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released)
+        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released, failed)
     return None
 
 
