@@ -193,6 +193,24 @@ def test_forked_worker_does_not_write_through_the_callers_inherited_handlers(
     assert sorted(lines) == [f"item {i}" for i in range(5)]  # written once, by the caller
 
 
+def test_forked_worker_ships_records_of_a_logger_that_does_not_propagate(
+    caught: Collect,
+) -> None:
+    logging.getLogger().setLevel(logging.INFO)
+    app = logging.getLogger("app")
+    own = Collect()
+    app.addHandler(own)
+    app.propagate = False
+    try:
+        with conveyor.Pool(workers=1, start_method="fork") as pool:
+            list(pool.imap(log_and_pid, range(3)))
+    finally:
+        app.removeHandler(own)
+        app.propagate = True
+    assert sorted(r.getMessage() for r in own.records) == ["item 0", "item 1", "item 2"]
+    assert not [r for r in caught.records if r.name == "app"]  # the caller's propagate=False
+
+
 def test_thread_workers_log_in_process(caught: Collect) -> None:
     logging.getLogger().setLevel(logging.INFO)
     with conveyor.Pool(workers=2, backend="thread") as pool:

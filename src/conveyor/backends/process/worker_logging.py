@@ -125,7 +125,9 @@ def install(caller_levels: Levels, send: Callable[[dict[str, Any]], None]) -> No
     """Make this (worker) process's logging ship records to the parent (run at its start).
 
     Handlers inherited through ``fork`` are the caller's own: they are removed, or a record
-    would be written twice (once here, once by the caller).
+    would be written twice (once here, once by the caller), and every logger propagates to the
+    root's shipping handler (a logger that does not propagate in the caller still gets its
+    records there: the caller's ``propagate`` applies when the record is handled again).
     """
     root_level, named, disabled = caller_levels
     manager = logging.Logger.manager
@@ -133,6 +135,7 @@ def install(caller_levels: Levels, send: Callable[[dict[str, Any]], None]) -> No
         if isinstance(logger, logging.Logger):
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
+            logger.propagate = True
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
