@@ -44,6 +44,10 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "CheckpointError",
             "CheckpointInUse",
             "CheckpointMismatch",
+            # statistics (issue 14): what map calls fill in, what Pool.stats() returns
+            "MapStats",
+            "PoolStats",
+            "WorkerStats",
         ]
     )
 
