@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +79,14 @@ def log_from_threads(x: int) -> None:
 def log_until_stopped(x: float) -> None:
     while True:
         logging.getLogger("app").info("busy " + "x" * 2000)
+
+
+def log_huge_then_idle(size: int) -> None:
+    """One record so large that writing it outlasts the item's deadline, then a loop that
+    only the in-process alarm can end (if the alarm were lost, the parent's kill would)."""
+    logging.getLogger("app").warning("x" * size)
+    while True:
+        time.sleep(0.01)
 
 
 def log_in_initializer() -> None:
@@ -167,6 +176,22 @@ def test_timed_item_logging_hard_ends_with_task_timeout_and_pipe_intact(
         assert list(pool.imap(log_and_pid, [7])) == pool._backend.worker_pids()
     assert caught.records[-1].getMessage() == "item 7"
     assert all(r.getMessage() == "busy " + "x" * 2000 for r in caught.records[:-1])
+
+
+def test_deadline_during_a_records_write_is_raised_in_the_task_after_it(
+    caught: Collect,
+) -> None:
+    size = 4_000_000
+    with conveyor.Pool(workers=1) as pool:
+        [pid] = pool._backend.worker_pids()
+        [failure] = list(
+            pool.imap(log_huge_then_idle, [size], task_timeout=0.005, on_error="return")
+        )
+        assert isinstance(failure.exception, conveyor.TaskTimeout)
+        assert "killed" not in str(failure.exception)  # the alarm ended it, in the worker
+        assert pool._backend.worker_pids() == [pid]
+        assert list(pool.imap(log_and_pid, [1])) == [pid]  # the pipe is intact
+    assert all(len(r.getMessage()) == size for r in caught.records if r.levelno == 30)
 
 
 def test_unpicklable_extra_travels_as_its_repr(caught: Collect) -> None:

@@ -92,9 +92,13 @@ class _Shipper(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._send(plain_record(record))
+            plain = plain_record(record)
         except Exception:
             self.handleError(record)
+            return
+        # Outside the try: a TaskTimeout held off during the send is raised as it ends (see
+        # worker.py) and must reach the task, not logging's error handler.
+        self._send(plain)
 
 
 def plain_record(record: logging.LogRecord) -> dict[str, Any]:
