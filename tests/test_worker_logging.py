@@ -249,8 +249,9 @@ def test_thread_workers_log_in_process(caught: Collect) -> None:
 _PRINTING = """
 import sys, conveyor
 def shout(x):
-    print(f"out {x}", flush=True)
-    print(f"err {x}", file=sys.stderr, flush=True)
+    # one write per line: two workers share the pipe, and print() may write its end apart
+    sys.stdout.write(f"out {x}\\n"); sys.stdout.flush()
+    sys.stderr.write(f"err {x}\\n"); sys.stderr.flush()
     return x
 if __name__ == "__main__":
     with conveyor.Pool(workers=2) as pool:
