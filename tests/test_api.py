@@ -51,6 +51,10 @@ def test_public_names_are_exactly_the_designed_ones() -> None:
             "amap",
             "amap_unordered",
             "astarmap",
+            # statistics (issue 14): what map calls fill in, what Pool.stats() returns
+            "MapStats",
+            "PoolStats",
+            "WorkerStats",
         ]
     )
 

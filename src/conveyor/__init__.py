@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     )
     from ._pipeline import pipeline
     from ._pool import Pool
+    from ._stats import MapStats, PoolStats, WorkerStats
     from ._version import __version__ as __version__
 
 # The names load on first use, so that `conveyor run` and `import conveyor` stay quick.
@@ -55,6 +56,9 @@ _WHERE = {
     "WorkerCrashed": "_errors",
     "WorkerInitError": "_errors",
     "Pool": "_pool",
+    "MapStats": "_stats",
+    "PoolStats": "_stats",
+    "WorkerStats": "_stats",
     "__version__": "_version",  # the installed package's metadata (pyproject.toml's version)
     "pipeline": "_pipeline",
 }
@@ -81,14 +85,17 @@ __all__ = [
     "CheckpointInUse",
     "CheckpointMismatch",
     "Failure",
+    "MapStats",
     "Pool",
     "PoolClosed",
+    "PoolStats",
     "RemoteTraceback",
     "TaskStopped",
     "TaskTimeout",
     "Unsendable",
     "WorkerCrashed",
     "WorkerInitError",
+    "WorkerStats",
     "acall",
     "amap",
     "amap_unordered",

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from ._errors import PoolClosed
 from ._options import Deadline, check_backend, check_deadline, check_workers
 from ._pool import Pool
+from ._stats import MapStats
 from ._work import MODE_MAP, MODE_STAR
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
@@ -128,6 +129,7 @@ def map(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> list[R]:
@@ -166,6 +168,7 @@ def map(
     options = _options(
         ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
+    options["stats"] = stats
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint))
     return _collect(_run(fn, iterable, MODE_MAP, call, options))
@@ -188,6 +191,7 @@ def starmap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> list[R]:
@@ -202,6 +206,7 @@ def starmap(
     options = _options(
         ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
     )
+    options["stats"] = stats
     if checkpoint is not None:
         return list(_checkpointed(fn, iterable, MODE_STAR, call, options, checkpoint))
     return _collect(_run(fn, iterable, MODE_STAR, call, options))
@@ -223,6 +228,7 @@ def imap(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> Iterator[R]:
@@ -244,6 +250,7 @@ def imap(
     options = _options(
         True, chunksize, task_timeout, deadline, retries, on_error, progress, explain
     )
+    options["stats"] = stats
     if checkpoint is not None:
         return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
     return _iterate(fn, iterable, call, options)
@@ -265,6 +272,7 @@ def imap_unordered(
     initargs: tuple[Any, ...] = (),
     start_method: str | None = None,
     explain: bool = False,
+    stats: MapStats | None = None,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> Iterator[R]:
@@ -280,6 +288,7 @@ def imap_unordered(
     options = _options(
         False, chunksize, task_timeout, deadline, retries, on_error, progress, explain
     )
+    options["stats"] = stats
     if checkpoint is not None:
         return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
     return _iterate(fn, iterable, call, options)

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from ._chunking import Chunker, ItemTimes
 from ._errors import Failure, PoolClosed, Unsendable, missed_deadline, traceback_text
 from ._progress import Progress
+from ._stats import MapStats
 from ._work import Loader, Outcomes, Unit
 from .backends.base import Backend
 
@@ -132,8 +133,11 @@ class MapJob:
         head: tuple[list[Any], Outcomes] | None = None,
         total: int | None = None,
         item_times: ItemTimes | None = None,
+        stats: MapStats | None = None,
     ):
         self.backend = backend
+        #: counts and times of this call (filled here, in the thread that drives the job)
+        self.stats = stats if stats is not None else MapStats()
         self.fn = fn
         self.mode = mode
         self.ordered = ordered
@@ -266,6 +270,8 @@ class MapJob:
             if not items:
                 return
             chunk = _Chunk(self, self._next_index, items)
+            self.stats.chunks += 1
+            self.stats.chunk_sizes.add(len(items), 1)
             self._next_index += len(items)
             self._unemitted += len(items)
             unit = Unit(
@@ -352,7 +358,11 @@ class MapJob:
         self.busy_seconds += elapsed
         count = len(values)
         first = unit.tags[start] - chunk.start
+        stats = self.stats
+        if elapsed > 0.0:  # (0.0: settled without running, by a death or a known head)
+            stats.task_times.add(elapsed / count, count)
         if not errors:
+            stats.tasks += count
             self._chunker.observe(count, elapsed)
             self._progress.update(count)
             if self.ordered:
@@ -378,7 +388,9 @@ class MapJob:
                         chunk.values = [_PENDING] * len(chunk.items)
                     chunk.values[first + position] = value
                 settled.append(value)
+            stats.tasks += len(settled)
             self._progress.update(len(settled))
+            self._progress.note(stats.failures, stats.retries)
             chunk.remaining -= len(settled)
             if not self.ordered:
                 self._emit(settled, flagged=True)
@@ -409,8 +421,10 @@ class MapJob:
                 estimate=self._chunker.estimate(1),
             )
             self.backend.submit([retry], self._ticket)
+            self.stats.retries += 1
             return _PENDING
         chunk.flagged = True
+        self.stats.failures += 1
         if self.on_error == "return":
             self.failures += 1
             return Failure(chunk.items[offset], error, traceback_text(error), attempts)

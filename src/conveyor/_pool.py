@@ -50,6 +50,7 @@ from ._options import (
     check_timeout,
     check_workers,
 )
+from ._stats import MapStats, PoolStats
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend
 from .backends.queue import FOLLOW_UP
@@ -417,6 +418,7 @@ class Pool(AsyncPoolMethods, Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        stats: MapStats | None = None,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """Lazily yield ``fn(x)`` for each ``x``, in input order; takes input as it goes.
@@ -441,6 +443,7 @@ class Pool(AsyncPoolMethods, Executor):
             on_error=on_error,
             progress=progress,
             explain=explain,
+            stats=stats,
         )
         if checkpoint is not None:
             return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
@@ -458,6 +461,7 @@ class Pool(AsyncPoolMethods, Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        stats: MapStats | None = None,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """Like :meth:`imap`, but yields results as they finish.
@@ -477,6 +481,7 @@ class Pool(AsyncPoolMethods, Executor):
             on_error=on_error,
             progress=progress,
             explain=explain,
+            stats=stats,
         )
         if checkpoint is not None:
             return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
@@ -495,6 +500,7 @@ class Pool(AsyncPoolMethods, Executor):
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
+        stats: MapStats | None = None,
         checkpoint: Any = None,
     ) -> list[R]:
         """``[fn(*args) for args in iterable]`` on the pool's workers, as a list (as
@@ -515,6 +521,7 @@ class Pool(AsyncPoolMethods, Executor):
             on_error=on_error,
             progress=progress,
             explain=explain,
+            stats=stats,
         )
         if checkpoint is not None:
             return list(self._checkpointed(fn, iterable, (), MODE_STAR, options, checkpoint))
@@ -566,6 +573,7 @@ class Pool(AsyncPoolMethods, Executor):
         progress: bool | dict[str, Any] = False,
         mode: int = MODE_MAP,
         explain: bool = False,
+        stats: MapStats | None = None,
     ) -> MapJob:
         check_callable(fn)
         check_options(
@@ -576,6 +584,10 @@ class Pool(AsyncPoolMethods, Executor):
             ordered=ordered,
         )
         deadline = check_deadline(timeout)
+        if stats is not None and not isinstance(stats, MapStats):
+            raise TypeError(
+                f"stats must be a conveyor.MapStats (to be filled in), got {type(stats).__name__}"
+            )
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
         if iterables:
@@ -592,6 +604,7 @@ class Pool(AsyncPoolMethods, Executor):
             on_error=on_error,
             progress=progress,
             item_times=self._item_times,
+            stats=stats,
         )
         if self.backend_name != "auto":
             return MapJob(self._backend, fn, iterable, **options)
@@ -724,6 +737,22 @@ class Pool(AsyncPoolMethods, Executor):
             _live_backends.add(self._threads)
             weakref.finalize(self, _shutdown_quietly, self._threads)
         return self._threads
+
+    def stats(self) -> PoolStats:
+        """What the pool's workers have done so far: per live worker its tasks and its busy
+        and idle seconds, the items run in all, and workers replaced by cause (``crash``,
+        ``timeout``, ``recycle``, ``stopped``). Cheap: counters the pool keeps anyway, read
+        without stopping it. A map's own figures: pass ``stats=conveyor.MapStats()`` to it.
+
+        Example::
+
+            >>> with conveyor.Pool(workers=2, backend="thread") as pool:
+            ...     _ = list(pool.imap(abs, range(10)))
+            ...     stats = pool.stats()
+            >>> stats.tasks, len(stats.workers), stats.restarts["timeout"]
+            (10, 2, 0)
+        """
+        return PoolStats.merged([b.stats() for b in self._all_backends()])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted (or cancel what has not started).

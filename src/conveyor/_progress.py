@@ -12,7 +12,8 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    """A progress bar counting finished items, or nothing when disabled.
+    """A progress bar counting finished items, with failures and retries beside the rate
+    once there are any, or nothing when disabled.
 
     ``progress`` is what the user passed: True for a default bar, a dict of tqdm keyword
     arguments, or False.
@@ -20,7 +21,7 @@ class Progress:
     Example::
 
         >>> bar = Progress(True, total=3, desc="squares")
-        >>> bar.update(3); bar.close()
+        >>> bar.update(2); bar.note(failures=1, retries=2); bar.update(1); bar.close()
     """
 
     def __init__(self, progress: bool | dict[str, Any], total: int | None, desc: str):
@@ -38,6 +39,11 @@ class Progress:
         """Count ``count`` more finished items."""
         if self._bar is not None and count:
             self._bar.update(count)
+
+    def note(self, failures: int, retries: int) -> None:
+        """Show the failures and retries so far next to the rate (when there are any)."""
+        if self._bar is not None and (failures or retries):
+            self._bar.set_postfix(failed=failures, retried=retries, refresh=False)
 
     def close(self) -> None:
         """Close the bar (idempotent)."""

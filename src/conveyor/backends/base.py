@@ -8,6 +8,7 @@ import weakref
 from collections.abc import Sequence
 
 from .._chunking import TARGET_SECONDS
+from .._stats import PoolStats
 from .._work import Unit
 from .queue import JobTicket
 
@@ -92,6 +93,10 @@ class Backend(abc.ABC):
         (the process backend then reaps the killed workers in its dispatcher thread).
         """
         self.cancel(owner)
+
+    def stats(self) -> PoolStats:
+        """Its workers' figures (see conveyor.Pool.stats); none for a backend without workers."""
+        return PoolStats.merged([])
 
     @property
     def alive(self) -> bool:

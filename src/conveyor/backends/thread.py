@@ -46,12 +46,14 @@ Races, and what settles them:
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
+from .._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend
 from .queue import JobTicket, WorkQueue
@@ -74,7 +76,18 @@ class _ThreadState:
     (worker) and backs off, so an item never gets both a result and a TaskTimeout.
     """
 
-    __slots__ = ("abandoned", "current", "lock", "position", "thread", "unit")
+    __slots__ = (
+        "abandoned",
+        "busy",
+        "current",
+        "failures",
+        "lock",
+        "position",
+        "started",
+        "tasks",
+        "thread",
+        "unit",
+    )
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -85,6 +98,11 @@ class _ThreadState:
         self.position = 0
         self.abandoned = False
         self.thread: threading.Thread | None = None
+        # Pool.stats(): written by its own thread only, read by others as whole numbers
+        self.tasks = 0
+        self.failures = 0
+        self.busy = 0.0
+        self.started = time.monotonic()
 
 
 class ThreadBackend(Backend):
@@ -118,10 +136,32 @@ class ThreadBackend(Backend):
         self._broken: BaseException | None = None
         self._watchdog: threading.Thread | None = None
         self._watch_cv = threading.Condition()
+        self._gone_tasks = 0  # items run by threads that left (Pool.stats; under _cv)
+        self._timeouts = 0  # threads abandoned at an item's deadline and replaced
         for _ in range(workers):
             self._start_thread()
 
     # ----------------------------------------------------------------- front (any thread)
+
+    def stats(self) -> PoolStats:
+        """Figures per live thread (see conveyor.Pool.stats); pid is this process's."""
+        now, pid = time.monotonic(), os.getpid()
+        with self._cv:
+            states, gone, timeouts = list(self._states), self._gone_tasks, self._timeouts
+        rows = [
+            WorkerStats(
+                name=s.thread.name if s.thread is not None else "",
+                pid=pid,
+                tasks=s.tasks,
+                failures=s.failures,
+                busy=s.busy,
+                idle=max(0.0, now - s.started - s.busy),
+            )
+            for s in states
+        ]
+        restarts = dict.fromkeys(RESTART_CAUSES, 0)
+        restarts["timeout"] = timeouts
+        return PoolStats(rows, gone + sum(s.tasks for s in states), restarts)
 
     def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
         with self._cv:
@@ -285,6 +325,7 @@ class ThreadBackend(Backend):
         if state not in self._states:
             return
         self._states.discard(state)
+        self._gone_tasks += state.tasks
         if state.thread is not None and not state.abandoned:
             self._exited.append(state.thread)
         self._cv.notify_all()
@@ -330,7 +371,11 @@ class ThreadBackend(Backend):
                 if state.abandoned:
                     return  # terminate() settled its items
                 state.unit = None
-            unit.sink.deliver(unit, 0, outcomes_of(values, errors), time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            state.tasks += len(values)
+            state.failures += len(errors)
+            state.busy += elapsed
+            unit.sink.deliver(unit, 0, outcomes_of(values, errors), elapsed)
             return
         for position, item in enumerate(unit.items):
             started = time.perf_counter()
@@ -346,6 +391,9 @@ class ThreadBackend(Backend):
                     return  # TaskTimeout (watchdog) or PoolClosed (terminate) was delivered
                 state.current = state.unit = None
             elapsed = time.perf_counter() - started
+            state.tasks += 1
+            state.failures += len(errors)
+            state.busy += elapsed
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
 
     def _break(self, exc: BaseException) -> None:
@@ -404,6 +452,8 @@ class ThreadBackend(Backend):
         timeout = unit.timeout
         with self._cv:
             self._states.discard(state)
+            self._gone_tasks += state.tasks
+            self._timeouts += 1
             rest = unit.piece(position + 1) if position + 1 < len(unit.items) else None
             if rest is not None:
                 self._queue.ready.appendleft(rest)

@@ -15,6 +15,7 @@ Data flow::
                                 (which unit / item it was on),               the unit / item
                                 attributes it, re-queues, replaces           running now)
                                 past a hard deadline: kills the worker's process group
+    caller's logging  <-------  re-emits workers' log records            <-- LOG (worker_logging)
 
 Guarantees, and where they are kept:
 
@@ -87,15 +88,18 @@ from ..._envmark import kill_marked, new_token
 from ..._errors import PoolClosed, TaskTimeout, WorkerCrashed, WorkerInitError
 from ..._serialize import Payload, callable_payload, dumps_callable, items_payload
 from ..._shm import Segment
+from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend
 from ..queue import JobTicket, WorkQueue
+from . import worker_logging
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
     IDLE,
     INIT_FAILED,
     ITEM,
+    LOG,
     PREFETCH_BYTES,
     READY,
     RUN,
@@ -209,6 +213,9 @@ class _Worker:
         self.item_index = 0
         self.deadline: float | None = None
         self.tasks_run = 0
+        self.busy = 0.0  # seconds its items ran, as it measured them (for Pool.stats)
+        self.failures = 0  # items that raised in it (each attempt)
+        self.ready_at = 0.0  # time.monotonic() when it said READY
         self.ready = False  # said READY: its initializer ran, it may be given work
         self.retiring = False
         self.killed_for_timeout = False
@@ -394,6 +401,10 @@ class ProcessBackend(Backend):
         _register(self._wake_r, self._wake_w)
         self._workers: dict[Any, _Worker] = {}  # by sentinel; changed by the dispatcher only
         self._startup_deaths = 0
+        # Pool.stats(): replacements by cause, and the items run by workers no longer here
+        # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
+        self._restarts = dict.fromkeys(RESTART_CAUSES, 0)
+        self._gone_tasks = 0
         # Units sent back exact after a death at an unknown item (dispatcher thread only).
         self._suspects: weakref.WeakSet[Unit] = weakref.WeakSet()
         self._finished = threading.Event()
@@ -540,6 +551,29 @@ class ProcessBackend(Backend):
         """The pids of the current worker processes (for tests and diagnostics)."""
         with self._lock:
             return [w.pid for w in self._workers.values() if w.pid is not None]
+
+    def stats(self) -> PoolStats:
+        """Figures per live worker and restarts by cause (see conveyor.Pool.stats).
+
+        Another thread's view of the dispatcher's counters: each number is read whole (the
+        GIL), the set of workers under the lock; a batch in flight counts when it is done.
+        """
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self._workers.values())
+            gone, restarts = self._gone_tasks, dict(self._restarts)
+        rows = [
+            WorkerStats(
+                name=w.process.name,
+                pid=w.pid or 0,
+                tasks=w.tasks_run,
+                failures=w.failures,
+                busy=w.busy,
+                idle=max(0.0, now - w.ready_at - w.busy) if w.ready else 0.0,
+            )
+            for w in workers
+        ]
+        return PoolStats(rows, gone + sum(w.tasks_run for w in workers), restarts)
 
     def _wake(self) -> None:
         try:
@@ -818,6 +852,7 @@ class ProcessBackend(Backend):
                 kind = message[0]
                 if kind == READY:
                     worker.ready = True
+                    worker.ready_at = time.monotonic()
                     # Every worker of a pool runs where the first did: its answer stands for
                     # all, but one that could not read our memory turns pulling off for good.
                     if self._pull_ok is None or not message[2]:
@@ -827,12 +862,16 @@ class ProcessBackend(Backend):
                 if kind == INIT_FAILED:
                     self._on_init_failed(message[1])
                     continue
+                if kind == LOG:
+                    _reemit(message[2])
+                    continue
                 segments = _receive_segments(worker, message[1])
                 if kind == DONE:
                     worker.release_holds(message[4])
                     self._on_done(worker, segments, message[2], message[3])
                 elif kind == ITEM:
                     worker.release_holds(message[7])
+                    worker.failures += message[8]
                     self._on_item(worker, segments, *message[2:7])
         except (EOFError, OSError):
             pass  # it died; the sentinel says so
@@ -841,12 +880,14 @@ class ProcessBackend(Backend):
         self,
         worker: _Worker,
         segments: list[Segment],
-        parts: list[tuple[int, WirePayload, float]],
+        parts: list[tuple[int, WirePayload, float, int]],
         rss: int,
     ) -> None:
         batch = worker.batch or []
-        for unit, (unit_id, payload, elapsed) in zip(batch, parts):
+        for unit, (unit_id, payload, elapsed, failed) in zip(batch, parts):
             assert unit.id == unit_id, "a worker answered for a unit it was not sent"
+            worker.busy += elapsed
+            worker.failures += failed
             _release(unit)
             _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
         self._batch_finished(worker, rss)
@@ -866,6 +907,7 @@ class ProcessBackend(Backend):
         assert unit.id == unit_id and position == worker.item_index
         if position + 1 == len(unit.items):
             _release(unit)
+        worker.busy += elapsed
         _deliver(unit, position, 1, payload, segments, elapsed)
         worker.item_index += 1
         if worker.item_index == len(unit.items):
@@ -895,6 +937,7 @@ class ProcessBackend(Backend):
     def _retire(self, worker: _Worker) -> None:
         """Ask an idle worker to exit, and start its replacement now (not when it exits)."""
         worker.retiring = True
+        self._restarts["recycle"] += 1
         try:
             worker.conn.send_bytes(encode((STOP,)))
         except OSError:
@@ -944,7 +987,11 @@ class ProcessBackend(Backend):
         _kill_group(worker.pid, None)  # children its task left behind
         if exitcode != 0:  # it did not end on its own: so did not its task's programs
             kill_marked(worker.token)
-        del self._workers[worker.sentinel]
+        with self._lock:
+            del self._workers[worker.sentinel]
+            self._gone_tasks += worker.tasks_run
+        if not worker.retiring and not self._stop_now:
+            self._restarts[_death_cause(worker)] += 1
         worker.close_channels()
         worker.release_holds()  # its mappings died with it
         # Replace first, so re-queued work finds a worker; settle last, so nothing here still
@@ -1131,6 +1178,7 @@ class ProcessBackend(Backend):
                         _pull.probe_args()
                         if self._segments is not None and _pull.AVAILABLE
                         else None,
+                        worker_logging.levels(),
                     ),
                     f"conveyor-worker-{next(_worker_numbers)}",
                 )
@@ -1278,6 +1326,24 @@ def _loader(payload: WirePayload, segments: list[Segment], count: int) -> Loader
             return [None] * count, dict.fromkeys(range(count), error)
 
     return load
+
+
+def _death_cause(worker: _Worker) -> str:
+    """Why a worker that the pool did not stop is gone (a key of PoolStats.restarts)."""
+    if worker.killed_for_timeout:
+        return "timeout"
+    if worker.cancelled_owner is not None:
+        return "stopped"
+    return "crash"
+
+
+def _reemit(record: dict[str, Any]) -> None:
+    """Hand a worker's log record to the caller's logging; a failing handler must not end the
+    dispatcher thread (logging reports its own handlers' errors; this is for the rest)."""
+    try:
+        worker_logging.reemit(record)
+    except Exception:
+        pass
 
 
 def _fail(units: list[Unit], error: BaseException) -> None:

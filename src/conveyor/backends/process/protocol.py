@@ -12,19 +12,29 @@ Data flow::
     STOP                        ------ pipe ------>       exit
                                 <----- pipe -------       READY once the initializer ran, or
                                                           INIT_FAILED (traceback) and exit
+    re-emit it (worker_logging.py) <-- pipe -------       LOG (0, record as a dict), at any
+                                                          time, from any thread of the worker
     mark[0], mark[1] (shared)   <----- memory -----       what is running now (see below)
 
 A unit on the wire is ``(unit_id, fn_key, fn or None, mode, timeout, count, items, exact)``
 where ``fn`` and ``items`` are payloads ``(pickle stream, segment index or -1, buffer spans)``:
 the segment index points into the descriptors sent on the worker's fd socket just before the
 message (their number, ``nfds``, is the message's second field; likewise for DONE and ITEM going
-back). DONE and ITEM end with the pool ids of pooled argument segments of which the worker holds
-no view any more, RUN with the ids of pooled segments the parent closed (see
+back). DONE's parts and ITEM carry how many of their items raised (for Pool.stats). DONE and
+ITEM end (ITEM: just before that count) with the pool ids of pooled argument segments of which
+the worker holds no view any more, RUN with the ids of pooled segments the parent closed (see
 :mod:`conveyor._shm`). The function travels once per worker: the parent sends ``fn_blob`` only
 when the worker's function cache does not hold ``fn_key``. Both sides keep that cache as an LRU
 of :data:`FN_CACHE_SIZE` entries and update it in the same order (the parent replays what it
 sent), so they always agree on what the worker holds without any message about it. ``exact``
 asks the worker to mark each item it starts (see below).
+
+LOG messages may come at any time, also while the worker is idle (a thread of a task) or
+between the messages of a batch; the parent reads them wherever it reads the pipe, and the
+worker's sends are serialized, so they never split another message. They do not change the
+argument below: the parent reads its pipes whenever it is not writing, and it writes only
+messages that fit the socket's buffer to a worker that is running (prefetch) or one that is
+idle and therefore reading.
 
 Exactly one RUN is outstanding per worker: the parent sends the next one only after the last
 DONE (or final ITEM) of the previous batch. Neither side can then block writing while the other
@@ -72,6 +82,7 @@ __all__ = [
     "IDLE",
     "INIT_FAILED",
     "ITEM",
+    "LOG",
     "PREFETCH_BYTES",
     "READY",
     "RUN",
@@ -92,6 +103,7 @@ DONE = 3
 ITEM = 4
 INIT_FAILED = 5
 READY = 6
+LOG = 7
 
 #: ``mark[0]`` / ``mark[1]`` before anything of a batch has started
 IDLE = -1

@@ -59,12 +59,14 @@ from ..._errors import TaskTimeout, format_exception_text
 from ..._serialize import Payload, dumps_payload, portable_exception, share_large_bytes
 from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
+from . import worker_logging
 from .protocol import (
     DONE,
     FN_CACHE_SIZE,
     IDLE,
     INIT_FAILED,
     ITEM,
+    LOG,
     READY,
     RUN,
     STOP,
@@ -99,14 +101,31 @@ class _Alarm:
         self.armed = False
         self.fired = False
         self.timeout = 0.0
+        self.held = 0  # > 0 while the main thread writes to the pipe (a log record)
+        self.deferred = False  # the alarm came while held: raise when released
         if self.available:
             signal.signal(signal.SIGALRM, self._fire)
 
     def _fire(self, signum: int, frame: Any) -> None:
         if self.armed:
+            if self.held:
+                # Raising now could tear a message in half: the release raises instead.
+                self.deferred = True
+                return
             self.armed = False
             self.fired = True
             raise TaskTimeout(f"task ran past its timeout of {self.timeout:g} s", self.timeout)
+
+    def hold(self) -> None:
+        """Hold off the TaskTimeout (main thread only; handlers run there, so no race)."""
+        self.held += 1
+
+    def release(self) -> None:
+        """End a :meth:`hold`; a TaskTimeout that came meanwhile is raised now."""
+        self.held -= 1
+        if not self.held and self.deferred:
+            self.deferred = False
+            self._fire(signal.SIGALRM, None)
 
     def run(self, fn: Callable[..., Any], mode: int, item: Any, timeout: float) -> Any:
         if not self.available:
@@ -212,11 +231,19 @@ def _watch_lifeline(lifeline: Connection, own_group: bool, token: str) -> None:
 
 
 class _Channel:
-    """The worker's end of its pipe and of its fd socket, for sending outcomes."""
+    """The worker's end of its pipe and of its fd socket, for sending outcomes and log records.
 
-    def __init__(self, conn: Connection, fd_sock: socket.socket | None):
+    Concurrency: outcomes are sent by the main thread, log records by any thread (a task's own
+    threads log too); ``_lock`` keeps each message (its descriptors, then its bytes) whole.
+    A record sent by the main thread holds off the item's alarm meanwhile (see _Alarm.hold).
+    """
+
+    def __init__(self, conn: Connection, fd_sock: socket.socket | None, alarm: _Alarm):
         self.conn = conn
         self.fd_sock = fd_sock
+        self.alarm = alarm
+        self._lock = threading.Lock()
+        self._main = threading.main_thread()
 
     def receive(self) -> tuple[tuple[Any, ...], list[Segment]]:
         message = decode(self.conn.recv_bytes())
@@ -231,15 +258,35 @@ class _Channel:
         """Send ``(kind, nfds, *fields)``; the payloads' segments go ahead on the fd socket."""
         fds = [p.segment.fd for p in payloads if p.segment is not None]
         try:
-            if fds:
-                assert self.fd_sock is not None
-                _shm.send_fds(self.fd_sock, fds)
-            self.conn.send_bytes(encode((kind, len(fds), *fields)))
+            with self._lock:
+                if fds:
+                    assert self.fd_sock is not None
+                    _shm.send_fds(self.fd_sock, fds)
+                self.conn.send_bytes(encode((kind, len(fds), *fields)))
         except OSError:
             os._exit(0)  # the parent is gone
         finally:
             for payload in payloads:
                 payload.release()  # the parent holds its own descriptors now
+
+    def send_raw(self, message: bytes) -> None:
+        """Send an encoded message that carries no descriptors."""
+        with self._lock:
+            self.conn.send_bytes(message)
+
+    def send_log(self, record: dict[str, Any]) -> None:
+        """Send a log record (see :mod:`.worker_logging`); dropped if the parent is gone."""
+        message = encode((LOG, 0, record))
+        main = threading.current_thread() is self._main
+        if main:
+            self.alarm.hold()
+        try:
+            self.send_raw(message)
+        except OSError:
+            pass  # the parent is gone; the lifeline ends this process
+        finally:
+            if main:
+                self.alarm.release()
 
 
 def worker_main(
@@ -252,6 +299,7 @@ def worker_main(
     token: str,
     close_fds: tuple[int, ...] = (),
     pull_probe: tuple[int, int, bytes] | None = None,
+    log_levels: worker_logging.Levels | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
 
@@ -260,6 +308,8 @@ def worker_main(
     ``token`` goes into the environment, for every program a task starts (see _envmark).
     ``pull_probe``: where to try reading the parent's memory; READY says whether it worked
     (then the parent lets us copy a map's large arguments ourselves, see conveyor._pull).
+    ``log_levels``: the caller's logging levels; records our loggers let through are sent to
+    the parent (see :mod:`.worker_logging`), from the initializer on.
     """
     os.environ[VARIABLE] = token
     for fd in close_fds:
@@ -283,20 +333,24 @@ def worker_main(
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_watch_lifeline, args=(lifeline, own_group, token), daemon=True).start()
+    alarm = _Alarm()
+    channel = _Channel(conn, fd_sock, alarm)
+    if log_levels is not None:
+        worker_logging.install(log_levels, channel.send_log)
     if init_blob is not None:
         try:
             initializer, initargs = cloudpickle.loads(init_blob)
             initializer(*initargs)
         except BaseException as exc:
-            conn.send_bytes(encode((INIT_FAILED, format_exception_text(exc))))
+            channel.send_raw(encode((INIT_FAILED, format_exception_text(exc))))
             return
-    channel = _Channel(conn, fd_sock)
     channel.send(READY, [], pull_probe is not None and _pull.probe(*pull_probe))
-    _serve(channel, report_memory, mark, ItemTokens(token))
+    _serve(channel, alarm, report_memory, mark, ItemTokens(token))
 
 
-def _serve(channel: _Channel, report_memory: bool, mark: Mark, tokens: ItemTokens) -> None:
-    alarm = _Alarm()
+def _serve(
+    channel: _Channel, alarm: _Alarm, report_memory: bool, mark: Mark, tokens: ItemTokens
+) -> None:
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
     mappings = WorkerMappings()
     while True:
@@ -309,7 +363,7 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark, tokens: ItemToken
         assert message[0] == RUN
         _, _, stream, units, forget, seq = message
         mappings.forget(forget)
-        done: list[tuple[int, Payload, float]] = []
+        done: list[tuple[int, Payload, float, int]] = []
         for index, unit in enumerate(units):
             part = _run_unit(
                 channel,
@@ -333,11 +387,12 @@ def _serve(channel: _Channel, report_memory: bool, mark: Mark, tokens: ItemToken
         if done:
             fds: list[int] = []
             parts = [
-                (unit_id, to_wire(payload, fds), elapsed) for unit_id, payload, elapsed in done
+                (unit_id, to_wire(payload, fds), elapsed, failed)
+                for unit_id, payload, elapsed, failed in done
             ]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
-            channel.send(DONE, [payload for _, payload, _ in done], parts, rss, released)
+            channel.send(DONE, [part[1] for part in done], parts, rss, released)
 
 
 def _run_unit(
@@ -353,7 +408,7 @@ def _run_unit(
     index: int,
     seq: int,
     tokens: ItemTokens,
-) -> tuple[int, Payload, float] | None:
+) -> tuple[int, Payload, float, int] | None:
     """Run one unit: streamed item by item (sent here), or whole (returned for the DONE).
 
     A function of its own so that the items, and any view of shared memory they hold, are
@@ -369,25 +424,28 @@ def _run_unit(
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
         if not stream:
-            return unit_id, _dump_outcomes([None] * count, dict.fromkeys(range(count), exc)), 0.0
+            payload = _dump_outcomes([None] * count, dict.fromkeys(range(count), exc))
+            return unit_id, payload, 0.0, count
         for pos in range(count):
             payload = _dump_outcomes([None], {0: exc})
-            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [])
+            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [], 1)
         return None
     mark[0] = running(index, seq)
     if not stream:
         started = perf_counter()
         values, errors = _run_exact(fn, mode, items, mark) if exact else run_items(fn, mode, items)
         elapsed = perf_counter() - started
-        return unit_id, _dump_outcomes(values, errors), elapsed
+        return unit_id, _dump_outcomes(values, errors), elapsed, len(errors)
     last = len(items) - 1
     for pos in range(len(items)):
         mark[1] = pos
         item_started = perf_counter()
         item_token = tokens.begin()
+        failed = 0
         try:
             payload = _dump_outcomes([alarm.run(fn, mode, items[pos], timeout)], {})
         except BaseException as exc:
+            failed = 1
             payload = _dump_outcomes([None], {0: exc})
             if isinstance(exc, TaskTimeout):
                 # The item is over, its programs must be too (those that left this worker's
@@ -402,7 +460,7 @@ def _run_unit(
             items = None  # let go of the views first, so their release rides on this message
             released = mappings.released()
         wire = to_wire(payload, [])
-        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released)
+        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released, failed)
     return None
 
 
