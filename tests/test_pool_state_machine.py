@@ -47,7 +47,9 @@ PROFILE = os.environ.get("CONVEYOR_HYPOTHESIS_PROFILE", "ci")
 if PROFILE not in ("ci", "long"):
     raise ValueError(f"CONVEYOR_HYPOTHESIS_PROFILE must be 'ci' or 'long', got {PROFILE!r}")
 #: examples per backend: a process pool costs a few hundred ms to start and stop, threads less
-EXAMPLES = {"ci": {"thread": 120, "process": 45}, "long": {"thread": 1000, "process": 400}}[PROFILE]
+EXAMPLES = {"ci": {"thread": 300, "process": 150}, "long": {"thread": 3000, "process": 1500}}[
+    PROFILE
+]
 
 
 @dataclass(eq=False)
