@@ -311,3 +311,48 @@ def test_a_future_cancelled_by_its_caller_and_dropped_by_terminate_is_seen_by_wa
         assert done == {queued, running}
     finally:
         go.write_text("")
+
+
+def test_work_sent_while_a_shutdown_waits_still_wakes_an_idle_thread() -> None:
+    # Found by the state-machine test: shutdown(wait=True) waited on the condition the idle
+    # threads wait on, so the notify of a map's next chunk woke it instead of the thread that
+    # had gone idle after it began waiting; that thread slept on, the map never ended, nor
+    # did the shutdown.
+    pool = conveyor.Pool(workers=1, backend="thread")
+    backend = pool._backend
+    running, finish = threading.Event(), threading.Event()
+    gate = threading.Semaphore(0)
+
+    def items():
+        yield 0
+        gate.acquire()  # the next chunk is sent only when the test says so
+        yield 1
+
+    def task(i: int) -> int:
+        if i == 0:
+            running.set()
+            finish.wait(DEADLINE)
+        return i
+
+    try:
+        consumer, outcome = _in_thread(list, pool.imap(task, items(), chunksize=1))
+        assert running.wait(DEADLINE)
+        closer, _ = _in_thread(pool.shutdown)  # waits first: the thread is busy
+        faults.wait_until(lambda: _waiting(backend) == 1, DEADLINE, "the shutdown to wait")
+        finish.set()  # the thread goes idle, and waits after the shutdown
+        faults.wait_until(lambda: _waiting(backend) == 2, DEADLINE, "the thread to wait")
+        gate.release()  # chunk 1 is sent now
+        consumer.join(DEADLINE)
+        closer.join(DEADLINE)
+        assert not consumer.is_alive() and not closer.is_alive(), "the map was never run"
+        assert outcome["value"] == [0, 1]
+    finally:
+        finish.set()
+        gate.release()
+        pool.terminate()
+
+
+def _waiting(backend: object) -> int:
+    """How many threads wait on the thread backend's conditions (before the fix: one)."""
+    conditions = {id(c): c for c in (backend._cv, getattr(backend, "_all_gone", backend._cv))}
+    return sum(len(c._waiters) for c in conditions.values())

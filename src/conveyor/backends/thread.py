@@ -127,7 +127,12 @@ class ThreadBackend(Backend):
         super().__init__(workers)
         self._initializer = initializer
         self._initargs = initargs
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        # A shutdown waits for the threads to leave on a condition of its own (same lock):
+        # were it a waiter of _cv, submit's notify(n) could wake it instead of an idle thread,
+        # which would then sleep on with the unit queued (found by the state-machine test).
+        self._all_gone = threading.Condition(lock)
         self._queue = WorkQueue()
         self._states: set[_ThreadState] = set()
         self._exited: list[threading.Thread] = []  # threads that left, to join in shutdown
@@ -217,7 +222,7 @@ class ThreadBackend(Backend):
             )
         with self._cv:
             while self._states:
-                self._cv.wait()
+                self._all_gone.wait()
             exited, self._exited = self._exited, []
         for thread in exited:
             thread.join()
@@ -242,7 +247,7 @@ class ThreadBackend(Backend):
                 _stop_thread(state)
             with self._cv:
                 self._states.discard(state)  # a shutdown(wait=True) must not wait for it
-                self._cv.notify_all()
+                self._all_gone.notify_all()
             error = PoolClosed("the pool was terminated while the task ran")
             unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
 
@@ -275,7 +280,9 @@ class ThreadBackend(Backend):
 
     def forget_after_fork(self) -> None:
         # This child has none of the threads; locks may have been held by them at the fork.
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._all_gone = threading.Condition(lock)
         self._watch_cv = threading.Condition()
         self._queue = WorkQueue()
         self._states = set()
@@ -328,6 +335,7 @@ class ThreadBackend(Backend):
         self._gone_tasks += state.tasks
         if state.thread is not None and not state.abandoned:
             self._exited.append(state.thread)
+        self._all_gone.notify_all()
         self._cv.notify_all()
 
     def _thread_main(self, state: _ThreadState) -> None:
@@ -454,6 +462,7 @@ class ThreadBackend(Backend):
             self._states.discard(state)
             self._gone_tasks += state.tasks
             self._timeouts += 1
+            self._all_gone.notify_all()
             rest = unit.piece(position + 1) if position + 1 < len(unit.items) else None
             if rest is not None:
                 self._queue.ready.appendleft(rest)
