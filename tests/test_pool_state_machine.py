@@ -232,7 +232,7 @@ class PoolMachine(RuleBasedStateMachine):
 
         def run() -> None:
             try:
-                call = self.pool.map if ordered else self.pool.imap_unordered
+                call = self.pool.imap if ordered else self.pool.imap_unordered
                 running.outcome["value"] = list(call(tasks.slow_identity, values, chunksize=1))
             except BaseException as exc:
                 running.outcome["error"] = exc
