@@ -173,7 +173,7 @@ async def acall(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Await ``fn(*args, **kwargs)`` run in a worker process of the default pool.
 
     Every keyword goes to ``fn``; for a pool, a thread backend or a ``task_timeout``, use
-    :meth:`conveyor.Pool.acall` (and ``pool.options(...)``). Cancelling the await (a timeout,
+    ``conveyor.Pool.acall`` (and ``pool.options(...)``). Cancelling the await (a timeout,
     a ``TaskGroup`` failure) kills the worker running the call; the pool replaces it.
 
     Example::
