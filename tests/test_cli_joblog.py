@@ -26,6 +26,7 @@ COLUMNS = [
     "attempts",
     "timed_out",
     "received",
+    "host",
 ]
 
 

@@ -5,7 +5,8 @@ the first attempt to the end of the last)::
 
     id INTEGER PRIMARY KEY, seq INTEGER, input TEXT, command TEXT, start REAL,
     duration REAL, exit_code INTEGER, signal INTEGER, attempts INTEGER, timed_out INTEGER,
-    received INTEGER (bytes of stdout; added to older logs when they are opened)
+    received INTEGER (bytes of stdout; added to older logs when they are opened),
+    host TEXT (':' for this machine, else the Dask worker that ran the job; likewise added)
 
 ``exit_code`` is the job's exit status, or -1 when a signal killed it (then ``signal``
 is that signal's number, otherwise 0). ``input`` is the job's arguments joined by TAB.
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     signal INTEGER NOT NULL,
     attempts INTEGER NOT NULL,
     timed_out INTEGER NOT NULL DEFAULT 0,
-    received INTEGER NOT NULL DEFAULT 0
+    received INTEGER NOT NULL DEFAULT 0,
+    host TEXT NOT NULL DEFAULT ':'
 )
 """
 
@@ -91,6 +93,7 @@ class JobRow:
     attempts: int
     timed_out: bool
     received: int = 0
+    host: str = ":"
 
 
 class JobLog:
@@ -110,6 +113,8 @@ class JobLog:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "received" not in columns:  # a log written before the column existed
                 self._db.execute("ALTER TABLE jobs ADD COLUMN received INTEGER NOT NULL DEFAULT 0")
+            if "host" not in columns:  # likewise, before --cluster
+                self._db.execute("ALTER TABLE jobs ADD COLUMN host TEXT NOT NULL DEFAULT ':'")
             if mode == "new":
                 self._db.execute("DELETE FROM jobs")
             where = "" if mode == "resume" else " WHERE exit_code = 0 AND signal = 0"
@@ -136,30 +141,32 @@ class JobLog:
             row.attempts,
             int(row.timed_out),
             row.received,
+            _text(row.host),
         )
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (seq, input, command, start, duration, exit_code, signal,"
-                " attempts, timed_out, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " attempts, timed_out, received, host) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 values,
             )
 
     def gnu_lines(self) -> Iterator[str]:
         """The rows in GNU parallel's tab-separated --joblog layout, header first,
-        in the order the jobs finished. Host is ':' (this machine), Send 0, Receive
+        in the order the jobs finished. Host is ':' (this machine) or the Dask worker's address
+        (``--cluster``), Send 0, Receive
         the bytes of stdout; a job killed by a signal has Exitval 0 and that Signal,
         one killed by --timeout Exitval -1 (as GNU parallel writes them)."""
         yield GNU_HEADER
         query = (
-            "SELECT seq, start, duration, exit_code, signal, timed_out, received, command"
+            "SELECT seq, host, start, duration, exit_code, signal, timed_out, received, command"
             " FROM jobs ORDER BY id"
         )
         with self._lock:
             rows = self._db.execute(query).fetchall()
-        for seq, start, duration, exit_code, signum, timed_out, received, command in rows:
+        for seq, host, start, duration, exit_code, signum, timed_out, received, command in rows:
             exitval = -1 if timed_out else 0 if signum else exit_code
             yield (
-                f"{seq}\t:\t{start:.3f}\t{duration:10.3f}\t0\t{received}\t{exitval}\t"
+                f"{seq}\t{host}\t{start:.3f}\t{duration:10.3f}\t0\t{received}\t{exitval}\t"
                 f"{signum}\t{command}"
             )
 

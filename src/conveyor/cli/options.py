@@ -150,6 +150,16 @@ examples:
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
   conveyor run --dry-run mv {} {.}.bak ::: a.txt b.txt   # print, run nothing
+  conveyor run --cluster tcp://10.0.0.5:8786 --joblog j.db ./sim.sh {} ::: 1 2 3
+
+--cluster ADDRESS (a Dask scheduler: tcp://HOST:PORT, or tls://HOST:PORT with the TLS
+files in Dask's configuration, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE):
+  each job runs on a worker's machine under /bin/sh, in its own process group, with
+  --timeout, --halt and Ctrl-C killing it there; its output comes back whole (so
+  --line-buffer and -u are refused) and the job log's Host is the worker's address.
+  -j defaults to the cluster's worker threads. The workers need conveyor installed.
+  A plaintext tcp:// address that is not loopback gets a warning: whoever reaches
+  that port can run code on every worker.
 """
 
 
@@ -168,8 +178,8 @@ def run_parser() -> ErrorRaisingParser:
         "--jobs",
         metavar="N|N%",
         help="run N jobs at once, or N%% of the usable cores "
-        "(default: the usable cores, %(default)s here)",
-        default=str(usable_cores()),
+        f"(default: the usable cores, {usable_cores()} here; with --cluster: the cluster's "
+        "worker threads)",
     )
     a(
         "--timeout",
@@ -282,6 +292,13 @@ def run_parser() -> ErrorRaisingParser:
         help="quote COMMAND's words too: run it as a plain argv without shell syntax",
     )
     a("--joblog", metavar="FILE", help="record every finished job in this SQLite file")
+    a(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run the jobs on a Dask cluster's workers (tcp://HOST:8786, tls://...; needs "
+        "conveyor[dask] here and conveyor on the workers); e.g. conveyor run --cluster "
+        "tcp://10.0.0.5:8786 ./render.sh {} ::: scenes/*",
+    )
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume", action="store_true", help="with --joblog: skip jobs the log has as finished"
@@ -387,6 +404,8 @@ class RunConfig:
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
+    cluster: str | None = None  # --cluster: a Dask scheduler's address
+    jobs_given: bool = True  # whether -j was given (else --cluster sizes it)
 
 
 def parse_run_args(argv: Sequence[str]) -> RunConfig:
@@ -419,13 +438,21 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         raise UsageError("--csv and --colsep: choose one (--csv splits at commas)")
     if ns.max_args is not None and ns.max_args < 0:
         raise UsageError(f"bad -n/-N {ns.max_args}: must be 0 or more")
+    if ns.cluster is not None:
+        for flag, given in (("--line-buffer", ns.line_buffer), ("-u/--ungroup", ns.ungroup)):
+            if given:
+                raise UsageError(
+                    f"--cluster and {flag}: a remote job's output arrives whole when it ends"
+                )
+        if not ns.cluster.strip():
+            raise UsageError("bad --cluster '': expected a scheduler address (tcp://HOST:PORT)")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,
         groups=groups,
-        jobs=parse_jobs(ns.jobs),
+        jobs=parse_jobs(str(usable_cores()) if ns.jobs is None else ns.jobs),
         timeout=ns.timeout,
         retries=ns.retries,
         halt=parse_halt(ns.halt),
@@ -448,4 +475,6 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",
+        cluster=ns.cluster,
+        jobs_given=ns.jobs is not None,
     )

@@ -134,6 +134,7 @@ class Completed:
     start: float  # Unix time
     duration: float
     received: int = 0  # bytes the job wrote to its stdout
+    host: str = ":"  # where it ran: ':' is this machine (GNU's joblog), else a worker address
 
 
 def _killpg(pgid: int, sig: int) -> None:

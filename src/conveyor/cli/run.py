@@ -46,6 +46,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import math
@@ -79,6 +80,7 @@ from conveyor.cli.templates import (
 )
 
 if TYPE_CHECKING:
+    from conveyor.cli.cluster import ClusterRunner
     from conveyor.cli.joblog import JobLog
 
 __all__ = ["main", "run"]
@@ -248,9 +250,16 @@ class _Runner:
     """One ``conveyor run``: the state shared by the main and the executor threads."""
 
     def __init__(
-        self, config: RunConfig, template: Template, total: int | None, joblog: JobLog | None
+        self,
+        config: RunConfig,
+        template: Template,
+        total: int | None,
+        joblog: JobLog | None,
+        cluster: ClusterRunner | None = None,
     ) -> None:
         self.config = config
+        # Where one attempt runs: here, or on a Dask worker (--cluster).
+        self.execute: Callable[..., Completed] = run_command if cluster is None else cluster.run
         self.template = template
         self.total = total
         self.joblog = joblog
@@ -424,7 +433,7 @@ class _Runner:
                 else None
             )
             raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
-            result = run_command(
+            result = self.execute(
                 job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink or raw
             )
             if attempts == 1:
@@ -518,6 +527,7 @@ class _Runner:
                 attempts=attempts,
                 timed_out=result.timed_out,
                 received=result.received,
+                host=result.host,
             )
         )
 
@@ -608,6 +618,32 @@ def run(config: RunConfig) -> int:
         inputs.jobs = batched(inputs.jobs, config.max_args)
         if inputs.total is not None and config.max_args:
             inputs.total = -(-inputs.total // config.max_args)
+    cluster: ClusterRunner | None = None
+    if config.cluster is not None and not config.dry_run:
+        from conveyor.cli.cluster import ClusterRunner  # lazy: only --cluster imports dask
+
+        cluster = ClusterRunner(config.cluster)
+        try:
+            if not config.jobs_given:
+                config = dataclasses.replace(config, jobs=cluster.slots())
+        except BaseException:
+            cluster.close()
+            raise
+    try:
+        return _run_jobs(config, inputs, template, names, cluster)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run_jobs(
+    config: RunConfig,
+    inputs: Inputs,
+    template: Template,
+    names: Sequence[str],
+    cluster: ClusterRunner | None,
+) -> int:
+    """Open the job log, then run (or print) the jobs; the exit status."""
     joblog: JobLog | None = None
     if config.joblog and not (config.dry_run and config.resume == "new"):
         from conveyor.cli.joblog import JobLog  # lazy: only --joblog pays for it
@@ -624,7 +660,7 @@ def run(config: RunConfig) -> int:
                 out.write(os.fsencode(template.display(args, seq, slot)) + b"\n")
             out.flush()
             return 0
-        runner = _Runner(config, template, total, joblog)
+        runner = _Runner(config, template, total, joblog, cluster)
         if config.tagstring is not None:
             runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
