@@ -66,6 +66,14 @@ def kill_worker_on(x, bad):
 
 def worker_pid(_=None):
     return os.getpid()
+
+def init_env(directory, token):
+    os.environ["CONVEYOR_TEST_INIT"] = token
+    with open(os.path.join(directory, f"init.{os.getpid()}.{uuid.uuid4().hex}"), "w"):
+        pass
+
+def read_env(_=None):
+    return os.environ.get("CONVEYOR_TEST_INIT")
 """
 
 
@@ -419,3 +427,26 @@ def test_an_unpicklable_item_is_named(pool: conveyor.Pool) -> None:
     with pytest.raises(TypeError, match="argument 0"):
         pool.submit(len, threading.Lock())
     assert list(pool.imap(len, [[1]])) == [1]
+
+
+# ============================================================================ initializer
+
+
+def test_initializer_runs_once_in_each_worker_process(address: str, tmp_path: Path) -> None:
+    token = os.urandom(8).hex()
+    with conveyor.Pool(
+        backend="dask", cluster=address, initializer=MAIN.init_env, initargs=(str(tmp_path), token)
+    ) as pool:
+        assert set(pool.imap(MAIN.read_env, range(40), chunksize=1)) == {token}
+        assert pool.submit(MAIN.read_env).result() == token
+    runs = list(tmp_path.glob("init.*"))
+    pids = {path.name.split(".")[1] for path in runs}
+    assert len(runs) == len(pids) <= 2  # two worker processes, each initialized once
+
+
+def test_failing_initializer_is_a_worker_init_error(address: str) -> None:
+    with conveyor.Pool(backend="dask", cluster=address, initializer=int, initargs=("x",)) as pool:
+        with pytest.raises(conveyor.WorkerInitError, match="initializer int failed"):
+            pool.submit(abs, -1).result(timeout=60)
+        results = pool.imap(abs, [-1, -2], on_error="return")
+        assert all(isinstance(r, conveyor.Failure) for r in results)

@@ -1014,7 +1014,13 @@ def _make_backend(
         from .backends.dask import DaskBackend
 
         _register_exit_handler()
-        return DaskBackend(workers, cluster=cluster, security=security, initializer=initializer)
+        return DaskBackend(
+            workers,
+            cluster=cluster,
+            security=security,
+            initializer=initializer,
+            initargs=initargs,
+        )
     raise ValueError(f"backend {name!r} is not available yet")
 
 

@@ -116,11 +116,15 @@ class DaskBackend(Backend):
         cluster: Any = None,
         security: Any = None,
         initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
     ):
+        # The initializer runs once in each Dask worker process, before the pool's first
+        # task there (task.ensure_initialized); it travels by value inside every task.
+        self._init_ref: tuple[str, bytes] | None = None
         if initializer is not None:
-            raise ValueError(
-                'initializer is not supported with backend="dask"; give the function what it '
-                "needs as arguments or in a closure (sent to each Dask worker once)"
+            self._init_ref = (
+                f"conveyor-init-{uuid.uuid4().hex}",
+                dumps_callable((initializer, tuple(initargs)), "initializer"),
             )
         self._connection: Connection = connect(cluster, workers, security)
         self._client = self._connection.client
@@ -260,7 +264,14 @@ class DaskBackend(Backend):
         try:
             fn_ref = self._function_ref(unit.fn)
             future = self._client.submit(
-                run_unit, fn_ref, unit.mode, unit.items, unit.timeout, key=task.key, pure=False
+                run_unit,
+                fn_ref,
+                unit.mode,
+                unit.items,
+                unit.timeout,
+                self._init_ref,
+                key=task.key,
+                pure=False,
             )
         except Exception as exc:
             self._forget(task)

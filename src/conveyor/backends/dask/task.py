@@ -5,7 +5,8 @@ Data flow (inside one Dask worker process)::
     Dask worker thread (runs the task)              item thread (one per item, timed units only)
     ----------------------------------              --------------------------------------------
     run_unit(fn_ref, mode, items, timeout):
-      load fn (cached per process by its token)
+      the pool's initializer, once per process
+    load fn (cached per process by its token)
       untimed: run_items() here, in this thread
       timed: for each item, start an item thread -> run fn on the item, keep the outcome
              join it until the item's deadline;      (under the box lock)
@@ -37,13 +38,14 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from ..._errors import TaskTimeout
+from ..._errors import TaskTimeout, WorkerInitError
 from ..._work import Abandoned, Outcomes, run_items
 from ..process.parent import hard_deadline_grace
 from ..process.worker import _picklable_error
@@ -82,8 +84,53 @@ def load_function(token: str, data: bytes) -> Callable[..., Any]:
     return fn
 
 
+#: initializers run in this worker process, by token: None when it ran, else why it failed
+_INITIALIZED: dict[str, str | None] = {}
+_INITIALIZED_LOCK = threading.Lock()
+
+
+def ensure_initialized(init_ref: tuple[str, bytes] | None) -> str | None:
+    """Run a pool's ``initializer(*initargs)`` once in this worker process (the first of the
+    pool's tasks to arrive runs it; the worker's other threads wait for it). Returns None, or
+    the message of a :class:`~conveyor.WorkerInitError` if it failed (then every task of that
+    pool on this worker fails with it, as on the process backend).
+
+    Example::
+
+        >>> import cloudpickle
+        >>> ensure_initialized(("t-int", cloudpickle.dumps((int, ("12",))))) is None
+        True
+        >>> print(ensure_initialized(("t-bad", cloudpickle.dumps((int, ("x",)))))
+        ...       .splitlines()[0])
+        the pool's initializer int failed in a Dask worker (None):
+    """
+    if init_ref is None:
+        return None
+    token, data = init_ref
+    with _INITIALIZED_LOCK:
+        if token in _INITIALIZED:
+            return _INITIALIZED[token]
+        name = "?"
+        try:
+            initializer, initargs = cloudpickle.loads(data)
+            name = getattr(initializer, "__qualname__", repr(initializer))
+            initializer(*initargs)
+            failure = None
+        except BaseException as exc:  # a SystemExit in an initializer is its failure too
+            failure = (
+                f"the pool's initializer {name} failed in a Dask worker ({_own_address()}):\n"
+                + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            )
+        _INITIALIZED[token] = failure
+        return failure
+
+
 def run_unit(
-    fn_ref: tuple[str, bytes], mode: int, items: list[Any], timeout: float | None
+    fn_ref: tuple[str, bytes],
+    mode: int,
+    items: list[Any],
+    timeout: float | None,
+    init_ref: tuple[str, bytes] | None = None,
 ) -> TaskResult:
     """Run one unit in a Dask worker; see the module docstring for what comes back.
 
@@ -95,6 +142,10 @@ def run_unit(
         >>> values, errors, stuck
         ([1, 2], {}, None)
     """
+    failure = ensure_initialized(init_ref)
+    if failure is not None:
+        error = WorkerInitError(failure)
+        return [None] * len(items), {i: (error, "") for i in range(len(items))}, 0.0, None
     fn = load_function(*fn_ref)
     started = time.perf_counter()
     stuck = False
