@@ -21,7 +21,7 @@ from cli_helpers import assert_all_gone, kill_tree, read_pids, run, run_cli, sta
 
 pytest.importorskip("distributed")
 
-from test_dask import address  # noqa: E402,F401  (the module-scoped cluster fixture)
+from test_dask import address as _cluster  # noqa: F401  (its fixture: "address")
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(180)]
 
