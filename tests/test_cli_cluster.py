@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,15 @@ from cli_helpers import assert_all_gone, kill_tree, read_pids, run, run_cli, sta
 
 pytest.importorskip("distributed")
 
-from test_dask import address as _cluster  # noqa: F401  (its fixture: "address")
+from test_dask import command_line_cluster
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, torn down after."""
+    yield from command_line_cluster(tmp_path_factory.mktemp("dask"))
 
 
 def _hosts(joblog: Path) -> list[str]:

@@ -93,7 +93,12 @@ def _dask_command(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, torn down after."""
-    scratch = tmp_path_factory.mktemp("dask")
+    yield from command_line_cluster(tmp_path_factory.mktemp("dask"))
+
+
+def command_line_cluster(scratch: Path) -> Iterator[str]:
+    """Start a scheduler and two workers from the command line; yield the scheduler's address,
+    then kill them all (also used by tests/test_cli_cluster.py)."""
     scheduler_file = scratch / "scheduler.json"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     common = dict(cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
