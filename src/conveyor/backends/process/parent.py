@@ -90,7 +90,7 @@ from ..._serialize import Payload, callable_payload, dumps_callable, items_paylo
 from ..._shm import Segment
 from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
-from ..base import Backend
+from ..base import Backend, fail_units
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from .protocol import (
@@ -500,7 +500,7 @@ class ProcessBackend(Backend):
                 self._queue.close_jobs()
             elif wait:
                 self._queue.close_jobs(self._queue.jobs_driven_by(current))
-        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        fail_units(dropped, PoolClosed("the pool was shut down before the task started"))
         self._wake()
         if not wait:
             return
@@ -960,7 +960,7 @@ class ProcessBackend(Backend):
             dropped.extend(worker.held_units())
             worker.batch = worker.queued = None
             worker.kill()
-        _fail(dropped, error)
+        fail_units(dropped, error)
 
     # ----------------------------------------------------------------- deaths and deadlines
 
@@ -1009,7 +1009,7 @@ class ProcessBackend(Backend):
             # like every other unfinished task (a race: the death is seen before _finish runs).
             held = worker.held_units()
             worker.batch, worker.queued = None, None
-            _fail(held, self._unfinished_error())
+            fail_units(held, self._unfinished_error())
             worker.reaped.set()
             return
         queued, worker.queued = worker.queued, None
@@ -1141,7 +1141,7 @@ class ProcessBackend(Backend):
             try:
                 self._wire_of(unit)
             except Exception as exc:
-                _fail([unit], exc)
+                fail_units([unit], exc)
                 continue
             sendable.append(unit)
         return sendable
@@ -1227,7 +1227,7 @@ class ProcessBackend(Backend):
             _kill_group(worker.pid, None)
             worker.close_channels()
             worker.reaped.set()
-        _fail(dropped, self._unfinished_error())
+        fail_units(dropped, self._unfinished_error())
         for worker in workers:
             worker.release_holds()
         if self._segments is not None:
@@ -1344,8 +1344,3 @@ def _reemit(record: dict[str, Any]) -> None:
         worker_logging.reemit(record)
     except Exception:
         pass
-
-
-def _fail(units: list[Unit], error: BaseException) -> None:
-    for unit in units:
-        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
