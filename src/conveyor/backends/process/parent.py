@@ -94,17 +94,20 @@ from ..base import Backend, fail_units
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from .protocol import (
-    DONE,
     FN_CACHE_SIZE,
     IDLE,
-    INIT_FAILED,
-    ITEM,
-    LOG,
     PREFETCH_BYTES,
-    READY,
-    RUN,
-    STOP,
+    Done,
+    DonePart,
+    InitFailed,
+    Item,
+    Log,
+    Ready,
+    Run,
+    Stop,
     WirePayload,
+    WireUnit,
+    decode,
     decode_outcomes,
     encode,
     read_mark,
@@ -783,7 +786,7 @@ class ProcessBackend(Backend):
                 while len(worker.fn_keys) > FN_CACHE_SIZE:
                     worker.fn_keys.popitem(last=False)
             wire_units.append(
-                (
+                WireUnit(
                     unit.id,
                     wire.fn_key,
                     fn_wire,
@@ -800,7 +803,7 @@ class ProcessBackend(Backend):
                 worker.mapped.add(pooled.pool_id)
         forget, worker.to_forget = worker.to_forget, []
         worker.sent += 1
-        exacts = [w[-1] for w in wire_units]
+        exacts = [w.exact for w in wire_units]
         if ahead:
             worker.queued = (units, exacts, worker.sent)
         else:
@@ -809,7 +812,7 @@ class ProcessBackend(Backend):
             if fds:
                 assert worker.fd_sock is not None
                 _shm.send_fds(worker.fd_sock, fds)
-            message = (RUN, len(fds), stream, wire_units, forget, worker.sent)
+            message = Run(len(fds), stream, wire_units, forget, worker.sent)
             worker.conn.send_bytes(encode(message))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
@@ -848,31 +851,27 @@ class ProcessBackend(Backend):
         conn = worker.conn
         try:
             while conn.poll():
-                message = _decode_message(conn.recv_bytes())
-                kind = message[0]
-                if kind == READY:
+                message = decode(conn.recv_bytes())
+                segments = _receive_segments(worker, message.nfds)
+                if isinstance(message, Done):
+                    worker.release_holds(message.released)
+                    self._on_done(worker, segments, message.parts, message.rss)
+                elif isinstance(message, Item):
+                    worker.release_holds(message.released)
+                    worker.failures += message.failed
+                    self._on_item(worker, segments, message)
+                elif isinstance(message, Log):
+                    _reemit(message.record)
+                elif isinstance(message, Ready):
                     worker.ready = True
                     worker.ready_at = time.monotonic()
                     # Every worker of a pool runs where the first did: its answer stands for
                     # all, but one that could not read our memory turns pulling off for good.
-                    if self._pull_ok is None or not message[2]:
-                        self._pull_ok = bool(message[2])
+                    if self._pull_ok is None or not message.pull_ok:
+                        self._pull_ok = bool(message.pull_ok)
                     self._startup_deaths = 0
-                    continue
-                if kind == INIT_FAILED:
-                    self._on_init_failed(message[1])
-                    continue
-                if kind == LOG:
-                    _reemit(message[2])
-                    continue
-                segments = _receive_segments(worker, message[1])
-                if kind == DONE:
-                    worker.release_holds(message[4])
-                    self._on_done(worker, segments, message[2], message[3])
-                elif kind == ITEM:
-                    worker.release_holds(message[7])
-                    worker.failures += message[8]
-                    self._on_item(worker, segments, *message[2:7])
+                elif isinstance(message, InitFailed):
+                    self._on_init_failed(message.traceback)
         except (EOFError, OSError):
             pass  # it died; the sentinel says so
 
@@ -880,35 +879,32 @@ class ProcessBackend(Backend):
         self,
         worker: _Worker,
         segments: list[Segment],
-        parts: list[tuple[int, WirePayload, float, int]],
+        parts: list[DonePart],
         rss: int,
     ) -> None:
         batch = worker.batch or []
-        for unit, (unit_id, payload, elapsed, failed) in zip(batch, parts):
-            assert unit.id == unit_id, "a worker answered for a unit it was not sent"
-            worker.busy += elapsed
-            worker.failures += failed
+        for unit, part in zip(batch, parts):
+            assert unit.id == part.unit_id, "a worker answered for a unit it was not sent"
+            worker.busy += part.elapsed
+            worker.failures += part.failed
             _release(unit)
-            _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
+            _deliver(unit, 0, len(unit.items), part.payload, segments, part.elapsed)
         self._batch_finished(worker, rss)
 
     def _on_item(
         self,
         worker: _Worker,
         segments: list[Segment],
-        unit_id: int,
-        position: int,
-        payload: WirePayload,
-        elapsed: float,
-        rss: int,
+        message: Item,
     ) -> None:
         batch = worker.batch or []
         unit = batch[worker.unit_index]
-        assert unit.id == unit_id and position == worker.item_index
+        position, rss = message.position, message.rss
+        assert unit.id == message.unit_id and position == worker.item_index
         if position + 1 == len(unit.items):
             _release(unit)
-        worker.busy += elapsed
-        _deliver(unit, position, 1, payload, segments, elapsed)
+        worker.busy += message.elapsed
+        _deliver(unit, position, 1, message.payload, segments, message.elapsed)
         worker.item_index += 1
         if worker.item_index == len(unit.items):
             worker.unit_index += 1
@@ -939,7 +935,7 @@ class ProcessBackend(Backend):
         worker.retiring = True
         self._restarts["recycle"] += 1
         try:
-            worker.conn.send_bytes(encode((STOP,)))
+            worker.conn.send_bytes(encode(Stop()))
         except OSError:
             pass
         self._start_worker()
@@ -1198,7 +1194,7 @@ class ProcessBackend(Backend):
         """Graceful end: ask every worker to exit, wait a while, kill what is left."""
         for worker in self._workers.values():
             try:
-                worker.conn.send_bytes(encode((STOP,)))
+                worker.conn.send_bytes(encode(Stop()))
             except OSError:
                 pass
         deadline = time.monotonic() + STOP_GRACE
@@ -1266,12 +1262,6 @@ def _forget_child(process: BaseProcess) -> None:
     from multiprocessing import process as mp_process
 
     mp_process._children.discard(process)  # type: ignore[attr-defined]
-
-
-def _decode_message(data: bytes) -> tuple[Any, ...]:
-    from .protocol import decode
-
-    return decode(data)
 
 
 def _short(worker: _Worker) -> bool:
