@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from ..._errors import TaskTimeout, WorkerCrashed
 from ..._work import Unit
-from .protocol import IDLE, read_mark
+from .protocol import IDLE, read_mark, running  # noqa: F401 (running: the example)
 
 __all__ = ["Lost", "Position", "Settlement", "cut", "settle"]
 
@@ -51,7 +51,7 @@ class Lost(NamedTuple):
     mark: tuple[int, int]  # mark[0], mark[1] as the worker left them
     ahead: list[Unit]  # the batch sent ahead, not started
     timed_out_at: Position | None  # the parent killed it for this item's timeout
-    cancelled: object | None  # the owner whose work it was killed to stop
+    cancelled: tuple[object, ...]  # the owners whose work it was killed to stop
     pid: int | None = None
     exitcode: int | None = None
 
@@ -72,18 +72,18 @@ def settle(lost: Lost) -> Settlement:
         >>> from conveyor._work import MODE_MAP, Unit
         >>> unit = Unit(abs, [1, 2, 3], MODE_MAP, sink=None, tags=[0, 1, 2])
         >>> # died while running it, at an unknown item: sent back whole, exact
-        >>> lost = Lost([unit], [False], 1, (0, 0), (1 * (1 << 20) + 1, IDLE), [], None, None)
+        >>> lost = Lost([unit], [False], 1, (0, 0), (running(0, 1), IDLE), [], None, ())
         >>> settle(lost) == Settlement([unit], None, unit)
         True
     """
     cancelled = lost.cancelled
-    ahead = [u for u in lost.ahead if cancelled is None or u.sink.owner is not cancelled]
+    ahead = _not_of(lost.ahead, cancelled)
     batch, first = lost.batch, lost.delivered
     rest = cut(batch, first, None)
     if not batch:
         return Settlement(ahead)
-    if cancelled is not None:  # killed to stop an owner's work: the others were not to blame
-        return Settlement([u for u in rest if u.sink.owner is not cancelled] + ahead)
+    if cancelled:  # killed to stop an owner's work: the others were not to blame
+        return Settlement(_not_of(rest, cancelled) + ahead)
     state, item = lost.mark
     seq, index, is_running = read_mark(state) if state != IDLE else (-1, 0, False)
     if seq != lost.seq:  # died before it started on the batch (killed from outside)
@@ -122,7 +122,7 @@ def settle(lost: Lost) -> Settlement:
         # Its items could not even be loaded, twice: load each alone to find the culprit.
         return Settlement(before + unit.singles() + after + ahead)
     # Send it back exact: if it kills again, the mark names the item.
-    return Settlement(before + [unit] + after + ahead, None, unit)
+    return Settlement([*before, unit, *after, *ahead], None, unit)
 
 
 def cut(batch: list[Unit], start: Position, stop: Position | None) -> list[Unit]:
@@ -140,6 +140,13 @@ def cut(batch: list[Unit], start: Position, stop: Position | None) -> list[Unit]
             continue
         units.append(unit if lo == 0 and hi == len(unit.items) else unit.piece(lo, hi))
     return units
+
+
+def _not_of(units: list[Unit], owners: tuple[object, ...]) -> list[Unit]:
+    """``units`` without those of ``owners``."""
+    if not owners:
+        return units
+    return [u for u in units if not any(u.sink.owner is owner for owner in owners)]
 
 
 def _all_but(batch: list[Unit], first: Position, position: Position) -> list[Unit]:
