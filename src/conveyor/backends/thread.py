@@ -484,8 +484,6 @@ def _stop_thread(state: _ThreadState) -> None:
         _raise_in_thread(state.thread.ident, Abandoned)
 
 
-
-
 def _describe(fn: Callable[..., Any] | None) -> str:
     return getattr(fn, "__qualname__", repr(fn))
 
