@@ -69,19 +69,17 @@ Guarantees, and where they are kept:
 from __future__ import annotations
 
 import itertools
-import socket
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ... import _pull, _shm
-from ..._envmark import kill_marked, new_token
+from ..._envmark import kill_marked
 from ..._errors import PoolClosed, WorkerCrashed, WorkerInitError
-from ..._serialize import dumps_callable, items_payload
+from ..._serialize import dumps_callable
 from ..._shm import Segment
 from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
@@ -90,10 +88,8 @@ from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from . import workers as records_module
 from .batching import is_short, pick_batch
-from .functions import FunctionCache, Wire
+from .packing import Packer, release
 from .protocol import (
-    FN_CACHE_SIZE,
-    IDLE,
     PREFETCH_BYTES,
     Done,
     DonePart,
@@ -104,16 +100,13 @@ from .protocol import (
     Run,
     Stop,
     WirePayload,
-    WireUnit,
     decode,
     decode_outcomes,
     encode,
-    to_wire,
 )
 from .settlement import Lost, Settlement, settle
-from .spawning import get_context, start_worker
-from .worker import worker_main
-from .workers import State, WorkerRecord, close_handles, kill_group
+from .spawning import get_context
+from .workers import State, WorkerRecord, close_handles, kill_group, launch
 
 __all__ = ["ProcessBackend"]
 
@@ -121,8 +114,6 @@ __all__ = ["ProcessBackend"]
 MAX_STARTUP_DEATHS = 5
 #: how long a stopping worker gets to exit by itself before it is killed
 STOP_GRACE = 5.0
-
-_worker_numbers = itertools.count(1)
 
 
 def hard_deadline_grace(timeout: float) -> float:
@@ -161,11 +152,8 @@ class ProcessBackend(Backend):
         self._init_name = getattr(initializer, "__qualname__", repr(initializer))
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_memory_per_worker
-        self._functions = FunctionCache()
         self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
-        #: whether workers may read a map's large arguments out of our memory (conveyor._pull):
-        #: unknown until the first worker says READY
-        self._pull_ok: bool | None = None
+        self._packer = Packer(self._segments)
 
         self._lock = threading.Lock()
         self._queue = WorkQueue()
@@ -182,8 +170,6 @@ class ProcessBackend(Backend):
         # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
         self._restarts = dict.fromkeys(RESTART_CAUSES, 0)
         self._gone_tasks = 0
-        # Units sent back exact after a death at an unknown item (dispatcher thread only).
-        self._suspects: weakref.WeakSet[Unit] = weakref.WeakSet()
         self._finished = threading.Event()
         self._forked = False  # set in a forked child (see forget_after_fork)
 
@@ -207,9 +193,9 @@ class ProcessBackend(Backend):
         for unit in units:
             if unit.wire is None:
                 if unit.eager:
-                    self._wire_of(unit)
+                    self._packer.wire_of(unit)
                 else:
-                    self._functions.get(unit.fn)  # the function is checked (and cached) now
+                    self._packer.functions.get(unit.fn)  # the function is checked (and cached) now
         with self._lock:
             if self._broken is not None:
                 raise self._broken
@@ -350,6 +336,12 @@ class ProcessBackend(Backend):
             for w in records
         ]
         return PoolStats(rows, gone + sum(w.tasks_run for w in records), restarts)
+
+    @property
+    def _pull_ok(self) -> bool | None:
+        """Whether workers may read a map's large arguments out of our memory (None: unknown
+        until the first worker says READY; see packing.Packer)."""
+        return self._packer.pull_ok
 
     def _wake(self) -> None:
         try:
@@ -504,8 +496,8 @@ class ProcessBackend(Backend):
             # The batch picked for it just before came to nothing (its units were cancelled or
             # could not be pickled): this one is not ahead of anything, it runs now.
             ahead = False
-        units = self._with_wires([u for u in units if u.sink.starting(u)])
-        if ahead and units and self._message_size(worker, units) > PREFETCH_BYTES:
+        units = self._packer.with_wires([u for u in units if u.sink.starting(u)])
+        if ahead and units and self._packer.message_size(worker, units) > PREFETCH_BYTES:
             # Too large to send ahead without risking a blocked write: wait until it is idle.
             with self._lock:
                 self._queue.ready.extendleft(reversed(units))
@@ -517,7 +509,7 @@ class ProcessBackend(Backend):
             return
         stream = units[0].timeout is not None
         fds: list[int] = []
-        wire_units = [self._wire_unit(worker, unit, stream, fds) for unit in units]
+        wire_units = [self._packer.wire_unit(worker, unit, stream, fds) for unit in units]
         forget, worker.to_forget = worker.to_forget, []
         worker.sent += 1
         exacts = [w.exact for w in wire_units]
@@ -536,41 +528,6 @@ class ProcessBackend(Backend):
             worker.conn.send_bytes(encode(message))
         except OSError:
             pass  # it died; its sentinel will say so and _on_death re-queues the batch
-
-    def _wire_unit(
-        self, worker: WorkerRecord, unit: Unit, stream: bool, fds: list[int]
-    ) -> WireUnit:
-        """A RUN's record of ``unit`` for ``worker``: the function only if the worker's cache
-        lacks it (both caches are updated here alike, see protocol.py); its pooled segment is
-        held until the worker says it let go of it."""
-        wire = self._wire_of(unit)
-        fn_wire = None
-        if wire.fn_key in worker.fn_keys:
-            worker.fn_keys.move_to_end(wire.fn_key)
-        else:
-            fn_wire = to_wire(wire.fn, fds)
-            worker.fn_keys[wire.fn_key] = None
-            while len(worker.fn_keys) > FN_CACHE_SIZE:
-                worker.fn_keys.popitem(last=False)
-        pooled = wire.items.segment
-        if isinstance(pooled, _shm.PooledSegment) and self._segments is not None:
-            worker.holds.setdefault(pooled.pool_id, []).append(self._segments.hold(pooled))
-            worker.mapped.add(pooled.pool_id)
-        exact = stream or unit in self._suspects
-        items = to_wire(wire.items, fds)
-        return WireUnit(
-            unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items), items, exact
-        )
-
-    def _message_size(self, worker: WorkerRecord, units: list[Unit]) -> int:
-        """About how many bytes a RUN of ``units`` to ``worker`` would take."""
-        size = 0
-        for unit in units:
-            wire = self._wire_of(unit)
-            size += len(wire.items.data) + 64
-            if wire.fn_key not in worker.fn_keys:
-                size += len(wire.fn.data)
-        return size
 
     @staticmethod
     def _deadline_for(unit: Unit) -> float | None:
@@ -600,8 +557,8 @@ class ProcessBackend(Backend):
                         worker.ready(time.monotonic())
                     # Every worker of a pool runs where the first did: its answer stands for
                     # all, but one that could not read our memory turns pulling off for good.
-                    if self._pull_ok is None or not message.pull_ok:
-                        self._pull_ok = bool(message.pull_ok)
+                    if self._packer.pull_ok is None or not message.pull_ok:
+                        self._packer.pull_ok = bool(message.pull_ok)
                     self._startup_deaths = 0
                 elif isinstance(message, InitFailed):
                     self._on_init_failed(message.traceback)
@@ -620,7 +577,7 @@ class ProcessBackend(Backend):
             assert unit.id == part.unit_id, "a worker answered for a unit it was not sent"
             worker.busy += part.elapsed
             worker.failures += part.failed
-            _release(unit)
+            release(unit)
             _deliver(unit, 0, len(unit.items), part.payload, segments, part.elapsed)
         self._batch_finished(worker, rss)
 
@@ -635,7 +592,7 @@ class ProcessBackend(Backend):
         position, rss = message.position, message.rss
         assert unit.id == message.unit_id and position == worker.item_index
         if position + 1 == len(unit.items):
-            _release(unit)
+            release(unit)
         worker.busy += message.elapsed
         _deliver(unit, position, 1, message.payload, segments, message.elapsed)
         worker.item_index += 1
@@ -652,7 +609,7 @@ class ProcessBackend(Backend):
             done = worker.finish()
         worker.deadline = None
         for unit in done:
-            self._suspects.discard(unit)
+            self._packer.suspects.discard(unit)
         if worker.state is not State.IDLE:  # it went straight on with the batch sent ahead
             return
         too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks
@@ -742,7 +699,7 @@ class ProcessBackend(Backend):
         if not retiring and not stopped and (not self._closing or batch or not self._drained()):
             self._start_worker()
         for unit in batch:
-            self._suspects.discard(unit)
+            self._packer.suspects.discard(unit)
         if settlement is None:
             # terminate() killed it (or it died as terminate() began): what it held was stopped
             # by the pool, not by a crash of its own; it fails as terminate() says, PoolClosed,
@@ -786,11 +743,11 @@ class ProcessBackend(Backend):
         """The rest of a settlement, once its units are re-queued: release the shared memory
         of the lost units not re-queued whole, then fail the blamed item (last, see _on_death)."""
         if settlement.suspect is not None:
-            self._suspects.add(settlement.suspect)
+            self._packer.suspects.add(settlement.suspect)
         kept = {id(u) for u in settlement.requeue}
         for unit in lost:
             if id(unit) not in kept:
-                _release(unit)
+                release(unit)
         if settlement.blame is not None:
             (index, item), error = settlement.blame
             unit = lost[index]
@@ -801,79 +758,11 @@ class ProcessBackend(Backend):
         with self._lock:
             self._queue.ready.extendleft(reversed(units))
 
-    def _wire_of(self, unit: Unit) -> Wire:
-        """The unit's pickled form, made now if it has none yet (any thread).
-
-        Raises :class:`~conveyor._errors.Unsendable` naming the item that cannot be pickled.
-        """
-        if unit.wire is None:
-            key, fn_payload = self._functions.get(unit.fn)
-            first = unit.tags[0] if unit.tags and isinstance(unit.tags[0], int) else 0
-            # A map's chunk (pickled here, as it is sent) lets the worker copy its large
-            # buffers itself; a submit is copied by its caller now (see conveyor._pull).
-            pull = not unit.eager and self._pull_ok is True
-            items = items_payload(unit.items, unit.mode, first, self._segments, pull)
-            unit.wire = Wire(key, fn_payload, items)
-        return unit.wire
-
-    def _with_wires(self, units: list[Unit]) -> list[Unit]:
-        """The units whose pickled form exists or can be made now; each other one is failed
-        with the reason (a map's item that cannot be pickled, shared memory exhausted)."""
-        sendable = []
-        for unit in units:
-            try:
-                self._wire_of(unit)
-            except Exception as exc:
-                fail_units([unit], exc)
-                continue
-            sendable.append(unit)
-        return sendable
-
     # ----------------------------------------------------------------- workers
 
     def _start_worker(self) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        lifeline_r, lifeline_w = self._ctx.Pipe(duplex=False)
-        fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
-        # Shared memory the worker writes its position into (multiprocessing's heap: a file
-        # under /dev/shm that is unlinked as soon as it is made, so nothing can be left there).
-        mark = self._ctx.RawArray("q", 2)
-        mark[0] = mark[1] = IDLE
-        token = new_token()
-        try:
-            with records_module.parent_fds_lock:
-                records_module.parent_fds.update(
-                    h.fileno() for h in (parent_conn, lifeline_w, fd_parent) if h is not None
-                )
-                close_fds = tuple(records_module.parent_fds) if self.start_method == "fork" else ()
-                process = start_worker(
-                    self._ctx,
-                    worker_main,
-                    (
-                        child_conn,
-                        lifeline_r,
-                        fd_child,
-                        self._init_blob,
-                        self._max_memory is not None,
-                        mark,
-                        token,
-                        close_fds,
-                        _pull.probe_args()
-                        if self._segments is not None and _pull.AVAILABLE
-                        else None,
-                        worker_logging.levels(),
-                    ),
-                    f"conveyor-worker-{next(_worker_numbers)}",
-                )
-        except BaseException:
-            close_handles(parent_conn, lifeline_w, fd_parent)
-            raise
-        finally:
-            child_conn.close()
-            lifeline_r.close()
-            if fd_child is not None:
-                fd_child.close()
-        worker = WorkerRecord(process, parent_conn, lifeline_w, fd_parent, mark, token)
+        pull_probe = _pull.probe_args() if self._segments is not None and _pull.AVAILABLE else None
+        worker = launch(self._ctx, self._init_blob, self._max_memory is not None, pull_probe)
         with self._lock:
             self._workers[worker.sentinel] = worker
 
@@ -915,9 +804,7 @@ class ProcessBackend(Backend):
         fail_units(dropped, self._unfinished_error())
         for worker in records:
             worker.release_holds()
-        if self._segments is not None:
-            self._segments.close()
-        self._functions.clear()  # a captured 1 GB array must not outlive the pool
+        self._packer.close()
         self._finished.set()
         close_handles(self._wake_r, self._wake_w)
 
@@ -928,13 +815,6 @@ def _forget_child(process: BaseProcess) -> None:
     from multiprocessing import process as mp_process
 
     mp_process._children.discard(process)  # type: ignore[attr-defined]
-
-
-def _release(unit: Unit) -> None:
-    """Close our descriptor of a settled unit's item segment (retries are pickled anew)."""
-    wire: Wire | None = unit.wire
-    if wire is not None:
-        wire.items.release()
 
 
 def _receive_segments(worker: WorkerRecord, count: int) -> list[Segment]:

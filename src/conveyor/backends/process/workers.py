@@ -38,6 +38,7 @@ The lock rule (kept by every write in this module; the callers hold the lock):
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import signal
 import socket
@@ -48,11 +49,25 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ... import _shm
-from ..._envmark import kill_marked
+from ..._envmark import kill_marked, new_token
 from ..._work import Unit
+from . import worker_logging
+from .protocol import IDLE
 from .settlement import Position
+from .spawning import start_worker
+from .worker import worker_main
 
-__all__ = ["State", "WorkerRecord", "close_handles", "kill_group", "parent_fds", "register"]
+__all__ = [
+    "State",
+    "WorkerRecord",
+    "close_handles",
+    "kill_group",
+    "launch",
+    "parent_fds",
+    "register",
+]
+
+_worker_numbers = itertools.count(1)
 
 
 class State(enum.Enum):
@@ -279,3 +294,56 @@ class WorkerRecord:
         programs its tasks started that left the group."""
         kill_group(self.pid, self.process)
         kill_marked(self.token)
+
+
+def launch(
+    ctx: Any,
+    init_blob: bytes | None,
+    report_memory: bool,
+    pull_probe: tuple[int, int, bytes] | None,
+) -> WorkerRecord:
+    """Start a worker process (see :func:`.worker.worker_main`) and make its record (STARTING).
+
+    Its pipe, its lifeline and its fd socket are made here; our ends are registered (a worker
+    forked later closes them, see ``parent_fds``) before the fork, under the same lock.
+    """
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
+    fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
+    # Shared memory the worker writes its position into (multiprocessing's heap: a file
+    # under /dev/shm that is unlinked as soon as it is made, so nothing can be left there).
+    mark = ctx.RawArray("q", 2)
+    mark[0] = mark[1] = IDLE
+    token = new_token()
+    try:
+        with parent_fds_lock:
+            parent_fds.update(
+                h.fileno() for h in (parent_conn, lifeline_w, fd_parent) if h is not None
+            )
+            close_fds = tuple(parent_fds) if ctx.get_start_method() == "fork" else ()
+            process = start_worker(
+                ctx,
+                worker_main,
+                (
+                    child_conn,
+                    lifeline_r,
+                    fd_child,
+                    init_blob,
+                    report_memory,
+                    mark,
+                    token,
+                    close_fds,
+                    pull_probe,
+                    worker_logging.levels(),
+                ),
+                f"conveyor-worker-{next(_worker_numbers)}",
+            )
+    except BaseException:
+        close_handles(parent_conn, lifeline_w, fd_parent)
+        raise
+    finally:
+        child_conn.close()
+        lifeline_r.close()
+        if fd_child is not None:
+            fd_child.close()
+    return WorkerRecord(process, parent_conn, lifeline_w, fd_parent, mark, token)
