@@ -17,6 +17,21 @@ Data flow::
                                 past a hard deadline: kills the worker's process group
     caller's logging  <-------  re-emits workers' log records            <-- LOG (worker_logging)
 
+The package, one job per module: this one is the dispatcher (the front any thread calls, the
+loop, sending, receiving, deaths and deadlines); :mod:`.workers` the worker's record, its states
+and transitions, and starting its process; :mod:`.batching` what one batch is;
+:mod:`.settlement` what a death costs; :mod:`.packing` pickling for the wire; :mod:`.protocol`
+the messages; :mod:`.worker` the worker process itself.
+
+Who may touch what (the lock rule, stated in full in :mod:`.workers`): the dispatcher thread
+owns the workers. Every change of a worker's state or holdings (its batch, the one sent ahead)
+and of the set of workers is made by the dispatcher under ``_lock``, one critical section per
+transition; other threads only read them under ``_lock``, or *request*: ``interrupt()`` notes
+the owner on the worker (under ``_lock``) and kills it, and the dispatcher settles the death;
+``terminate()`` sets ``_stop_now`` and kills; ``submit``/``cancel`` change only the queue,
+under ``_lock``. So a unit that a worker may be running is always visible to ``interrupt()``:
+among that worker's holdings, or back in the queue, never in between.
+
 Guarantees, and where they are kept:
 
 * **A death costs one task.** The dispatcher knows exactly which units each worker holds (one
@@ -27,7 +42,7 @@ Guarantees, and where they are kept:
   are sent when the chunk ends). A unit of several items that died at an unknown item is sent
   back once, exact, so the item that kills again is named and the others succeed; a random kill
   therefore costs an ordinary chunk nothing. Timed units are streamed and always exact. See
-  :meth:`ProcessBackend._settle_lost_batch`.
+  :mod:`.settlement` (a pure function, tested case by case) and :meth:`ProcessBackend._on_death`.
 * **Timeouts in two tiers.** In the worker a SIGALRM timer raises TaskTimeout inside the item
   and the worker lives on. Here, a hard deadline (timeout + grace, from when the item started as
   far as the parent can see) kills a worker that did not come back (C code, blocked signals);
@@ -675,11 +690,7 @@ class ProcessBackend(Backend):
         with self._lock:
             retiring = worker.state is State.RETIRING
             worker.die()
-        worker.process.join(5.0)
-        exitcode = worker.process.exitcode
-        kill_group(worker.pid, None)  # children its task left behind
-        if exitcode != 0:  # it did not end on its own: so did not its task's programs
-            kill_marked(worker.token)
+        exitcode = _reap(worker)
         with self._lock:
             batch, ahead = worker.take_holdings()
             stopped = self._stop_now
@@ -698,8 +709,6 @@ class ProcessBackend(Backend):
         # replacement was started when it was asked to go.
         if not retiring and not stopped and (not self._closing or batch or not self._drained()):
             self._start_worker()
-        for unit in batch:
-            self._packer.suspects.discard(unit)
         if settlement is None:
             # terminate() killed it (or it died as terminate() began): what it held was stopped
             # by the pool, not by a crash of its own; it fails as terminate() says, PoolClosed,
@@ -708,18 +717,21 @@ class ProcessBackend(Backend):
         else:
             self._settled(settlement, batch + ahead)
         if not batch and not worker.said_ready and not self._closing and not stopped:
-            # Died before READY (it is never given work before): a broken environment or a
-            # crashing initializer must not make the pool restart workers forever.
-            self._startup_deaths += 1
-            if self._startup_deaths >= MAX_STARTUP_DEATHS:
-                self._break(
-                    WorkerCrashed(
-                        f"worker processes keep dying at start-up "
-                        f"({WorkerCrashed.for_exit(worker.pid, exitcode)})",
-                        exitcode,
-                    )
-                )
+            self._on_startup_death(worker.pid, exitcode)
         worker.reaped.set()
+
+    def _on_startup_death(self, pid: int | None, exitcode: int | None) -> None:
+        """A worker died before READY (it is never given work before): a broken environment or
+        a crashing initializer must not make the pool restart workers forever."""
+        self._startup_deaths += 1
+        if self._startup_deaths >= MAX_STARTUP_DEATHS:
+            self._break(
+                WorkerCrashed(
+                    f"worker processes keep dying at start-up "
+                    f"({WorkerCrashed.for_exit(pid, exitcode)})",
+                    exitcode,
+                )
+            )
 
     @staticmethod
     def _lost(
@@ -742,6 +754,8 @@ class ProcessBackend(Backend):
     def _settled(self, settlement: Settlement, lost: list[Unit]) -> None:
         """The rest of a settlement, once its units are re-queued: release the shared memory
         of the lost units not re-queued whole, then fail the blamed item (last, see _on_death)."""
+        for unit in lost:
+            self._packer.suspects.discard(unit)
         if settlement.suspect is not None:
             self._packer.suspects.add(settlement.suspect)
         kept = {id(u) for u in settlement.requeue}
@@ -807,6 +821,16 @@ class ProcessBackend(Backend):
         self._packer.close()
         self._finished.set()
         close_handles(self._wake_r, self._wake_w)
+
+
+def _reap(worker: WorkerRecord) -> int | None:
+    """Join a worker whose sentinel fired and kill what its tasks left behind; its exit code."""
+    worker.process.join(5.0)
+    exitcode = worker.process.exitcode
+    kill_group(worker.pid, None)  # children its task left behind
+    if exitcode != 0:  # it did not end on its own: so did not its task's programs
+        kill_marked(worker.token)
+    return exitcode
 
 
 def _forget_child(process: BaseProcess) -> None:
