@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conveyor._work import MODE_MAP, Loader, Unit
+from conveyor.backends.process import protocol as wire
 from conveyor.backends.process.batching import (
     COALESCE_SECONDS,
     MAX_BATCH_UNITS,
@@ -19,25 +20,7 @@ from conveyor.backends.process.batching import (
     is_short,
     pick_batch,
 )
-from conveyor.backends.process.protocol import (
-    IDLE,
-    SEQ_STRIDE,
-    Done,
-    DonePart,
-    InitFailed,
-    Item,
-    Log,
-    Message,
-    Ready,
-    Run,
-    Stop,
-    WireUnit,
-    decode,
-    encode,
-    loading,
-    read_mark,
-    running,
-)
+from conveyor.backends.process.protocol import IDLE, SEQ_STRIDE, loading, read_mark, running
 from conveyor.backends.queue import JobTicket, WorkQueue
 
 
@@ -250,33 +233,35 @@ def test_the_mark_orders_a_workers_progress(seq: int, index: int) -> None:
 
 PAYLOAD = (b"data", -1, [], -1, None)
 
-MESSAGES: list[Message] = [
-    Run(1, False, [WireUnit(5, 9, PAYLOAD, MODE_MAP, None, 3, PAYLOAD, False)], [4], 12),
-    Run(0, True, [WireUnit(5, 9, None, MODE_MAP, 1.5, 1, PAYLOAD, True)] * 2, [], 1),
-    Stop(),
-    Done(2, [DonePart(5, PAYLOAD, 0.25, 1), DonePart(6, PAYLOAD, 0.5, 0)], 1 << 30, [3]),
-    Item(0, 5, 2, PAYLOAD, 0.125, 0, [], 1),
-    Ready(0, True),
-    InitFailed(0, "Traceback ..."),
-    Log(0, {"msg": "hello", "levelno": 20}),
+MESSAGES: list[wire.Message] = [
+    wire.Run(1, False, [wire.WireUnit(5, 9, PAYLOAD, MODE_MAP, None, 3, PAYLOAD, False)], [4], 12),
+    wire.Run(0, True, [wire.WireUnit(5, 9, None, MODE_MAP, 1.5, 1, PAYLOAD, True)] * 2, [], 1),
+    wire.Stop(),
+    wire.Done(
+        2, [wire.DonePart(5, PAYLOAD, 0.25, 1), wire.DonePart(6, PAYLOAD, 0.5, 0)], 1 << 30, [3]
+    ),
+    wire.Item(0, 5, 2, PAYLOAD, 0.125, 0, [], 1),
+    wire.Ready(0, True),
+    wire.InitFailed(0, "Traceback ..."),
+    wire.Log(0, {"msg": "hello", "levelno": 20}),
 ]
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
-def test_every_message_round_trips_with_its_type(message: Message) -> None:
-    back: Any = decode(encode(message))
+def test_every_message_round_trips_with_its_type(message: wire.Message) -> None:
+    back: Any = wire.decode(wire.encode(message))
     assert type(back) is type(message)
     assert back == message
     for name in ("units", "parts"):
         for record in getattr(back, name, []):
-            assert type(record) in (WireUnit, DonePart)
+            assert type(record) in (wire.WireUnit, wire.DonePart)
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
-def test_one_framing_rule_kind_then_descriptor_count(message: Message) -> None:
+def test_one_framing_rule_kind_then_descriptor_count(message: wire.Message) -> None:
     import pickle
 
-    fields = pickle.loads(encode(message))
+    fields = pickle.loads(wire.encode(message))
     assert type(fields) is tuple  # plain tuples on the wire, no class names
     assert isinstance(fields[0], int) and fields[1] == message.nfds
-    assert b"WireUnit" not in encode(message) and b"DonePart" not in encode(message)
+    assert b"WireUnit" not in wire.encode(message) and b"DonePart" not in wire.encode(message)
