@@ -251,10 +251,12 @@ class ProcessBackend(Backend):
 
         Other units those workers held are re-queued, not failed; the workers are replaced.
         """
-        self.cancel(owner)
         with self._lock:
-            # The lock rule (workers.py): every unit a worker may be running is among its
-            # holdings now, and a dead one keeps them until it is settled under this lock.
+            # One critical section for the queue and the workers: by the lock rule (workers.py)
+            # each of the owner's units is in the queue (dropped here) or among the holdings of
+            # a worker (marked here; a dead one keeps them until it is settled under this lock,
+            # and its settlement drops them), never in between.
+            self._queue.cancel(owner)
             victims = [w for w in self._workers.values() if w.holds_work_of(owner)]
             for worker in victims:
                 worker.cancelled += (owner,)
