@@ -262,27 +262,36 @@ def encode(message: Message) -> bytes:
     kind = _KINDS[type(message)]
     if kind == RUN:
         nfds, stream, units, forget, seq = message  # type: ignore[misc]
-        fields: tuple[Any, ...] = (RUN, nfds, stream, [tuple(u) for u in units], forget, seq)
+        fields: tuple[Any, ...] = (RUN, nfds, stream, list(map(tuple, units)), forget, seq)
     elif kind == DONE:
         nfds, parts, rss, released = message  # type: ignore[misc]
-        fields = (DONE, nfds, [tuple(p) for p in parts], rss, released)
+        fields = (DONE, nfds, list(map(tuple, parts)), rss, released)
     else:
         fields = (kind, *message)
-    return pickle.dumps(fields, pickle.HIGHEST_PROTOCOL)
+    return _dumps(fields, pickle.HIGHEST_PROTOCOL)
 
 
 def decode(data: bytes) -> Message:
-    """The message that :func:`encode` made ``data`` of."""
-    fields = pickle.loads(data)
+    """The message that :func:`encode` made ``data`` of.
+
+    Made with ``tuple.__new__``: a NamedTuple's own ``__new__`` and ``_make`` are Python code,
+    several times slower, and these are made once per batch (ITEM: once per timed item).
+    """
+    fields = _loads(data)
     kind = fields[0]
     if kind == DONE:
         _, nfds, parts, rss, released = fields
-        return Done(nfds, [DonePart._make(p) for p in parts], rss, released)
+        return _new(Done, (nfds, [_new(DonePart, part) for part in parts], rss, released))
     if kind == RUN:
         _, nfds, stream, units, forget, seq = fields
-        return Run(nfds, stream, [WireUnit._make(u) for u in units], forget, seq)
-    message: Message = _FLAT[kind]._make(fields[1:])
+        return _new(Run, (nfds, stream, [_new(WireUnit, unit) for unit in units], forget, seq))
+    message: Message = _new(_FLAT[kind], fields[1:])
     return message
+
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+_new = tuple.__new__
 
 
 #: each message's kind, the first field on the wire
