@@ -12,13 +12,18 @@ Data flow (who touches a record)::
 
 The worker's life (:class:`State`) and its named transitions::
 
-    STARTING --ready()--> IDLE --reserve()--> BUSY --finish()--> IDLE (or BUSY: the batch
-                           |                  |  ^                      sent ahead begins)
-                           |                  |  +-- reserve_ahead(), begin(), send_ahead(),
-                           |                  |      unreserve() (nothing was sent)
-                        retire()              |
-                           v                  v
-                        RETIRING ----------> DEAD  (die(): its sentinel fired; from any state)
+    STARTING --ready()--> IDLE --reserve()--> BUSY --finish()--> IDLE, or BUSY again when
+                           |  ^               |  |               the batch sent ahead begins
+                           |  +--unreserve()--+  +-- reserve_ahead(), begin(), send_ahead(),
+                           |   (nothing sent)    |   unreserve(ahead=True)
+                        retire()                 |
+                           v                     v
+                        RETIRING -----------> DEAD  (die(): its sentinel fired, or the pool
+                                                     finished; from any state)
+
+A batch is *reserved* (picked under the lock, in ``ProcessBackend._take_batches``) before it is
+sent (outside it: the sinks' ``starting`` and the pickling run there), so the units are among the
+holdings from the moment they leave the queue.
 
 The lock rule (kept by every write in this module; the callers hold the lock):
 
