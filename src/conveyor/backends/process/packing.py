@@ -178,10 +178,21 @@ class Packer:
             sendable.append(unit)
         return sendable
 
-    def wire_unit(self, worker: WorkerRecord, unit: Unit, stream: bool, fds: list[int]) -> WireUnit:
-        """A RUN's record of ``unit`` for ``worker``: the function only if the worker's cache
-        lacks it (both caches are updated here alike, see protocol.py); its pooled segment is
-        held until the worker says it let go of it. Descriptors to send go to ``fds``."""
+    def wire_units(
+        self, worker: WorkerRecord, units: list[Unit], stream: bool, fds: list[int]
+    ) -> tuple[list[WireUnit], list[bool]]:
+        """A RUN's units for ``worker``, and which of them go exact (see protocol.py).
+
+        Descriptors to send go to ``fds``, in the order the units' payloads name them.
+        """
+        exacts = [stream or unit in self.suspects for unit in units]
+        rows = [self._wire_unit(worker, u, exact, fds) for u, exact in zip(units, exacts)]
+        return rows, exacts
+
+    def _wire_unit(self, worker: WorkerRecord, unit: Unit, exact: bool, fds: list[int]) -> WireUnit:
+        """A RUN's row for ``unit``: the function only if the worker's cache lacks it (both
+        caches are updated here alike, see protocol.py); its pooled segment is held until the
+        worker says it let go of it."""
         wire = self.wire_of(unit)
         fn_wire = None
         if wire.fn_key in worker.fn_keys:
@@ -195,10 +206,16 @@ class Packer:
         if isinstance(pooled, _shm.PooledSegment) and self.segments is not None:
             worker.holds.setdefault(pooled.pool_id, []).append(self.segments.hold(pooled))
             worker.mapped.add(pooled.pool_id)
-        exact = stream or unit in self.suspects
         items = to_wire(wire.items, fds)
-        return WireUnit(
-            unit.id, wire.fn_key, fn_wire, unit.mode, unit.timeout, len(unit.items), items, exact
+        return (
+            unit.id,
+            wire.fn_key,
+            fn_wire,
+            unit.mode,
+            unit.timeout,
+            len(unit.items),
+            items,
+            exact,
         )
 
     def message_size(self, worker: WorkerRecord, units: list[Unit]) -> int:

@@ -107,7 +107,6 @@ from .packing import Packer, release
 from .protocol import (
     PREFETCH_BYTES,
     Done,
-    DonePart,
     InitFailed,
     Item,
     Log,
@@ -526,10 +525,9 @@ class ProcessBackend(Backend):
             return
         stream = units[0].timeout is not None
         fds: list[int] = []
-        wire_units = [self._packer.wire_unit(worker, unit, stream, fds) for unit in units]
+        wire_units, exacts = self._packer.wire_units(worker, units, stream, fds)
         forget, worker.to_forget = worker.to_forget, []
         worker.sent += 1
-        exacts = [w.exact for w in wire_units]
         with self._lock:
             if ahead:
                 worker.send_ahead(units, exacts, worker.sent)
@@ -562,7 +560,7 @@ class ProcessBackend(Backend):
                 segments = _receive_segments(worker, message.nfds)
                 if isinstance(message, Done):
                     worker.release_holds(message.released)
-                    self._on_done(worker, segments, message.parts, message.rss)
+                    self._on_done(worker, segments, message)
                 elif isinstance(message, Item):
                     worker.release_holds(message.released)
                     worker.failures += message.failed
@@ -586,17 +584,17 @@ class ProcessBackend(Backend):
         self,
         worker: WorkerRecord,
         segments: list[Segment],
-        parts: list[DonePart],
-        rss: int,
+        message: Done,
     ) -> None:
         batch = worker.batch or []
-        for unit, part in zip(batch, parts):
-            assert unit.id == part.unit_id, "a worker answered for a unit it was not sent"
-            worker.busy += part.elapsed
-            worker.failures += part.failed
+        rows = zip(batch, message.unit_ids, message.payloads, message.elapsed, message.failed)
+        for unit, unit_id, payload, elapsed, failed in rows:
+            assert unit.id == unit_id, "a worker answered for a unit it was not sent"
+            worker.busy += elapsed
+            worker.failures += failed
             release(unit)
-            _deliver(unit, 0, len(unit.items), part.payload, segments, part.elapsed)
-        self._batch_finished(worker, rss)
+            _deliver(unit, 0, len(unit.items), payload, segments, elapsed)
+        self._batch_finished(worker, message.rss)
 
     def _on_item(
         self,

@@ -64,7 +64,6 @@ from .protocol import (
     FN_CACHE_SIZE,
     IDLE,
     Done,
-    DonePart,
     InitFailed,
     Item,
     Log,
@@ -83,6 +82,7 @@ from .protocol import (
 
 #: the shared words a worker writes its position into (see :mod:`.protocol`)
 Mark = Any
+
 
 #: signals the kernel raises in the thread that caused them; never blocked
 _SYNCHRONOUS = {
@@ -389,13 +389,12 @@ def _serve(
         del segments, message, units  # no local may keep a view of shared memory alive
         if done:
             fds: list[int] = []
-            parts = [
-                DonePart(unit_id, to_wire(payload, fds), elapsed, failed)
-                for unit_id, payload, elapsed, failed in done
-            ]
+            unit_ids, payloads, elapsed, failed = map(list, zip(*done))
+            wires = [to_wire(payload, fds) for payload in payloads]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
-            channel.send(Done(len(fds), parts, rss, released), [part[1] for part in done])
+            message = Done(len(fds), unit_ids, wires, elapsed, failed, rss, released)
+            channel.send(message, payloads)
 
 
 def _run_unit(
@@ -417,13 +416,13 @@ def _run_unit(
     A function of its own so that the items, and any view of shared memory they hold, are
     released when it returns, before the worker waits for its next batch.
     """
-    unit_id, mode, timeout, count = unit.unit_id, unit.mode, unit.timeout, unit.n_items
+    unit_id, fn_key, fn_wire, mode, timeout, count, items_wire, exact = unit
     perf_counter = time.perf_counter
     mark[1] = IDLE
     mark[0] = loading(index, seq)
     try:
-        fn = _function(functions, unit.fn_key, unit.fn, segments)
-        items = from_wire(unit.items, segments, mappings)
+        fn = _function(functions, fn_key, fn_wire, segments)
+        items = from_wire(items_wire, segments, mappings)
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
         if not stream:
@@ -438,7 +437,6 @@ def _run_unit(
     mark[0] = running(index, seq)
     if not stream:
         started = perf_counter()
-        exact = unit.exact
         values, errors = _run_exact(fn, mode, items, mark) if exact else run_items(fn, mode, items)
         elapsed = perf_counter() - started
         return unit_id, _dump_outcomes(values, errors), elapsed, len(errors)
