@@ -21,7 +21,7 @@ Every message is a NamedTuple below (:class:`Run`, :class:`Stop`, :class:`Done`,
 rule holds for all: the first field, ``nfds``, is the number of descriptors sent on the worker's
 fd socket just before the message (the segments of shared memory its payloads point into; 0 for
 most messages). :func:`encode` and :func:`decode` are the only code that knows how they are laid
-out on the wire. A RUN's units are :class:`WireUnit`, whose ``fn`` and ``items`` are payloads
+out on the wire. A RUN's units are :data:`WireUnit` tuples, whose ``fn`` and ``items`` are payloads
 ``(pickle stream, segment index or -1, buffer spans, ...)`` (see :data:`WirePayload`): the segment
 index points into the descriptors sent ahead. DONE (per unit) and ITEM carry how many of their items
 raised (for Pool.stats), and the pool ids of pooled argument segments of which the worker holds
