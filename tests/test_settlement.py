@@ -1,5 +1,6 @@
 """Crash settlement, case by case, without processes: what runs again and what is blamed when a
-worker dies (``conveyor.backends.process.settlement``)."""
+worker dies (``conveyor.backends.process.settlement``); and the worker record's states and
+transitions that decide what a worker holds (``conveyor.backends.process.workers``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from conveyor._errors import TaskTimeout, WorkerCrashed
 from conveyor._work import MODE_MAP, Loader, Unit
 from conveyor.backends.process.protocol import IDLE, loading, running
 from conveyor.backends.process.settlement import Lost, Position, Settlement, cut, settle
+from conveyor.backends.process.workers import State, WorkerRecord
 
 SEQ = 7  # the number of the batch the dispatcher counts as running
 
@@ -274,3 +276,63 @@ def test_every_item_not_delivered_is_requeued_or_blamed_exactly_once(death: Lost
         blamed = [death.batch[index].items[item]]
     assert sorted(again + blamed) == owed
     assert settlement.suspect is None or settlement.suspect in settlement.requeue
+
+
+# ----------------------------------------------------------------------------- worker states
+
+
+class _FakeProcess:
+    pid = 4242
+    sentinel = 99
+
+
+def record() -> WorkerRecord:
+    return WorkerRecord(_FakeProcess(), None, None, None, [IDLE, IDLE], "token")  # type: ignore[arg-type]
+
+
+def test_a_worker_goes_through_its_states_and_its_holdings_follow() -> None:
+    worker = record()
+    assert worker.state is State.STARTING and worker.held_units() == []
+    worker.ready(now=1.0)
+    assert worker.state is State.IDLE and worker.said_ready
+    first, second = [unit(2)], [unit(1)]
+    worker.reserve(first)
+    assert worker.state is State.BUSY and worker.held_units() == first
+    worker.begin(first, [False], seq=1, stream=False)
+    worker.reserve_ahead(second)
+    assert worker.held_units() == first + second
+    worker.send_ahead(second, [False], seq=2)
+    # the batch ends and the one sent ahead begins in one transition: never empty between
+    assert worker.finish() == first
+    assert worker.state is State.BUSY and worker.held_units() == second and worker.seq == 2
+    assert worker.finish() == second
+    assert worker.state is State.IDLE and worker.held_units() == [] and worker.tasks_run == 3
+    worker.retire()
+    assert worker.state is State.RETIRING
+    worker.die()
+    assert worker.state is State.DEAD
+
+
+def test_a_reservation_that_came_to_nothing_hands_over_to_the_one_ahead() -> None:
+    worker = record()
+    worker.ready(now=0.0)
+    first, second = [unit(1)], [unit(1)]
+    worker.reserve(first)
+    worker.reserve_ahead(second)
+    worker.unreserve(ahead=False)  # nothing of ``first`` was sent
+    assert worker.state is State.BUSY and worker.batch is second and worker.ahead is None
+    worker.unreserve(ahead=False)  # nor of ``second``
+    assert worker.state is State.IDLE and worker.held_units() == []
+
+
+def test_a_dead_worker_keeps_its_holdings_until_they_are_taken() -> None:
+    worker = record()
+    worker.ready(now=0.0)
+    batch, ahead = [unit(1)], [unit(1)]
+    worker.reserve(batch)
+    worker.begin(batch, [False], seq=1, stream=False)
+    worker.reserve_ahead(ahead)
+    worker.die()
+    assert worker.held_units() == batch + ahead  # interrupt() still finds them
+    assert worker.take_holdings() == (batch, ahead)
+    assert worker.held_units() == []
