@@ -9,10 +9,10 @@ from collections.abc import Sequence
 
 from .._chunking import TARGET_SECONDS
 from .._stats import PoolStats
-from .._work import Unit
+from .._work import Unit, errors_of
 from .queue import JobTicket
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "fail_units"]
 
 # Every backend of this process, so that a forked child can disown them (see _after_fork).
 _instances: weakref.WeakSet[Backend] = weakref.WeakSet()
@@ -102,6 +102,16 @@ class Backend(abc.ABC):
     def alive(self) -> bool:
         """False once shut down or terminated."""
         return True
+
+
+def fail_units(units: Sequence[Unit], error: BaseException) -> None:
+    """Deliver ``error`` as the outcome of every item of each of ``units`` (any thread).
+
+    What a backend does with units it can no longer run: dropped by a shutdown, held by workers
+    that a terminate killed, or refused (an item that cannot be pickled).
+    """
+    for unit in units:
+        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
 
 
 def _after_fork() -> None:

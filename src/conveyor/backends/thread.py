@@ -55,7 +55,7 @@ from collections.abc import Callable, Sequence
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
 from .._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
-from .base import Backend
+from .base import Backend, fail_units
 from .queue import JobTicket, WorkQueue
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
@@ -210,7 +210,7 @@ class ThreadBackend(Backend):
                 self._queue.close_jobs(self._queue.jobs_driven_by(current))
             self._cv.notify_all()
             own = current is self._watchdog or any(s.thread is current for s in self._states)
-        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        fail_units(dropped, PoolClosed("the pool was shut down before the task started"))
         self._poke_watchdog()
         if not wait:
             return
@@ -234,7 +234,7 @@ class ThreadBackend(Backend):
             self._queue.close_jobs()
             self._cv.notify_all()
             states = list(self._states)
-        _fail(dropped, PoolClosed("the pool was terminated before the task started"))
+        fail_units(dropped, PoolClosed("the pool was terminated before the task started"))
         with self._watch_cv:
             self._watch_cv.notify_all()
         for state in states:
@@ -414,7 +414,7 @@ class ThreadBackend(Backend):
             self._broken = error
             dropped = self._take_all_queued()
             self._cv.notify_all()
-        _fail(dropped, error)
+        fail_units(dropped, error)
 
     # ----------------------------------------------------------------- watchdog
 
@@ -482,11 +482,6 @@ def _stop_thread(state: _ThreadState) -> None:
     """
     if state.thread is not None and state.thread.ident is not None:
         _raise_in_thread(state.thread.ident, Abandoned)
-
-
-def _fail(units: list[Unit], error: BaseException) -> None:
-    for unit in units:
-        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
 
 
 def _describe(fn: Callable[..., Any] | None) -> str:

@@ -56,7 +56,7 @@ from typing import Any
 from ..._errors import PoolClosed, Unsendable, WorkerCrashed, attach_remote_traceback
 from ..._serialize import _unsendable, dumps_callable
 from ..._work import MODE_CALL, Unit, errors_of, outcomes_of
-from ..base import Backend
+from ..base import Backend, fail_units
 from ..queue import JobTicket, WorkQueue
 from .cluster import CONNECT_TIMEOUT, Connection, connect
 from .task import TaskResult, run_unit
@@ -211,7 +211,7 @@ class DaskBackend(Backend):
         with self._lock:
             self._closing = True
             dropped = self._queue.take_all() if cancel_pending else []
-        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        fail_units(dropped, PoolClosed("the pool was shut down before the task started"))
         self._events.put(_WAKE)
         if wait and threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()
@@ -223,8 +223,8 @@ class DaskBackend(Backend):
             running = list(self._running.values())
             self._running.clear()
         self._cancel_futures([task.future for task in running])
-        _fail(dropped, PoolClosed("the pool was terminated before the task started"))
-        _fail([task.unit for task in running], PoolClosed("the pool was terminated"))
+        fail_units(dropped, PoolClosed("the pool was terminated before the task started"))
+        fail_units([task.unit for task in running], PoolClosed("the pool was terminated"))
         self._events.put(_STOP)
         self._close_connection()
 
@@ -282,7 +282,7 @@ class DaskBackend(Backend):
                 raise error from exc
             if not isinstance(error, Unsendable) and isinstance(error, TypeError):
                 error = Unsendable(str(error))  # the function itself: a mistake in the call
-            unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
+            fail_units([unit], error)
             return
         with self._lock:
             known = task.key in self._running
@@ -350,7 +350,7 @@ class DaskBackend(Backend):
             running = list(self._running.values())
             self._running.clear()
         self._cancel_futures([task.future for task in running])
-        _fail(dropped + [task.unit for task in running], error)
+        fail_units(dropped + [task.unit for task in running], error)
         self._close_connection()
 
     def _dispatch_once(self) -> bool:
@@ -404,7 +404,7 @@ class DaskBackend(Backend):
                 self._on_error(task.unit, future.exception())
             else:
                 error = PoolClosed(f"the Dask cluster dropped the task ({future.status})")
-                task.unit.sink.deliver(task.unit, 0, errors_of(len(task.unit.items), error), 0.0)
+                fail_units([task.unit], error)
         if not done:
             return
         try:
@@ -431,7 +431,7 @@ class DaskBackend(Backend):
         from distributed.scheduler import KilledWorker
 
         if not isinstance(error, KilledWorker):
-            unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
+            fail_units([unit], error)
             return
         address = getattr(error.last_worker, "address", None)
         if address in self._restarted:  # we restarted it (for another task): not this one's fault
@@ -505,8 +505,3 @@ def _result_or_error(future: Any) -> Any:
 def _first_tag(unit: Unit) -> int:
     first = unit.tags[0] if len(unit.tags) and unit.mode != MODE_CALL else 0
     return first if isinstance(first, int) else 0
-
-
-def _fail(units: list[Unit], error: BaseException) -> None:
-    for unit in units:
-        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)

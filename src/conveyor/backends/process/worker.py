@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -61,16 +61,17 @@ from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
 from . import worker_logging
 from .protocol import (
-    DONE,
     FN_CACHE_SIZE,
     IDLE,
-    INIT_FAILED,
-    ITEM,
-    LOG,
-    READY,
-    RUN,
-    STOP,
+    Done,
+    InitFailed,
+    Item,
+    Log,
+    Message,
+    Ready,
+    Run,
     WirePayload,
+    WireUnit,
     decode,
     encode,
     from_wire,
@@ -81,6 +82,7 @@ from .protocol import (
 
 #: the shared words a worker writes its position into (see :mod:`.protocol`)
 Mark = Any
+
 
 #: signals the kernel raises in the thread that caused them; never blocked
 _SYNCHRONOUS = {
@@ -245,24 +247,26 @@ class _Channel:
         self._lock = threading.Lock()
         self._main = threading.main_thread()
 
-    def receive(self) -> tuple[tuple[Any, ...], list[Segment]]:
+    def receive(self) -> tuple[Message, list[Segment]]:
+        """The next message and the descriptors sent ahead of it (``nfds`` of them)."""
         message = decode(self.conn.recv_bytes())
-        count = message[1] if message[0] == RUN else 0
         segments = []
-        if count:
+        if message.nfds:
             assert self.fd_sock is not None
-            segments = [Segment.adopt(fd) for fd in _shm.recv_fds(self.fd_sock, count)]
+            segments = [Segment.adopt(fd) for fd in _shm.recv_fds(self.fd_sock, message.nfds)]
         return message, segments
 
-    def send(self, kind: int, payloads: list[Payload], *fields: Any) -> None:
-        """Send ``(kind, nfds, *fields)``; the payloads' segments go ahead on the fd socket."""
+    def send(self, message: Message, payloads: Sequence[Payload] = ()) -> None:
+        """Send ``message``; the payloads' segments go ahead on the fd socket, in the order of
+        the indexes :func:`.protocol.to_wire` gave them (``message.nfds`` must count them)."""
         fds = [p.segment.fd for p in payloads if p.segment is not None]
+        assert message.nfds == len(fds)
         try:
             with self._lock:
                 if fds:
                     assert self.fd_sock is not None
                     _shm.send_fds(self.fd_sock, fds)
-                self.conn.send_bytes(encode((kind, len(fds), *fields)))
+                self.conn.send_bytes(encode(message))
         except OSError:
             os._exit(0)  # the parent is gone
         finally:
@@ -276,7 +280,7 @@ class _Channel:
 
     def send_log(self, record: dict[str, Any]) -> None:
         """Send a log record (see :mod:`.worker_logging`); dropped if the parent is gone."""
-        message = encode((LOG, 0, record))
+        message = encode(Log(0, record))
         main = threading.current_thread() is self._main
         if main:
             self.alarm.hold()
@@ -342,9 +346,9 @@ def worker_main(
             initializer, initargs = cloudpickle.loads(init_blob)
             initializer(*initargs)
         except BaseException as exc:
-            channel.send_raw(encode((INIT_FAILED, format_exception_text(exc))))
+            channel.send_raw(encode(InitFailed(0, format_exception_text(exc))))
             return
-    channel.send(READY, [], pull_probe is not None and _pull.probe(*pull_probe))
+    channel.send(Ready(0, pull_probe is not None and _pull.probe(*pull_probe)))
     _serve(channel, alarm, report_memory, mark, ItemTokens(token))
 
 
@@ -358,11 +362,10 @@ def _serve(
             message, segments = channel.receive()
         except (EOFError, OSError):
             return
-        if message[0] == STOP:
-            return
-        assert message[0] == RUN
-        _, _, stream, units, forget, seq = message
-        mappings.forget(forget)
+        if not isinstance(message, Run):
+            return  # Stop
+        stream, units, seq = message.stream, message.units, message.seq
+        mappings.forget(message.forget)
         done: list[tuple[int, Payload, float, int]] = []
         for index, unit in enumerate(units):
             part = _run_unit(
@@ -386,13 +389,12 @@ def _serve(
         del segments, message, units  # no local may keep a view of shared memory alive
         if done:
             fds: list[int] = []
-            parts = [
-                (unit_id, to_wire(payload, fds), elapsed, failed)
-                for unit_id, payload, elapsed, failed in done
-            ]
+            unit_ids, payloads, elapsed, failed = map(list, zip(*done))
+            wires = [to_wire(payload, fds) for payload in payloads]
             rss = _resident_bytes() if report_memory else 0
             released = mappings.released()
-            channel.send(DONE, [part[1] for part in done], parts, rss, released)
+            message = Done(len(fds), unit_ids, wires, elapsed, failed, rss, released)
+            channel.send(message, payloads)
 
 
 def _run_unit(
@@ -402,7 +404,7 @@ def _run_unit(
     mappings: WorkerMappings,
     segments: list[Segment],
     stream: bool,
-    unit: tuple[Any, ...],
+    unit: WireUnit,
     report_memory: bool,
     mark: Mark,
     index: int,
@@ -414,12 +416,12 @@ def _run_unit(
     A function of its own so that the items, and any view of shared memory they hold, are
     released when it returns, before the worker waits for its next batch.
     """
-    unit_id, key, fn_wire, mode, timeout, count, items_wire, exact = unit
+    unit_id, fn_key, fn_wire, mode, timeout, count, items_wire, exact = unit
     perf_counter = time.perf_counter
     mark[1] = IDLE
     mark[0] = loading(index, seq)
     try:
-        fn = _function(functions, key, fn_wire, segments)
+        fn = _function(functions, fn_key, fn_wire, segments)
         items = from_wire(items_wire, segments, mappings)
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
@@ -428,7 +430,9 @@ def _run_unit(
             return unit_id, payload, 0.0, count
         for pos in range(count):
             payload = _dump_outcomes([None], {0: exc})
-            channel.send(ITEM, [payload], unit_id, pos, to_wire(payload, []), 0.0, 0, [], 1)
+            fds: list[int] = []
+            wire = to_wire(payload, fds)
+            channel.send(Item(len(fds), unit_id, pos, wire, 0.0, 0, [], 1), [payload])
         return None
     mark[0] = running(index, seq)
     if not stream:
@@ -437,6 +441,7 @@ def _run_unit(
         elapsed = perf_counter() - started
         return unit_id, _dump_outcomes(values, errors), elapsed, len(errors)
     last = len(items) - 1
+    assert timeout is not None  # streamed: timed units only
     for pos in range(len(items)):
         mark[1] = pos
         item_started = perf_counter()
@@ -459,8 +464,9 @@ def _run_unit(
         if pos == last:
             items = None  # let go of the views first, so their release rides on this message
             released = mappings.released()
-        wire = to_wire(payload, [])
-        channel.send(ITEM, [payload], unit_id, pos, wire, elapsed, rss, released, failed)
+        fds = []
+        wire = to_wire(payload, fds)
+        channel.send(Item(len(fds), unit_id, pos, wire, elapsed, rss, released, failed), [payload])
     return None
 
 
