@@ -265,12 +265,10 @@ class DaskBackend(Backend):
         except Exception as exc:
             self._forget(task)
             error: Exception = exc
-            if isinstance(exc, TypeError) and not str(exc).startswith("cannot send the"):
+            if isinstance(exc, TypeError) and not isinstance(exc, Unsendable):
                 error = _unsendable(unit.items, unit.mode, _first_tag(unit), exc)
             if raise_unsendable:
                 raise error from exc
-            if not isinstance(error, Unsendable) and isinstance(error, TypeError):
-                error = Unsendable(str(error))  # the function itself: a mistake in the call
             unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
             return
         with self._lock:
