@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._work import MODE_MAP
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._stats import MapStats
+
 __all__ = [
     "BACKENDS",
     "ON_ERROR",
     "Deadline",
+    "JobOptions",
     "check_callable",
     "check_cluster",
     "check_deadline",
@@ -24,6 +31,7 @@ __all__ = [
     "engine_limits",
 ]
 
+#: what ``backend=`` may say (a Pool makes each of them; see _pool._make_backend)
 BACKENDS = ("auto", "thread", "process", "dask")
 ON_ERROR = ("raise", "return", "skip")
 
@@ -145,3 +153,64 @@ def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
     """
     check_options(task_timeout=task_timeout, retries=retries)
     return {"task_timeout": check_timeout(task_timeout), "retries": int(retries)}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The options of one map call, checked: made once at the front door (``conveyor.map``,
+    ``Pool.imap`` ..., the drop-ins, a pipeline's stage) and passed down whole, through
+    ``Pool._job`` and backend="auto"'s routing, to :class:`~conveyor._job.MapJob`.
+
+    Making one checks every field, with an error that names the option and the value; the
+    public signatures stay explicit keyword arguments (typed for users) and build this.
+    ``timeout`` is the whole call's deadline (a :class:`Deadline` when its clock started
+    earlier, as imap's does: from the call, not the first ``next()``); ``mode`` says how an item
+    is passed (``MODE_MAP``: ``fn(item)``, ``MODE_STAR``: ``fn(*item)``).
+
+    Example::
+
+        >>> JobOptions(task_timeout=2, retries=1).task_timeout
+        2.0
+        >>> JobOptions(on_error="ignore")
+        Traceback (most recent call last):
+        ...
+        ValueError: on_error must be one of 'raise', 'return', 'skip', got 'ignore'
+        >>> JobOptions().replace(ordered=False).ordered
+        False
+    """
+
+    mode: int = MODE_MAP
+    ordered: bool = True
+    chunksize: int | str = "auto"
+    task_timeout: float | None = None
+    timeout: float | None = None
+    retries: int = 0
+    on_error: str = "raise"
+    progress: bool | dict[str, Any] = False
+    explain: bool = False
+    stats: MapStats | None = None
+
+    def __post_init__(self) -> None:
+        check_options(
+            chunksize=self.chunksize,
+            task_timeout=self.task_timeout,
+            retries=self.retries,
+            on_error=self.on_error,
+            ordered=self.ordered,
+        )
+        set_field = object.__setattr__  # (frozen: the one place fields are normalized)
+        set_field(self, "task_timeout", check_timeout(self.task_timeout))
+        set_field(self, "timeout", check_deadline(self.timeout))
+        set_field(self, "retries", int(self.retries))
+        if self.stats is not None:
+            from ._stats import MapStats
+
+            if not isinstance(self.stats, MapStats):
+                raise TypeError(
+                    "stats must be a conveyor.MapStats (to be filled in), "
+                    f"got {type(self.stats).__name__}"
+                )
+
+    def replace(self, **changes: Any) -> JobOptions:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)

@@ -185,7 +185,7 @@ class Run:
 
             pool = _default_pool(group.first.backend, group.first.workers, None)
             self.pools[group.position] = pool
-        job = pool._job(fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group))
+        job = pool._job(fn, inbox, _engine_options(group, mode, self.ordered))
         self.jobs[group.position] = job
         inbox.wake = job.events.put
         if self._stopping:  # stop() ran before the job was published: it missed it

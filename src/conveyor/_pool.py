@@ -28,20 +28,20 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
-import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 
 from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
-from ._errors import PoolClosed, TaskStopped, TaskTimeout
+from ._errors import PoolClosed, TaskStopped
 from ._executor_map import executor_map
-from ._job import MapJob, retry_backoff
+from ._job import MapJob
 from ._options import (
+    JobOptions,
     check_backend,
     check_callable,
     check_cluster,
@@ -50,15 +50,18 @@ from ._options import (
     check_timeout,
     check_workers,
 )
+from ._retry import RetryPolicy
 from ._stats import MapStats, PoolStats
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
-from .backends.base import Backend
+from .backends.base import Backend, copied_bytes
 from .backends.queue import FOLLOW_UP
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn, ParamSpec, TypeVar
+
+    from ._auto import Router
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -90,12 +93,12 @@ class _SubmitTimes:
 class _FutureTask:
     """The sink of one ``submit``: settles its future, retrying first if asked to."""
 
-    __slots__ = ("__weakref__", "attempts", "backend", "future", "retries", "started", "times")
+    __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
 
     def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
-        self.retries = retries
+        self.policy = RetryPolicy(retries)
         self.times = times
         self.attempts = 0
         self.started = False
@@ -132,7 +135,8 @@ class _FutureTask:
             self.future.set_running_or_notify_cancel()
             return
         self.attempts += 1
-        if self.attempts <= self.retries and not isinstance(error, PoolClosed):
+        delay = self.policy.delay(self.attempts, error)
+        if delay is not None:
             retry = Unit(
                 fn=unit.fn,
                 items=unit.items,
@@ -140,7 +144,7 @@ class _FutureTask:
                 sink=self,
                 tags=unit.tags,
                 timeout=unit.timeout,
-                not_before=time.monotonic() + retry_backoff(self.attempts),
+                not_before=time.monotonic() + delay,
             )
             try:
                 self.backend.submit([retry], FOLLOW_UP)
@@ -203,8 +207,6 @@ class Pool(AsyncPoolMethods, Executor):
         self.backend_name = backend
         self._requested_workers = workers
         self._initializer = (initializer, initargs)
-        self._threads: Backend | None = None  # backend="auto": made when first chosen
-        self._inline: Backend | None = None
         self._options: dict[str, Any] = dict(
             start_method=start_method,
             initializer=initializer,
@@ -223,6 +225,18 @@ class Pool(AsyncPoolMethods, Executor):
         self.workers = self._primary.workers if self._primary else (workers or usable_cpus())
         self._times = _SubmitTimes()
         self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
+        self._router: Router | None = None  # backend="auto": measures, then routes (_auto.py)
+        if backend == "auto":
+            from ._auto import Router
+
+            self._router = Router(
+                process=lambda: self._backend,
+                make_threads=self._make_threads,
+                payload_size=self._payload_size,
+                workers=self.workers,
+                inline_ok=initializer is None,
+                item_times=self._item_times,
+            )
 
     def _start_primary(self) -> Backend:
         primary = _make_backend(
@@ -434,7 +448,7 @@ class Pool(AsyncPoolMethods, Executor):
             ...     for square in pool.imap(abs, itertools.count(-3)):
             ...         if square == 0: break
         """
-        options: dict[str, Any] = dict(
+        options = JobOptions(
             ordered=True,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -445,9 +459,7 @@ class Pool(AsyncPoolMethods, Executor):
             explain=explain,
             stats=stats,
         )
-        if checkpoint is not None:
-            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
-        return iter(self._job(fn, iterable, iterables, **options))
+        return self._results(fn, iterable, iterables, options, checkpoint)
 
     def imap_unordered(
         self,
@@ -472,7 +484,7 @@ class Pool(AsyncPoolMethods, Executor):
             ...     sorted(pool.imap_unordered(abs, [-2, -1]))
             [1, 2]
         """
-        options: dict[str, Any] = dict(
+        options = JobOptions(
             ordered=False,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -483,9 +495,7 @@ class Pool(AsyncPoolMethods, Executor):
             explain=explain,
             stats=stats,
         )
-        if checkpoint is not None:
-            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
-        return iter(self._job(fn, iterable, iterables, **options))
+        return self._results(fn, iterable, iterables, options, checkpoint)
 
     def starmap(
         self,
@@ -512,7 +522,8 @@ class Pool(AsyncPoolMethods, Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
-        options: dict[str, Any] = dict(
+        options = JobOptions(
+            mode=MODE_STAR,
             ordered=ordered,
             chunksize=chunksize,
             task_timeout=task_timeout,
@@ -524,219 +535,49 @@ class Pool(AsyncPoolMethods, Executor):
             stats=stats,
         )
         if checkpoint is not None:
-            return list(self._checkpointed(fn, iterable, (), MODE_STAR, options, checkpoint))
-        return self._job(fn, iterable, (), mode=MODE_STAR, **options).collect()
+            return list(checkpointed(self._job, fn, iterable, options, checkpoint))
+        return self._job(fn, iterable, options).collect()
 
-    def _checkpointed(
+    def _results(
         self,
         fn: Callable[..., Any],
         iterable: Iterable[Any],
         iterables: tuple[Iterable[Any], ...],
-        mode: int,
-        options: dict[str, Any],
+        options: JobOptions,
         checkpoint: Any,
     ) -> Iterator[Any]:
-        """A map through a checkpoint journal (see _checkpoint.py): the engine runs with
-        ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
-        from ._checkpoint import run_checkpointed
-
+        """imap's results: several iterables are zipped (each item is then ``fn(*args)``)."""
         if iterables:
-            iterable, mode = zip(iterable, *iterables), MODE_STAR
+            iterable, options = zip(iterable, *iterables), options.replace(mode=MODE_STAR)
+        if checkpoint is not None:
+            return checkpointed(self._job, fn, iterable, options, checkpoint)
+        return iter(self._job(fn, iterable, options))
 
-        def start_engine(
-            positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
-        ) -> Iterator[Any]:
-            engine = {**options, "on_error": "return", "ordered": ordered}
-            return iter(self._job(positioned, pairs, (), **engine))
-
-        return run_checkpointed(
-            checkpoint,
-            fn,
-            iterable,
-            star=mode == MODE_STAR,
-            ordered=options["ordered"],
-            on_error=options["on_error"],
-            start_engine=start_engine,
-        )
-
-    def _job(
-        self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool = True,
-        chunksize: int | str = "auto",
-        task_timeout: float | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        on_error: str = "raise",
-        progress: bool | dict[str, Any] = False,
-        mode: int = MODE_MAP,
-        explain: bool = False,
-        stats: MapStats | None = None,
-    ) -> MapJob:
+    def _job(self, fn: Callable[..., Any], iterable: Iterable[Any], options: JobOptions) -> MapJob:
+        """The map job of ``fn`` over ``iterable`` (its ``options`` checked already)."""
         check_callable(fn)
-        check_options(
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            retries=retries,
-            on_error=on_error,
-            ordered=ordered,
-        )
-        deadline = check_deadline(timeout)
-        if stats is not None and not isinstance(stats, MapStats):
-            raise TypeError(
-                f"stats must be a conveyor.MapStats (to be filled in), got {type(stats).__name__}"
-            )
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
-        if iterables:
-            iterable, mode = zip(iterable, *iterables), MODE_STAR
         _check_iterable(iterable)
-        task_timeout = check_timeout(task_timeout)
-        options: dict[str, Any] = dict(
-            mode=mode,
-            ordered=ordered,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=deadline,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            item_times=self._item_times,
-            stats=stats,
+        if self._router is not None:
+            return self._router.job(fn, iterable, options)
+        return MapJob(self._backend, fn, iterable, options, item_times=self._item_times)
+
+    def _make_threads(self) -> Backend:
+        """backend="auto": its thread backend, made when first chosen."""
+        initializer, initargs = self._initializer
+        threads = _make_backend(
+            "thread", self._requested_workers, initializer=initializer, initargs=initargs
         )
-        if self.backend_name != "auto":
-            return MapJob(self._backend, fn, iterable, **options)
-        return self._auto_job(fn, iterable, mode, task_timeout, explain, options)
+        _live_backends.add(threads)
+        weakref.finalize(self, _shutdown_quietly, threads)
+        return threads
 
-    def _auto_job(
-        self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        mode: int,
-        timeout: float | None,
-        explain: bool,
-        options: dict[str, Any],
-    ) -> MapJob:
-        """backend="auto": measure (see _auto.py), choose, and run the rest on the choice."""
-        from . import _auto
-
-        total = _length(iterable)
-        inline_ok = self._initializer[0] is None
-        rest = iter(iterable)
-        head: list[Any] = []
-        done, outcomes = 0, None
-        if options["timeout"] is not None:
-            inline_ok = False  # a deadline must be able to stop the work: never inline
-        measurement = _auto.remembered(fn, mode)
-        if measurement is not None:
-            choice = _auto.choose(measurement, total, timeout, self.workers, inline_ok)
-        else:
-            head = _auto.take_head(rest, timed=timeout is not None)
-            if not head:
-                return MapJob(self._backend, fn, head, **options)
-            forced, done, outcomes, measurement = self._probe(fn, mode, head, timeout)
-            if measurement is not None:
-                _auto.remember(fn, mode, measurement)
-                remaining = None if total is None else total - done
-                choice = _auto.choose(measurement, remaining, timeout, self.workers, inline_ok)
-            else:
-                assert forced is not None
-                choice = forced
-        if choice.backend == "process" and not self._sendable(fn, mode, head):
-            choice = _auto.Choice(
-                "thread",
-                "the function or its arguments cannot be pickled, and threads need no pickling",
-            )
-        _auto.report(choice, fn, explain)
-        backend = self._backend_for(choice.backend)
-        if choice.backend == "inline" and options["chunksize"] == "auto":
-            options = {**options, "chunksize": 65536}  # nothing to balance: few, large chunks
-        # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
-        sequence = type(iterable) in (list, tuple, range)
-        if sequence:
-            source: Iterable[Any] = iterable
-        elif hasattr(rest, "with_head"):  # a pipeline's buffer (_feed.Feed) stays itself
-            source = rest.with_head(head[done:])
-        else:
-            source = itertools.chain(head[done:], rest)
-        return MapJob(
-            backend,
-            fn,
-            source,
-            total=total,
-            head=(head[:done], outcomes) if outcomes is not None else None,
-            **options,
-        )
-
-    def _probe(
-        self, fn: Callable[..., Any], mode: int, head: list[Any], task_timeout: float | None
-    ) -> tuple[Any, int, Any, Any]:
-        """Measure ``fn`` on the first items, in this process (see _auto.py): no process is
-        started to measure, and every item the probe runs has its side effects here.
-
-        Without a ``task_timeout`` the probe runs in the caller's thread; with one, in a thread
-        of the pool's, waited for at most 3x the limit. Returns (a choice forced by how it
-        failed, or None; how many items it ran; their outcomes; the measurement, or None).
-        """
-        from . import _auto
-
-        bytes_per_item = sum(_auto.rough_size(item) for item in head) / len(head)
-        if task_timeout is None:
-            done, outcomes, measurement = _auto.probe(fn, mode, head)
-            return None, done, outcomes, measurement.with_bytes(bytes_per_item)
-        threads = self._backend_for("thread")
-        future: Future[Any] = Future()
-        task = _FutureTask(threads, future, 0, self._times)
-        unit = Unit(
-            fn=_auto.probe,
-            items=[((fn, mode, head), {})],
-            mode=MODE_CALL,
-            sink=task,
-            tags=[0],
-            timeout=3 * task_timeout,
-        )
-        threads.submit([unit])
-        try:
-            done, outcomes, measurement = future.result()
-        except TaskTimeout:
-            choice = _auto.Choice(
-                "process", "measuring it ran past its task_timeout; processes can stop such tasks"
-            )
-            return choice, 0, None, None
-        return None, done, outcomes, measurement.with_bytes(bytes_per_item)
-
-    def _sendable(self, fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
-        """Whether the function and a first item can be pickled for a worker process (checked
-        before any process is started for them)."""
-        from ._serialize import callable_payload, items_payload
-
-        try:
-            callable_payload(fn).release()
-            if head:
-                items_payload(head[:1], mode).release()
-        except TypeError:
-            return False
-        return True
-
-    def _backend_for(self, name: str) -> Backend:
-        if name == "process":
-            return self._backend
-        if name == "inline":
-            if self._inline is None:
-                from .backends.inline import InlineBackend
-
-                self._inline = InlineBackend()
-            return self._inline
-        if self._threads is None:
-            initializer, initargs = self._initializer
-            self._threads = _make_backend(
-                "thread", self._requested_workers, initializer=initializer, initargs=initargs
-            )
-            _live_backends.add(self._threads)
-            weakref.finalize(self, _shutdown_quietly, self._threads)
-        return self._threads
+    def _payload_size(self, items: Sequence[Any]) -> int:
+        """backend="auto": what sending ``items`` to the pool's processes copies (their
+        backend's hook; before any process is started, the same estimate)."""
+        primary = self._primary
+        return copied_bytes(items) if primary is None else primary.payload_size(items)
 
     def stats(self) -> PoolStats:
         """What the pool's workers have done so far: per live worker its tasks and its busy
@@ -815,7 +656,8 @@ class Pool(AsyncPoolMethods, Executor):
         self.terminate()
 
     def _all_backends(self) -> list[Backend]:
-        return [b for b in (self._primary, self._threads) if b is not None]
+        threads = None if self._router is None else self._router.threads
+        return [b for b in (self._primary, threads) if b is not None]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
@@ -938,6 +780,34 @@ class _PoolOptions(AsyncOptionsMethods):
         )
 
 
+def checkpointed(
+    start_job: Callable[[Callable[..., Any], Iterable[Any], JobOptions], Iterable[Any]],
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    options: JobOptions,
+    checkpoint: Any,
+) -> Iterator[Any]:
+    """A map through a checkpoint journal (see _checkpoint.py): the engine (``start_job``) runs
+    with ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
+    from ._checkpoint import run_checkpointed
+
+    def start_engine(
+        positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+    ) -> Iterator[Any]:
+        engine = options.replace(mode=MODE_MAP, on_error="return", ordered=ordered)
+        return iter(start_job(positioned, pairs, engine))
+
+    return run_checkpointed(
+        checkpoint,
+        fn,
+        iterable,
+        star=options.mode == MODE_STAR,
+        ordered=options.ordered,
+        on_error=options.on_error,
+        start_engine=start_engine,
+    )
+
+
 def _reject_renamed(call: str, renamed: dict[str, Any]) -> None:
     """A clear error for an option that does not exist, naming ``task_timeout`` for ``timeout``
     (its old meaning, a limit per task: guessing would silently change what the call does)."""
@@ -950,13 +820,6 @@ def _reject_renamed(call: str, renamed: dict[str, Any]) -> None:
             f"(timeout= means a deadline for waiting, as in concurrent.futures)"
         )
     raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
-
-
-def _length(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except Exception:
-        return None
 
 
 def _check_iterable(iterable: Any) -> None:

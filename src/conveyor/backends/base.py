@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 
@@ -12,7 +13,12 @@ from .._stats import PoolStats
 from .._work import Unit
 from .queue import JobTicket
 
-__all__ = ["Backend"]
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Backend", "copied_bytes", "rough_size"]
 
 # Every backend of this process, so that a forked child can disown them (see _after_fork).
 _instances: weakref.WeakSet[Backend] = weakref.WeakSet()
@@ -94,6 +100,19 @@ class Backend(abc.ABC):
         """
         self.cancel(owner)
 
+    def payload_size(self, items: Sequence[Any]) -> int:
+        """About how many bytes sending ``items`` to a worker copies (``backend="auto"`` weighs
+        it against the work). 0 for a backend whose workers share the caller's memory
+        (threads, inline): the default. The process backend returns :func:`copied_bytes`.
+
+        Example::
+
+            >>> from conveyor.backends.inline import InlineBackend
+            >>> InlineBackend().payload_size([bytes(1000)])
+            0
+        """
+        return 0
+
     def stats(self) -> PoolStats:
         """Its workers' figures (see conveyor.Pool.stats); none for a backend without workers."""
         return PoolStats.merged([])
@@ -102,6 +121,37 @@ class Backend(abc.ABC):
     def alive(self) -> bool:
         """False once shut down or terminated."""
         return True
+
+
+def rough_size(obj: Any) -> int:
+    """About how many bytes ``obj`` holds (shallow; arrays by their buffers).
+
+    Example::
+
+        >>> rough_size(bytes(1000)) >= 1000
+        True
+    """
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, memoryview
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(obj, (tuple, list)) and len(obj) <= 16:  # a starmap item, a call's args
+        return sum(rough_size(part) for part in obj)
+    try:
+        return sys.getsizeof(obj)
+    except Exception:
+        return 64
+
+
+def copied_bytes(items: Sequence[Any]) -> int:
+    """About how many bytes sending ``items`` to a worker process copies (their
+    :func:`rough_size`): what :meth:`Backend.payload_size` is for a backend that copies.
+
+    Example::
+
+        >>> copied_bytes([bytes(1000), bytes(1000)]) >= 2000
+        True
+    """
+    return sum(rough_size(item) for item in items)
 
 
 def _after_fork() -> None:

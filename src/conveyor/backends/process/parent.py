@@ -90,7 +90,7 @@ from ..._serialize import Payload, callable_payload, dumps_callable, items_paylo
 from ..._shm import Segment
 from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
-from ..base import Backend
+from ..base import Backend, copied_bytes
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from .protocol import (
@@ -1235,6 +1235,10 @@ class ProcessBackend(Backend):
         self._functions.clear()  # a captured 1 GB array must not outlive the pool
         self._finished.set()
         _close(self._wake_r, self._wake_w)
+
+    def payload_size(self, items: Sequence[Any]) -> int:
+        """About how many bytes sending ``items`` to a worker copies (see Backend)."""
+        return copied_bytes(items)
 
 
 def _cut(batch: list[Unit], start: _Position, stop: _Position | None) -> list[Unit]:
