@@ -254,7 +254,7 @@ class _AsyncJob(MapJob):
         return items, self._source_done and not buffer
 
     async def _feed(self) -> None:
-        """Pull the async input while the job has room for it: at most one chunk ahead."""
+        """Pull the async input while the job has room for it: at most one chunk more."""
         assert self._async_source is not None
         source = self._async_source
         try:

@@ -80,7 +80,7 @@ class WorkerCrashed(BrokenExecutor):
     """The worker process running a task died under it (a signal, ``os._exit``, the OOM killer).
 
     A ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``), as the standard library
-    reports a dead worker; unlike it, only the tasks the worker held fail: the pool replaces
+    reports a dead worker; unlike it, only the tasks assigned to the worker fail: the pool replaces
     the worker and goes on.
 
     ``exitcode`` is the process's exit code (negative: the signal number, as in

@@ -28,7 +28,7 @@ Guarantees, and where they are kept:
   so a forgotten ``imap`` never holds a shutdown up; a shutdown from the thread that drives
   the job does not wait for it (it cannot go on meanwhile) and its later input fails with
   PoolClosed.
-* **Each item is settled exactly once**: a result, a retry (a new one-item unit held back by a
+* **Each item is settled exactly once**: a result, a retry (a new one-item unit, run after a
   small backoff), a Failure, a skip, or the error that is raised.
 """
 

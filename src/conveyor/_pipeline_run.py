@@ -353,7 +353,7 @@ class Run:
 
     @staticmethod
     def _interrupt(job: MapJob) -> None:
-        """Stop a job's running tasks: kill and replace the process workers that hold them."""
+        """Stop a job's running tasks: kill and replace the process workers they are assigned to."""
         try:
             job.backend.interrupt(job)
         except Exception:

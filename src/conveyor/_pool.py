@@ -75,7 +75,7 @@ _TASK = "_conveyor_task"
 
 
 def _task_of(future: Future[Any]) -> _FutureTask | None:
-    """The sink of a submitted future, while the backend still holds it (see Pool.stop)."""
+    """The sink of a submitted future, while the backend still has its unit (see Pool.stop)."""
     ref = getattr(future, _TASK, None)
     return None if ref is None else ref()
 

@@ -159,7 +159,7 @@ class Unit:
     """One function applied to a list of items, with the options that govern running it.
 
     ``tags`` has one entry per item and means something only to the sink (a map job puts the
-    item's input position there). ``not_before`` holds a retry back until that monotonic time.
+    item's input position there). ``not_before`` ends a retry's backoff (a monotonic time).
     ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
     for units marked ``coalesce``, to decide which small units may share one message to a worker.
     A map job's chunks are sized to their work already and are never coalesced. ``wire`` is what
@@ -234,12 +234,12 @@ class Unit:
         return [self.piece(i, i + 1) for i in range(len(self.items))]
 
     def ready(self, now: float | None = None) -> bool:
-        """Whether a held-back retry may run now."""
+        """Whether the unit's backoff (a retry's) is over."""
         return self.not_before <= (time.monotonic() if now is None else now)
 
 
 def outcomes_of(values: list[Any], errors: dict[int, BaseException] | None = None) -> Loader:
-    """A loader for outcomes already held as objects."""
+    """A loader for outcomes already at hand as objects."""
     result = (values, errors or {})
     return lambda: result
 

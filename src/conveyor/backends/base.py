@@ -55,7 +55,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
-        """Queue units to run (held back until each one's ``not_before``).
+        """Queue units to run (a retry after its backoff: at its ``not_before``).
 
         ``ticket``: the units continue a job (or a task) begun before a shutdown.
         """
