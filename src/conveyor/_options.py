@@ -141,18 +141,20 @@ def check_deadline(timeout: Any) -> float | None:
 
 
 def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
-    """The per-task limits as the engine's keyword arguments (``Pool.options``, ``Pool._job``).
+    """The per-task limits, checked (as :class:`JobOptions` checks them), as keyword arguments
+    for ``Pool.options``, ``Pool.map``, ``Pool._submit_task`` and :class:`JobOptions`.
 
-    The one place where a front that says ``task_timeout`` (the drop-ins in
-    ``conveyor.multiprocessing`` and ``conveyor.joblib``) meets the engine's own name for it.
+    The one check of the limits for the fronts that take only them (``submit``'s options view,
+    ``Pool.map``, ``acall``, the drop-ins in ``conveyor.multiprocessing`` and
+    ``conveyor.joblib``).
 
     Example::
 
         >>> engine_limits(task_timeout=2, retries=1)
         {'task_timeout': 2.0, 'retries': 1}
     """
-    check_options(task_timeout=task_timeout, retries=retries)
-    return {"task_timeout": check_timeout(task_timeout), "retries": int(retries)}
+    options = JobOptions(task_timeout=task_timeout, retries=retries)
+    return {"task_timeout": options.task_timeout, "retries": options.retries}
 
 
 @dataclass(frozen=True)

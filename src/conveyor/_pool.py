@@ -46,9 +46,8 @@ from ._options import (
     check_callable,
     check_cluster,
     check_deadline,
-    check_options,
-    check_timeout,
     check_workers,
+    engine_limits,
 )
 from ._retry import RetryPolicy
 from ._stats import MapStats, PoolStats
@@ -300,8 +299,7 @@ class Pool(AsyncPoolMethods, Executor):
             TaskTimeout('task ran past its timeout of 1 s')
         """
         _reject_renamed("Pool.options", renamed)
-        check_options(task_timeout=task_timeout, retries=retries)
-        return _PoolOptions(self, task_timeout, retries)
+        return _PoolOptions(self, **engine_limits(task_timeout, retries))
 
     def _submit(
         self,
@@ -404,7 +402,7 @@ class Pool(AsyncPoolMethods, Executor):
             raise TypeError("Pool.map() needs at least one iterable")
         for iterable in iterables:
             _check_iterable(iterable)
-        check_options(task_timeout=task_timeout, retries=retries)
+        limits = engine_limits(task_timeout, retries)
         timeout = check_deadline(timeout)
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
@@ -415,9 +413,8 @@ class Pool(AsyncPoolMethods, Executor):
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
-            task_timeout=check_timeout(task_timeout),
-            retries=retries,
             estimate=self._times.estimate,
+            **limits,
         )
 
     def imap(
@@ -678,13 +675,15 @@ class Pool(AsyncPoolMethods, Executor):
 class _PoolOptions(AsyncOptionsMethods):
     """A pool seen with per-task options; returned by :meth:`Pool.options`.
 
-    Its calls are the pool's, with this view's ``task_timeout`` and ``retries``.
+    Its calls are the pool's, with this view's ``task_timeout`` and ``retries`` (checked by
+    :meth:`Pool.options`); every other option is the pool's call's own.
     """
 
     def __init__(self, pool: Pool, task_timeout: float | None, retries: int):
         self._pool = pool
-        self._task_timeout = check_timeout(task_timeout)
+        self._task_timeout = task_timeout
         self._retries = retries
+        self._limits: dict[str, Any] = {"task_timeout": task_timeout, "retries": retries}
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """``Pool.submit`` with this view's task_timeout and retries."""
@@ -705,8 +704,7 @@ class _PoolOptions(AsyncOptionsMethods):
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
-            task_timeout=self._task_timeout,
-            retries=self._retries,
+            **self._limits,
         )
 
     def imap(
@@ -718,6 +716,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap`` with this view's task_timeout and retries."""
         return self._pool.imap(
@@ -725,11 +726,13 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             *iterables,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
 
     def imap_unordered(
@@ -741,6 +744,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap_unordered`` with this view's task_timeout and retries."""
         return self._pool.imap_unordered(
@@ -748,11 +754,13 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             *iterables,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
 
     def starmap(
@@ -765,6 +773,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> list[R]:
         """``Pool.starmap`` with this view's task_timeout and retries."""
         return self._pool.starmap(
@@ -772,11 +783,13 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             ordered=ordered,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
 
 
