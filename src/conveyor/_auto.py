@@ -86,6 +86,10 @@ SCALING_LIMIT = 1.25
 #: bytes per second a process pool moves arguments at (one copy into shared memory, measured
 #: on the 2-core development machine at 2.5-5 GB/s; taken low)
 COPY_RATE = 2.0e9
+#: items per chunk when auto runs a call inline: at least INLINE_CHUNK, the whole call when it
+#: has at most INLINE_CHUNK_MAX items (one slice of the input, one list of results)
+INLINE_CHUNK = 65536
+INLINE_CHUNK_MAX = 1 << 20
 #: below this per-item time the pair test says nothing useful
 PAIR_MIN_SECONDS = 0.002
 
@@ -464,7 +468,12 @@ class Router:
         report(choice, fn, options.explain)
         backend = self.backend(choice.backend)
         if choice.backend == "inline" and options.chunksize == "auto":
-            options = options.replace(chunksize=65536)  # nothing to balance: few, large chunks
+            # Nothing to balance: few, large chunks; a call auto runs inline is expected to
+            # take a few ms, so up to INLINE_CHUNK_MAX items go as one (a slice, no more copies).
+            size = (
+                INLINE_CHUNK if total is None else min(INLINE_CHUNK_MAX, max(INLINE_CHUNK, total))
+            )
+            options = options.replace(chunksize=size)
         done = found.done
         # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
         if type(iterable) in (list, tuple, range):

@@ -47,7 +47,7 @@ from ._options import JobOptions
 from ._progress import Progress
 from ._retry import RetryPolicy
 from ._stats import MapStats
-from ._work import Loader, Outcomes, Unit
+from ._work import Loader, Outcomes, Span, Unit
 from .backends.base import Backend
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
@@ -168,6 +168,7 @@ class MapJob:
         if type(iterable) in (list, tuple, range):
             sequence = iterable  # type: ignore[assignment]
         self._sequence = sequence
+        self._inline = backend.name == "inline"
         self._next_index = 0
         self._item_times = item_times
         known = item_times.get(fn, self.mode, backend.name) if item_times is not None else None
@@ -294,12 +295,16 @@ class MapJob:
             return ([], True) if taken is None else (taken, False)
         if self._sequence is not None:
             index = self._next_index
+            if self._inline and type(self._sequence) is not range:
+                # run at once in this thread: a view of the input, not a copy (see Span)
+                stop = max(index, min(index + size, len(self._sequence)))
+                span: Any = Span(self._sequence, index, stop)
+                return span, stop - index < size
             piece = self._sequence[index : index + size]
             # (a range slice stays a range inline: nothing is sent, so nothing to build)
-            inline = self.backend.name == "inline"
             items: list[Any] = (
                 piece  # type: ignore[assignment]
-                if type(piece) is list or inline
+                if type(piece) is list or self._inline
                 else list(piece)
             )
         else:

@@ -891,7 +891,7 @@ def _make_backend(
 
         _register_exit_handler()
         return DaskBackend(workers, cluster=cluster, security=security, initializer=initializer)
-    raise ValueError(f"backend {name!r} is not available yet")
+    raise AssertionError(f"no backend {name!r}: check_backend lets only BACKENDS through")
 
 
 def _shutdown_quietly(backend: Backend) -> None:
