@@ -414,13 +414,10 @@ class AsyncResults:
 
 
 def _engine_options(
-    fn: Callable[..., Any],
-    concurrency: int | None,
-    **options: Any,
+    fn: Callable[..., Any], concurrency: int | None, checked: JobOptions
 ) -> tuple[Callable[..., Any], JobOptions]:
-    """The function to send and the map job's options (checked) for the front's options."""
+    """The function to send and the map job's options, for an async function too."""
     check_callable(fn)
-    checked = JobOptions(**options)
     if is_async_function(fn):
         if concurrency is None:
             concurrency = DEFAULT_CONCURRENCY
@@ -474,17 +471,7 @@ def map_on(
     on_end: Callable[[], None] | None = None,
 ) -> AsyncResults:
     """The async map of ``fn`` over ``iterable`` on ``pool`` (see :func:`amap`)."""
-    fn, options = _engine_options(
-        fn,
-        concurrency,
-        mode=mode,
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-    )
+    fn, options = _engine_options(fn, concurrency, JobOptions.from_call(locals()))
     if not isinstance(stop_on_cancel, bool):
         raise TypeError(f"stop_on_cancel must be True or False, got {stop_on_cancel!r}")
     _check_source(iterable)

@@ -171,18 +171,8 @@ def map(
         >>> conveyor.map(lambda x: x * x, range(5))
         [0, 1, 4, 9, 16]
     """
+    options = JobOptions.from_call(locals())
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = JobOptions(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
-        stats=stats,
-    )
     return _list(fn, iterable, call, options, checkpoint)
 
 
@@ -214,19 +204,8 @@ def starmap(
         >>> conveyor.starmap(pow, [(2, 5), (3, 2)])
         [32, 9]
     """
+    options = JobOptions.from_call(locals(), mode=MODE_STAR)
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = JobOptions(
-        mode=MODE_STAR,
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
-        stats=stats,
-    )
     return _list(fn, iterable, call, options, checkpoint)
 
 
@@ -263,18 +242,8 @@ def imap(
         ...     if square > 100:
         ...         break
     """
+    options = JobOptions.from_call(locals(), ordered=True, timeout=_started(timeout))
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = JobOptions(
-        ordered=True,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=_started(timeout),
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
-        stats=stats,
-    )
     if checkpoint is not None:
         return checkpointed(call.iterate, fn, iterable, options, checkpoint)
     return call.iterate(fn, iterable, options)
@@ -307,18 +276,8 @@ def imap_unordered(
         >>> sorted(conveyor.imap_unordered(abs, [-3, -1, -2]))
         [1, 2, 3]
     """
+    options = JobOptions.from_call(locals(), ordered=False, timeout=_started(timeout))
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = JobOptions(
-        ordered=False,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=_started(timeout),
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
-        stats=stats,
-    )
     if checkpoint is not None:
         return checkpointed(call.iterate, fn, iterable, options, checkpoint)
     return call.iterate(fn, iterable, options)

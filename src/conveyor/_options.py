@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ._work import MODE_MAP
@@ -212,6 +212,25 @@ class JobOptions:
                     "stats must be a conveyor.MapStats (to be filled in), "
                     f"got {type(self.stats).__name__}"
                 )
+
+    @classmethod
+    def from_call(cls, arguments: Mapping[str, Any], **overrides: Any) -> JobOptions:
+        """The options among a front door's ``arguments`` (its ``locals()``, read before it
+        makes any local of its own): each parameter named as a field, then ``overrides``.
+
+        The public calls keep explicit, typed keyword parameters; this maps them here, once,
+        instead of each call spelling every option out again.
+
+        Example::
+
+            >>> def imap(fn, iterable, *, chunksize="auto", retries=0, on_error="raise"):
+            ...     return JobOptions.from_call(locals(), ordered=True)
+            >>> imap(abs, [], retries=2).retries
+            2
+        """
+        fields = cls.__dataclass_fields__
+        picked = {name: value for name, value in arguments.items() if name in fields}
+        return cls(**{**picked, **overrides})
 
     def replace(self, **changes: Any) -> JobOptions:
         """A copy with ``changes`` (checked again)."""

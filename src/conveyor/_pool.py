@@ -445,17 +445,7 @@ class Pool(AsyncPoolMethods, Executor):
             ...     for square in pool.imap(abs, itertools.count(-3)):
             ...         if square == 0: break
         """
-        options = JobOptions(
-            ordered=True,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
+        options = JobOptions.from_call(locals(), ordered=True)
         return self._results(fn, iterable, iterables, options, checkpoint)
 
     def imap_unordered(
@@ -481,17 +471,7 @@ class Pool(AsyncPoolMethods, Executor):
             ...     sorted(pool.imap_unordered(abs, [-2, -1]))
             [1, 2]
         """
-        options = JobOptions(
-            ordered=False,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
+        options = JobOptions.from_call(locals(), ordered=False)
         return self._results(fn, iterable, iterables, options, checkpoint)
 
     def starmap(
@@ -519,18 +499,7 @@ class Pool(AsyncPoolMethods, Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
-        options = JobOptions(
-            mode=MODE_STAR,
-            ordered=ordered,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
+        options = JobOptions.from_call(locals(), mode=MODE_STAR)
         if checkpoint is not None:
             return list(checkpointed(self._job, fn, iterable, options, checkpoint))
         return self._job(fn, iterable, options).collect()
