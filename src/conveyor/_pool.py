@@ -228,10 +228,11 @@ class Pool(AsyncPoolMethods, Executor):
         if backend == "auto":
             from ._auto import Router
 
+            host = weakref.proxy(self)  # the router must not keep its pool alive (finalizers)
             self._router = Router(
-                process=lambda: self._backend,
-                make_threads=self._make_threads,
-                payload_size=self._payload_size,
+                process=lambda: host._backend,
+                make_threads=lambda: host._make_threads(),
+                payload_size=lambda items: host._payload_size(items),
                 workers=self.workers,
                 inline_ok=initializer is None,
                 item_times=self._item_times,
