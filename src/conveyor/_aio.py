@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from ._coroutines import AsyncFunction, is_async_function
 from ._errors import PoolClosed
 from ._job import Event, MapJob
-from ._options import JobOptions, check_backend, check_callable, engine_limits
+from ._options import JobOptions, check_backend, check_callable
 from ._work import MODE_MAP, MODE_STAR
 from .backends.base import Backend
 
@@ -148,7 +148,7 @@ async def call_on(
     check_callable(fn)
     if is_async_function(fn):
         fn = AsyncFunction(fn)
-    task = pool._submit_task(fn, args, kwargs, **engine_limits(task_timeout, retries))
+    task = pool._submit_task(fn, args, kwargs, task_timeout, retries)  # (checked by the caller)
     future = task.future
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()

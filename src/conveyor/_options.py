@@ -144,8 +144,8 @@ def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
     """The per-task limits, checked (as :class:`JobOptions` checks them), as keyword arguments
     for ``Pool.options``, ``Pool.map``, ``Pool._submit_task`` and :class:`JobOptions`.
 
-    The one check of the limits for the fronts that take only them (``submit``'s options view,
-    ``Pool.map``, ``acall``, the drop-ins in ``conveyor.multiprocessing`` and
+    The one check of the limits for the fronts that take only them (``Pool.options``,
+    ``Pool.map``, the drop-ins in ``conveyor.multiprocessing`` and
     ``conveyor.joblib``).
 
     Example::

@@ -7,7 +7,9 @@ Data flow::
     submit(fn, *args) -> Future  ------>  one-item Unit, sink = _FutureTask
                                           _FutureTask.deliver(): set_result / set_exception,
                                           or re-submit after a backoff while retries remain
-    map/imap/...  -> MapJob (see _job.py), which runs in the caller's thread
+    map/imap/...  -> JobOptions (checked once) -> _job -> MapJob (see _job.py), which runs
+                     in the caller's thread; backend="auto": _auto.Router measures and
+                     picks the backend first
 
 Guarantees:
 
