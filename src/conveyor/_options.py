@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from ._work import MODE_MAP
 
@@ -157,7 +155,6 @@ def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
     return {"task_timeout": options.task_timeout, "retries": options.retries}
 
 
-@dataclass(frozen=True)
 class JobOptions:
     """The options of one map call, checked: made once at the front door (``conveyor.map``,
     ``Pool.imap`` ..., the drop-ins, a pipeline's stage) and passed down whole, through
@@ -167,7 +164,9 @@ class JobOptions:
     public signatures stay explicit keyword arguments (typed for users) and build this.
     ``timeout`` is the whole call's deadline (a :class:`Deadline` when its clock started
     earlier, as imap's does: from the call, not the first ``next()``); ``mode`` says how an item
-    is passed (``MODE_MAP``: ``fn(item)``, ``MODE_STAR``: ``fn(*item)``).
+    is passed (``MODE_MAP``: ``fn(item)``, ``MODE_STAR``: ``fn(*item)``). Frozen. (A plain
+    class with slots, not a dataclass: ``dataclasses`` imports ``inspect``, which a short
+    script's first call must not pay for.)
 
     Example::
 
@@ -179,39 +178,94 @@ class JobOptions:
         ValueError: on_error must be one of 'raise', 'return', 'skip', got 'ignore'
         >>> JobOptions().replace(ordered=False).ordered
         False
+        >>> JobOptions().retries = 3
+        Traceback (most recent call last):
+        ...
+        AttributeError: JobOptions is frozen: make another with .replace(retries=...)
     """
 
-    mode: int = MODE_MAP
-    ordered: bool = True
-    chunksize: int | str = "auto"
-    task_timeout: float | None = None
-    timeout: float | None = None
-    retries: int = 0
-    on_error: str = "raise"
-    progress: bool | dict[str, Any] = False
-    explain: bool = False
-    stats: MapStats | None = None
+    __slots__ = (
+        "chunksize",
+        "explain",
+        "mode",
+        "on_error",
+        "ordered",
+        "progress",
+        "retries",
+        "stats",
+        "task_timeout",
+        "timeout",
+    )
 
-    def __post_init__(self) -> None:
+    mode: int
+    ordered: bool
+    chunksize: int | str
+    task_timeout: float | None
+    timeout: float | None
+    retries: int
+    on_error: str
+    progress: bool | dict[str, Any]
+    explain: bool
+    stats: MapStats | None
+
+    def __init__(
+        self,
+        *,
+        mode: int = MODE_MAP,
+        ordered: bool = True,
+        chunksize: int | str = "auto",
+        task_timeout: float | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+    ):
         check_options(
-            chunksize=self.chunksize,
-            task_timeout=self.task_timeout,
-            retries=self.retries,
-            on_error=self.on_error,
-            ordered=self.ordered,
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            retries=retries,
+            on_error=on_error,
+            ordered=ordered,
         )
-        set_field = object.__setattr__  # (frozen: the one place fields are normalized)
-        set_field(self, "task_timeout", check_timeout(self.task_timeout))
-        set_field(self, "timeout", check_deadline(self.timeout))
-        set_field(self, "retries", int(self.retries))
-        if self.stats is not None:
+        if stats is not None:
             from ._stats import MapStats
 
-            if not isinstance(self.stats, MapStats):
+            if not isinstance(stats, MapStats):
                 raise TypeError(
                     "stats must be a conveyor.MapStats (to be filled in), "
-                    f"got {type(self.stats).__name__}"
+                    f"got {type(stats).__name__}"
                 )
+        set_field = object.__setattr__  # (frozen: only here are fields set)
+        set_field(self, "mode", mode)
+        set_field(self, "ordered", ordered)
+        set_field(self, "chunksize", chunksize)
+        set_field(self, "task_timeout", check_timeout(task_timeout))
+        set_field(self, "timeout", check_deadline(timeout))
+        set_field(self, "retries", int(retries))
+        set_field(self, "on_error", on_error)
+        set_field(self, "progress", progress)
+        set_field(self, "explain", explain)
+        set_field(self, "stats", stats)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"JobOptions is frozen: make another with .replace({name}=...)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("JobOptions is frozen")
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._fields().items())
+        return f"JobOptions({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobOptions) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # (progress may be a dict)
 
     @classmethod
     def from_call(cls, arguments: Mapping[str, Any], **overrides: Any) -> JobOptions:
@@ -228,10 +282,10 @@ class JobOptions:
             >>> imap(abs, [], retries=2).retries
             2
         """
-        fields = cls.__dataclass_fields__
+        fields = cls.__slots__
         picked = {name: value for name, value in arguments.items() if name in fields}
         return cls(**{**picked, **overrides})
 
     def replace(self, **changes: Any) -> JobOptions:
         """A copy with ``changes`` (checked again)."""
-        return dataclasses.replace(self, **changes)
+        return JobOptions(**{**self._fields(), **changes})
