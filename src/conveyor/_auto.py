@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 
 from ._errors import TaskTimeout, Unsendable
-from ._job import MapJob
+from ._job import MapJob, length_of
 from ._options import JobOptions
 from ._work import MODE_CALL, Outcomes, Unit, function_key, run_items
 from .backends.base import Backend, rough_size
@@ -439,7 +439,7 @@ class Router:
     def job(self, fn: Callable[..., Any], iterable: Iterable[Any], options: JobOptions) -> MapJob:
         """The map job of ``fn`` over ``iterable``: measured, routed, its head settled."""
         mode, task_timeout = options.mode, options.task_timeout
-        total = _length(iterable)
+        total = length_of(iterable)
         # a deadline must be able to stop the work: never inline with a timeout
         inline_ok = self.inline_ok and options.timeout is None
         rest = iter(iterable)
@@ -533,10 +533,3 @@ def _sendable(fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
     except Unsendable:
         return False
     return True
-
-
-def _length(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except Exception:
-        return None

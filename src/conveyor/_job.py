@@ -151,7 +151,7 @@ class MapJob:
         #: worker-seconds spent running this job's units (a pipeline stage's busy time)
         self.busy_seconds = 0.0
         if total is None:
-            total = _length(iterable)
+            total = length_of(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
         # Engine hook for pipelines (_feed.Feed): an input that never blocks. ``take_now(n,
         # idle)`` returns up to n items it holds now, [] when it has none yet (it then puts a
@@ -484,7 +484,14 @@ class MapJob:
                 break
 
 
-def _length(iterable: Iterable[Any]) -> int | None:
+def length_of(iterable: Iterable[Any]) -> int | None:
+    """``len(iterable)``, or None for an input without one (a generator).
+
+    Example::
+
+        >>> length_of([1, 2]), length_of(iter([1, 2]))
+        (2, None)
+    """
     try:
         return len(iterable)  # type: ignore[arg-type]
     except Exception:
