@@ -194,7 +194,7 @@ def executor_map(
     else:
         mode, source = MODE_STAR, zip(*iterables)
     owner = object()  # what the map's queued tasks are cancelled by
-    policy = RetryPolicy(retries)
+    policy = RetryPolicy.of(retries)
     backend_ref = weakref.ref(backend)
 
     def task_units(count: int | None) -> tuple[list[Future[Any]], list[Unit]]:

@@ -138,7 +138,7 @@ class MapJob:
         timeout = self.timeout = options.timeout
         self._end_time = None if timeout is None else time.monotonic() + timeout
         self._end_time = getattr(timeout, "end", self._end_time)  # a Deadline started earlier
-        self._retry_policy = RetryPolicy(options.retries)
+        self._retry_policy = RetryPolicy.of(options.retries)
         self.on_error = options.on_error
         self.closed = False
         #: items settled as a Failure so far (on_error="return"): while it is 0, no result

@@ -99,7 +99,7 @@ class _FutureTask:
     def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
-        self.policy = RetryPolicy(retries)
+        self.policy = RetryPolicy.of(retries)
         self.times = times
         self.attempts = 0
         self.started = False

@@ -43,9 +43,26 @@ class RetryPolicy:
     def __init__(self, retries: int):
         self.retries = retries
 
+    @classmethod
+    def of(cls, retries: int) -> RetryPolicy:
+        """The (shared) policy for ``retries``: a submit makes none of its own.
+
+        Example::
+
+            >>> RetryPolicy.of(0) is RetryPolicy.of(0)
+            True
+        """
+        policy = _POLICIES.get(retries)
+        if policy is None:
+            policy = _POLICIES[retries] = cls(retries)
+        return policy
+
     def delay(self, attempts: int, error: BaseException) -> float | None:
         """After ``attempts`` runs that failed, the last with ``error``: the seconds to wait
         before the next run, or None when the item is not to run again."""
         if attempts > self.retries or isinstance(error, (PoolClosed, Unsendable)):
             return None
         return retry_backoff(attempts)
+
+
+_POLICIES: dict[int, RetryPolicy] = {}
