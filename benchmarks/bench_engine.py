@@ -13,6 +13,8 @@ Workloads (positional arguments; none means all of them) and their targets:
   tiny     100k tiny items (x*x) through each library's map        <= 1.0x the best peer of the
                                                                    same kind (process, thread);
                                                                    auto: of any kind
+  inline   the same 100k items: conveyor.map(backend="auto"), which   <= 1.15x list(map(...))
+           runs them inline, against list(map(...)), best of 30+
   cpu      32 CPU-bound pure-Python blocks (~60 ms each)           <= 1.05x serial time / cores
   io       400 x 20 ms sleeps, 32 workers for everyone             (none)
   submit   5k futures submitted one by one, then collected         >= 3x faster than PPE
@@ -133,6 +135,13 @@ class SerialEngine(Engine):
         return [fn(x) for x in items]
 
 
+class PlainMapEngine(Engine):
+    """``list(map(fn, items))`` in this process: what auto's inline path is held to."""
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(map(fn, items))
+
+
 class BareProcessesEngine(Engine):
     """No pool: one fork per worker takes the next item from a shared counter until none is
     left and pipes its results back. The machine's own floor for CPU-bound work: no pickling
@@ -207,7 +216,7 @@ class ConveyorAutoEngine(Engine):
         self.workers = workers
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        return list(self.conveyor.map(fn, items, workers=self.workers, backend="auto"))
+        return self.conveyor.map(fn, items, workers=self.workers, backend="auto")  # a list
 
 
 class ExecutorEngine(Engine):
@@ -392,6 +401,7 @@ SPECS: dict[str, Spec] = {
     s.name: s
     for s in [
         Spec("serial", "serial", "serial", lambda w: SerialEngine()),
+        Spec("list(map)", "serial", "serial", lambda w: PlainMapEngine()),
         Spec("bare processes", "serial", "bare", BareProcessesEngine),
         Spec("conveyor process", "conveyor", "process", lambda w: ConveyorEngine(w, "process")),
         Spec("conveyor thread", "conveyor", "thread", lambda w: ConveyorEngine(w, "thread")),
@@ -426,7 +436,7 @@ SUBMIT_PEERS = ["ProcessPoolExecutor", "mp.Pool", "loky", "pebble ProcessPool", 
 
 # --------------------------------------------------------------------------- options
 
-WORKLOADS = ["tiny", "cpu", "io", "submit", "startup", "arrays", "captured", "auto"]
+WORKLOADS = ["tiny", "inline", "cpu", "io", "submit", "startup", "arrays", "captured", "auto"]
 AUTO_BASES = ["tiny", "cpu", "io", "arrays"]
 
 
@@ -706,6 +716,37 @@ def wl_tiny(opts: Options) -> Section:
         ref = min(same) if same else None
         what = "best peer" if kind is None else f"best {kind} peer"
         verdict_at_most(row, row.best / ref if ref and row.best else None, 1.0, what)
+    return section
+
+
+#: repeats of the inline workload at least: one call takes a few ms, so a few repeats are noise
+INLINE_REPEATS = 30
+
+
+def wl_inline(opts: Options) -> Section:
+    items = list(range(opts.tiny_items))
+    log(f"inline: {len(items):,} items of x*x, auto against list(map) in this process")
+    rows = run_map_workload(
+        "inline",
+        ["list(map)", "conveyor auto"],
+        square,
+        constant(items, expect_equal([x * x for x in items])),
+        opts.workers,
+        replace(opts, repeats=max(opts.repeats, INLINE_REPEATS)),
+    )
+    section = Section(
+        "inline",
+        f'{len(items):,} tiny items (x*x): backend="auto", which runs them inline, against '
+        "list(map(...)) in the same process",
+        rows,
+        ref_label="vs list(map)",
+    )
+    plain = next((r.best for r in rows if r.contender == "list(map)" and r.best), None)
+    for row in rows:
+        if row.kind == "auto":
+            ratio = row.best / plain if plain and row.best is not None else None
+            section.ref[row.contender] = ratio
+            verdict_at_most(row, ratio, 1.15, "list(map)")
     return section
 
 
@@ -1137,6 +1178,7 @@ def wl_captured(opts: Options) -> Section:
 
 RUNNERS: dict[str, Callable[[Options], Section]] = {
     "tiny": wl_tiny,
+    "inline": wl_inline,
     "cpu": wl_cpu,
     "io": wl_io,
     "submit": wl_submit,

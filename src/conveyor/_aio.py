@@ -57,11 +57,12 @@ from typing import TYPE_CHECKING, Any
 from ._coroutines import AsyncFunction, is_async_function
 from ._errors import PoolClosed
 from ._job import Event, MapJob
-from ._options import check_backend, check_callable, check_options, check_timeout
+from ._options import JobOptions, check_backend, check_callable
 from ._work import MODE_MAP, MODE_STAR
 from .backends.base import Backend
 
 if TYPE_CHECKING:
+    from ._chunking import ItemTimes
     from ._pool import Pool, _FutureTask
 
 __all__ = [
@@ -147,7 +148,7 @@ async def call_on(
     check_callable(fn)
     if is_async_function(fn):
         fn = AsyncFunction(fn)
-    task = pool._submit_task(fn, args, kwargs, *_engine_limits(task_timeout), retries)
+    task = pool._submit_task(fn, args, kwargs, task_timeout, retries)  # (checked by the caller)
     future = task.future
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
@@ -217,7 +218,8 @@ class _AsyncJob(MapJob):
         fn: Callable[..., Any],
         source: Iterable[Any] | AsyncIterable[Any],
         loop: asyncio.AbstractEventLoop,
-        **options: Any,
+        options: JobOptions,
+        item_times: ItemTimes | None = None,
     ):
         self._loop = loop
         self._async_source: AsyncIterator[Any] | None = None
@@ -229,7 +231,7 @@ class _AsyncJob(MapJob):
         self._source_error: BaseException | None = None
         self._want_input = asyncio.Event()
         self._feeder: asyncio.Task[None] | None = None
-        super().__init__(backend, fn, source, **options)
+        super().__init__(backend, fn, source, options, item_times=item_times)
         if self._async_source is not None:
             self._feeder = loop.create_task(self._feed())
 
@@ -252,7 +254,7 @@ class _AsyncJob(MapJob):
         return items, self._source_done and not buffer
 
     async def _feed(self) -> None:
-        """Pull the async input while the job has room for it: at most one chunk ahead."""
+        """Pull the async input while the job has room for it: at most one chunk more."""
         assert self._async_source is not None
         source = self._async_source
         try:
@@ -411,41 +413,26 @@ class AsyncResults:
         await self.aclose()
 
 
-def _engine_limits(task_timeout: float | None) -> tuple[float | None]:
-    """The engine's per-item limit for ``task_timeout`` (checked): the ONE place that maps the
-    front's limit onto the engine's."""
-    return (check_timeout(task_timeout),)
-
-
 def _engine_options(
-    fn: Callable[..., Any],
-    chunksize: int | str,
-    task_timeout: float | None,
-    retries: int,
-    on_error: str,
-    concurrency: int | None,
-) -> tuple[Callable[..., Any], dict[str, Any]]:
-    """The function to send and the MapJob options for the front's options."""
+    fn: Callable[..., Any], concurrency: int | None, checked: JobOptions
+) -> tuple[Callable[..., Any], JobOptions]:
+    """The function to send and the map job's options, for an async function too."""
     check_callable(fn)
-    (limit,) = _engine_limits(task_timeout)
-    check_options(chunksize=chunksize, retries=retries, on_error=on_error)
     if is_async_function(fn):
         if concurrency is None:
             concurrency = DEFAULT_CONCURRENCY
         _check_concurrency(concurrency)
         # The coroutines' limit is kept in the worker's loop; the chunk goes untimed so that
         # its items run concurrently (see conveyor._coroutines).
-        fn = AsyncFunction(fn, concurrency, limit)
-        limit = None
-        if chunksize == "auto":
-            chunksize = concurrency
+        fn = AsyncFunction(fn, concurrency, checked.task_timeout)
+        chunksize = concurrency if checked.chunksize == "auto" else checked.chunksize
+        checked = checked.replace(task_timeout=None, chunksize=chunksize)
     elif concurrency is not None:
         raise ValueError(
             f"concurrency= applies to async def functions; {fn!r} is not one "
             f"(workers= sets how many plain calls run at once)"
         )
-    options = dict(chunksize=chunksize, task_timeout=limit, retries=retries, on_error=on_error)
-    return fn, options
+    return fn, checked
 
 
 def _check_concurrency(concurrency: Any) -> None:
@@ -484,9 +471,7 @@ def map_on(
     on_end: Callable[[], None] | None = None,
 ) -> AsyncResults:
     """The async map of ``fn`` over ``iterable`` on ``pool`` (see :func:`amap`)."""
-    fn, options = _engine_options(fn, chunksize, task_timeout, retries, on_error, concurrency)
-    if not isinstance(ordered, bool):
-        raise TypeError(f"ordered must be True or False, got {ordered!r}")
+    fn, options = _engine_options(fn, concurrency, JobOptions.from_call(locals()))
     if not isinstance(stop_on_cancel, bool):
         raise TypeError(f"stop_on_cancel must be True or False, got {stop_on_cancel!r}")
     _check_source(iterable)
@@ -500,11 +485,8 @@ def map_on(
             fn,
             iterable,
             loop,
-            mode=mode,
-            ordered=ordered,
-            progress=progress,
+            options,
             item_times=pool._item_times,
-            **options,
         )
         if on_end is not None:
             weakref.finalize(job, on_end)

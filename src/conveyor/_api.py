@@ -15,10 +15,10 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
 
 from ._errors import PoolClosed
-from ._options import Deadline, check_backend, check_deadline, check_workers
-from ._pool import Pool
+from ._options import Deadline, JobOptions, check_backend, check_deadline, check_workers
+from ._pool import Pool, checkpointed
 from ._stats import MapStats
-from ._work import MODE_MAP, MODE_STAR
+from ._work import MODE_STAR
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
@@ -63,20 +63,16 @@ def _default_pool(
 
 
 def _run(
-    fn: Callable[..., Any],
-    iterable: Iterable[Any],
-    mode: int,
-    call: _Call,
-    options: dict[str, Any],
+    fn: Callable[..., Any], iterable: Iterable[Any], call: _Call, options: JobOptions
 ) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own."""
     if call.initializer is None:
         pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
         try:
-            job = pool._job(fn, iterable, (), mode=mode, **options)
+            job = pool._job(fn, iterable, options)
         except PoolClosed:  # shut down under us (at exit, or by a broken initializer)
             pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
-            job = pool._job(fn, iterable, (), mode=mode, **options)
+            job = pool._job(fn, iterable, options)
         yield from job.batches()
         return
     with Pool(
@@ -87,7 +83,7 @@ def _run(
         initargs=call.initargs,
         cluster=call.cluster,
     ) as own:
-        yield from own._job(fn, iterable, (), mode=mode, **options).batches()
+        yield from own._job(fn, iterable, options).batches()
 
 
 class _Call:
@@ -110,6 +106,17 @@ class _Call:
         self.start_method = start_method
         self.initializer = initializer
         self.initargs = initargs
+
+    def iterate(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], options: JobOptions
+    ) -> Iterator[Any]:
+        """The results of one call, one by one (what imap returns)."""
+        batches = _run(fn, iterable, self, options)
+        try:
+            for values in batches:
+                yield from values
+        finally:
+            batches.close()
 
 
 def map(
@@ -164,14 +171,9 @@ def map(
         >>> conveyor.map(lambda x: x * x, range(5))
         [0, 1, 4, 9, 16]
     """
+    options = JobOptions.from_call(locals())
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = _options(
-        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
-    )
-    options["stats"] = stats
-    if checkpoint is not None:
-        return list(_checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint))
-    return _collect(_run(fn, iterable, MODE_MAP, call, options))
+    return _list(fn, iterable, call, options, checkpoint)
 
 
 def starmap(
@@ -202,14 +204,9 @@ def starmap(
         >>> conveyor.starmap(pow, [(2, 5), (3, 2)])
         [32, 9]
     """
+    options = JobOptions.from_call(locals(), mode=MODE_STAR)
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    options = _options(
-        ordered, chunksize, task_timeout, timeout, retries, on_error, progress, explain
-    )
-    options["stats"] = stats
-    if checkpoint is not None:
-        return list(_checkpointed(fn, iterable, MODE_STAR, call, options, checkpoint))
-    return _collect(_run(fn, iterable, MODE_STAR, call, options))
+    return _list(fn, iterable, call, options, checkpoint)
 
 
 def imap(
@@ -245,15 +242,11 @@ def imap(
         ...     if square > 100:
         ...         break
     """
+    options = JobOptions.from_call(locals(), ordered=True, timeout=_started(timeout))
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    deadline = _started(timeout)
-    options = _options(
-        True, chunksize, task_timeout, deadline, retries, on_error, progress, explain
-    )
-    options["stats"] = stats
     if checkpoint is not None:
-        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
-    return _iterate(fn, iterable, call, options)
+        return checkpointed(call.iterate, fn, iterable, options, checkpoint)
+    return call.iterate(fn, iterable, options)
 
 
 def imap_unordered(
@@ -283,38 +276,24 @@ def imap_unordered(
         >>> sorted(conveyor.imap_unordered(abs, [-3, -1, -2]))
         [1, 2, 3]
     """
+    options = JobOptions.from_call(locals(), ordered=False, timeout=_started(timeout))
     call = _Call(workers, backend, start_method, initializer, initargs, cluster)
-    deadline = _started(timeout)
-    options = _options(
-        False, chunksize, task_timeout, deadline, retries, on_error, progress, explain
-    )
-    options["stats"] = stats
     if checkpoint is not None:
-        return _checkpointed(fn, iterable, MODE_MAP, call, options, checkpoint)
-    return _iterate(fn, iterable, call, options)
+        return checkpointed(call.iterate, fn, iterable, options, checkpoint)
+    return call.iterate(fn, iterable, options)
 
 
-def _options(
-    ordered: bool,
-    chunksize: int | str,
-    task_timeout: float | None,
-    timeout: float | None,
-    retries: int,
-    on_error: str,
-    progress: bool | dict[str, Any],
-    explain: bool,
-) -> dict[str, Any]:
-    """A call's options for its map job (checked there: see Pool._job)."""
-    return dict(
-        ordered=ordered,
-        chunksize=chunksize,
-        task_timeout=task_timeout,
-        timeout=timeout,
-        retries=retries,
-        on_error=on_error,
-        progress=progress,
-        explain=explain,
-    )
+def _list(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    call: _Call,
+    options: JobOptions,
+    checkpoint: Any,
+) -> list[Any]:
+    """map's and starmap's list of results."""
+    if checkpoint is not None:
+        return list(checkpointed(call.iterate, fn, iterable, options, checkpoint))
+    return _collect(_run(fn, iterable, call, options))
 
 
 def _collect(batches: Iterable[list[Any]]) -> list[Any]:
@@ -334,47 +313,6 @@ def _started(timeout: Any) -> Deadline | None:
     body runs only then): its end is fixed here."""
     timeout = check_deadline(timeout)
     return None if timeout is None else Deadline.starting_now(timeout)
-
-
-def _iterate(
-    fn: Callable[..., Any], iterable: Iterable[Any], call: _Call, options: dict[str, Any]
-) -> Iterator[Any]:
-    batches = _run(fn, iterable, MODE_MAP, call, options)
-    try:
-        for values in batches:
-            yield from values
-    finally:
-        batches.close()
-
-
-def _checkpointed(
-    fn: Callable[..., Any],
-    iterable: Iterable[Any],
-    mode: int,
-    call: _Call,
-    options: dict[str, Any],
-    checkpoint: Any,
-) -> Iterator[Any]:
-    """A call through a checkpoint journal (see _checkpoint.py): the engine runs with
-    ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
-    from ._checkpoint import run_checkpointed
-
-    def start_engine(
-        positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
-    ) -> Iterator[Any]:
-        return _iterate(
-            positioned, pairs, call, {**options, "on_error": "return", "ordered": ordered}
-        )
-
-    return run_checkpointed(
-        checkpoint,
-        fn,
-        iterable,
-        star=mode == MODE_STAR,
-        ordered=options["ordered"],
-        on_error=options["on_error"],
-        start_engine=start_engine,
-    )
 
 
 def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> Iterator[Future[R]]:

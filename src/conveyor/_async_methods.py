@@ -7,9 +7,12 @@ does not import asyncio. Every call runs on the pool's own backend (threads or p
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
 
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._aio import AsyncResults
     from ._pool import Pool
 

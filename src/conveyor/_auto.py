@@ -39,21 +39,27 @@ runs past 3x its task_timeout chooses processes, which stop such work.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 
-from ._work import Outcomes, function_key, run_items
+from ._errors import TaskTimeout, Unsendable
+from ._job import MapJob, length_of
+from ._options import JobOptions
+from ._work import MODE_CALL, Outcomes, Unit, function_key, run_items
+from .backends.base import Backend, rough_size
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Choice", "Measurement", "choose", "probe", "take_head"]
+__all__ = ["Choice", "Measurement", "Probe", "Router", "choose", "probe", "take_head"]
 
 log = logging.getLogger("conveyor")
 
@@ -80,6 +86,10 @@ SCALING_LIMIT = 1.25
 #: bytes per second a process pool moves arguments at (one copy into shared memory, measured
 #: on the 2-core development machine at 2.5-5 GB/s; taken low)
 COPY_RATE = 2.0e9
+#: items per chunk when auto runs a call inline: at least INLINE_CHUNK, the whole call when it
+#: has at most INLINE_CHUNK_MAX items (one slice of the input, one list of results)
+INLINE_CHUNK = 65536
+INLINE_CHUNK_MAX = 1 << 20
 #: below this per-item time the pair test says nothing useful
 PAIR_MIN_SECONDS = 0.002
 
@@ -192,19 +202,6 @@ def take_head(items: Iterator[Any], timed: bool = False) -> list[Any]:
         if len(head) >= limit or (len(head) >= 3 and size >= PROBE_BYTES):
             break
     return head
-
-
-def rough_size(obj: Any) -> int:
-    """About how many bytes ``obj`` holds (shallow; arrays by their buffers)."""
-    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, memoryview
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(obj, (tuple, list)) and len(obj) <= 16:  # a starmap item, a call's args
-        return sum(rough_size(part) for part in obj)
-    try:
-        return sys.getsizeof(obj)
-    except Exception:
-        return 64
 
 
 def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Outcomes, Measurement]:
@@ -334,3 +331,205 @@ def _seconds(value: float) -> str:
     if value >= 1e-3:
         return f"{value * 1e3:.1f} ms"
     return f"{value * 1e6:.1f} us"
+
+
+class Probe:
+    """What measuring a call's first items gave (see :meth:`Router.probe`).
+
+    ``done`` items ran (the first ``done`` of the head), with ``outcomes``; ``measurement`` is
+    what was seen, None when the probe failed in a way that forces the choice (``forced``).
+
+    Example::
+
+        >>> Probe(1, ([1], {}), Measurement(1e-6, 1e-6)).forced is None
+        True
+    """
+
+    __slots__ = ("done", "forced", "measurement", "outcomes")
+
+    def __init__(
+        self,
+        done: int,
+        outcomes: Outcomes | None,
+        measurement: Measurement | None,
+        forced: Choice | None = None,
+    ):
+        self.done = done
+        self.outcomes = outcomes
+        self.measurement = measurement
+        self.forced = forced
+
+
+class _ProbeSink:
+    """The sink of a timed probe's one unit (run on a thread of the pool's): settles
+    ``future`` with the probe's result or its error."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: Future[Any] = Future()
+
+    @property
+    def owner(self) -> object:
+        return self
+
+    def starting(self, unit: Unit) -> bool:
+        return not self.future.done()
+
+    def deliver(self, unit: Unit, start: int, loader: Any, elapsed: float) -> None:
+        values, errors = loader()
+        if self.future.done():
+            return
+        error = errors.get(0)
+        if error is None:
+            self.future.set_result(values[0])
+        else:
+            self.future.set_exception(error)
+
+
+class Router:
+    """``Pool(backend="auto")``'s routing: measure, choose, and run a map on the choice.
+
+    Data flow::
+
+        Pool._job (caller thread) -> Router.job: the input's head -> probe (this thread, or
+        a thread of the pool's with a task_timeout) -> choose -> MapJob on the chosen backend,
+        with the probed items' outcomes settled first (never run twice)
+
+    The pool owns its process backend (``process()`` starts it on first use) and hands the
+    router a maker of its thread backend; the router keeps the thread and inline backends it
+    made (``threads``, ``inline``) for the pool to shut down. ``payload_size(items)`` is the
+    process backend's hook (:meth:`~conveyor.backends.base.Backend.payload_size`): how many
+    bytes sending those items to a worker copies. ``inline_ok`` is False when the pool has an
+    initializer (the caller's thread never ran it).
+    """
+
+    def __init__(
+        self,
+        process: Callable[[], Backend],
+        make_threads: Callable[[], Backend],
+        payload_size: Callable[[Sequence[Any]], int],
+        workers: int,
+        inline_ok: bool,
+        item_times: Any = None,
+    ):
+        self._process = process
+        self._make_threads = make_threads
+        self._payload_size = payload_size
+        self.workers = workers
+        self.inline_ok = inline_ok
+        self.item_times = item_times
+        self.threads: Backend | None = None
+        self.inline: Backend | None = None
+
+    def backend(self, name: str) -> Backend:
+        """The backend called ``name`` ("process", "thread" or "inline"), made on first use."""
+        if name == "process":
+            return self._process()
+        if name == "inline":
+            if self.inline is None:
+                from .backends.inline import InlineBackend
+
+                self.inline = InlineBackend()
+            return self.inline
+        if self.threads is None:
+            self.threads = self._make_threads()
+        return self.threads
+
+    def job(self, fn: Callable[..., Any], iterable: Iterable[Any], options: JobOptions) -> MapJob:
+        """The map job of ``fn`` over ``iterable``: measured, routed, its head settled."""
+        mode, task_timeout = options.mode, options.task_timeout
+        total = length_of(iterable)
+        # a deadline must be able to stop the work: never inline with a timeout
+        inline_ok = self.inline_ok and options.timeout is None
+        rest = iter(iterable)
+        head: list[Any] = []
+        found = Probe(0, None, remembered(fn, mode))
+        if found.measurement is not None:
+            remaining = total
+        else:
+            head = take_head(rest, timed=task_timeout is not None)
+            if not head:  # nothing to measure, nothing to run
+                return MapJob(self.backend("inline"), fn, head, options)
+            found = self.probe(fn, mode, head, task_timeout)
+            if found.measurement is not None:
+                remember(fn, mode, found.measurement)
+            remaining = None if total is None else total - found.done
+        if found.measurement is not None:
+            choice = choose(found.measurement, remaining, task_timeout, self.workers, inline_ok)
+        else:
+            assert found.forced is not None
+            choice = found.forced
+        if choice.backend == "process" and not _sendable(fn, mode, head):
+            choice = Choice(
+                "thread",
+                "the function or its arguments cannot be pickled, and threads need no pickling",
+            )
+        report(choice, fn, options.explain)
+        backend = self.backend(choice.backend)
+        if choice.backend == "inline" and options.chunksize == "auto":
+            # Nothing to balance: few, large chunks; a call auto runs inline is expected to
+            # take a few ms, so up to INLINE_CHUNK_MAX items go as one (a slice, no more copies).
+            size = (
+                INLINE_CHUNK if total is None else min(INLINE_CHUNK_MAX, max(INLINE_CHUNK, total))
+            )
+            options = options.replace(chunksize=size)
+        done = found.done
+        # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
+        if type(iterable) in (list, tuple, range):
+            source: Iterable[Any] = iterable
+        elif hasattr(rest, "with_head"):  # a pipeline's buffer (_feed.Feed) stays itself
+            source = rest.with_head(head[done:])
+        else:
+            source = itertools.chain(head[done:], rest)
+        settled = (head[:done], found.outcomes) if found.outcomes is not None else None
+        return MapJob(
+            backend, fn, source, options, total=total, head=settled, item_times=self.item_times
+        )
+
+    def probe(
+        self, fn: Callable[..., Any], mode: int, head: list[Any], task_timeout: float | None
+    ) -> Probe:
+        """Measure ``fn`` on the first items, in this process: no process is started to
+        measure, and every item the probe runs has its side effects here.
+
+        Without a ``task_timeout`` the probe runs in the caller's thread; with one, in a thread
+        of the pool's, waited for at most 3x the limit (past it: processes, which can stop
+        such work).
+        """
+        bytes_per_item = self._payload_size(head) / len(head)
+        if task_timeout is None:
+            done, outcomes, measurement = probe(fn, mode, head)
+            return Probe(done, outcomes, measurement.with_bytes(bytes_per_item))
+        sink = _ProbeSink()
+        unit = Unit(
+            fn=probe,
+            items=[((fn, mode, head), {})],
+            mode=MODE_CALL,
+            sink=sink,
+            tags=[0],
+            timeout=3 * task_timeout,
+        )
+        self.backend("thread").submit([unit])
+        try:
+            done, outcomes, measurement = sink.future.result()
+        except TaskTimeout:
+            choice = Choice(
+                "process", "measuring it ran past its task_timeout; processes can stop such tasks"
+            )
+            return Probe(0, None, None, choice)
+        return Probe(done, outcomes, measurement.with_bytes(bytes_per_item))
+
+
+def _sendable(fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
+    """Whether the function and a first item can be pickled for a worker process (checked
+    before any process is started for them)."""
+    from ._serialize import callable_payload, items_payload
+
+    try:
+        callable_payload(fn).release()
+        if head:
+            items_payload(head[:1], mode).release()
+    except Unsendable:
+        return False
+    return True

@@ -22,6 +22,14 @@ Data flow::
                                                worker does the same, then exits;
                                                an item timed out: kill_marked(its item token)
 
+The same killer serves ``conveyor run``'s guardian (cli/guardian.py), which runs this file as a
+script (``python -I -S _envmark.py CONVEYOR_RUN_ID <token>``, see :func:`guard`): there the
+variable is the runner's ``CONVEYOR_RUN_ID``, whose value is a ``:``-separated list of run ids
+(a runner started by a job of another runner appends its own). One rule serves both: a process
+carries ``token`` when ``token`` is a ``:``-separated part of the variable's value
+(``<worker token>:<n>`` carries the worker token and the item token; ``outer:inner`` carries
+both run ids).
+
 Races, and what settles them: a marked process may fork while a pass runs, so passes repeat
 until one finds nobody new; a pid seen once is not counted again (a process already sent
 SIGKILL can still be listed until it is reaped). Only processes whose environment we may read
@@ -37,10 +45,11 @@ group is still killed.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
+import sys
 
-__all__ = ["VARIABLE", "ItemTokens", "kill_marked", "new_token"]
+# (the guardian runs this file with ``python -I -S``: it must import only what is built in)
+__all__ = ["VARIABLE", "ItemTokens", "guard", "kill_marked", "new_token"]
 
 #: the environment variable that carries a worker's token
 VARIABLE = "CONVEYOR_WORKER_TOKEN"
@@ -55,6 +64,8 @@ def new_token() -> str:
         >>> len(new_token().split(".")) == 2
         True
     """
+    import secrets
+
     return f"{os.getpid()}.{secrets.token_hex(8)}"
 
 
@@ -85,11 +96,12 @@ class ItemTokens:
         os.environ[VARIABLE] = self.token
 
 
-def kill_marked(token: str) -> int:
-    """SIGKILL every process (other than this one) whose environment carries ``token``, or an
-    item token under it (``token:<n>``).
+def kill_marked(token: str, variable: str = VARIABLE) -> int:
+    """SIGKILL every process (other than this one) whose environment carries ``token`` in
+    ``variable`` (see the module docstring: a worker token also finds its item tokens).
 
-    Returns how many were sent SIGKILL.
+    Passes repeat until one finds nobody new, at most 50; a pid sent SIGKILL is not looked at
+    again. Returns how many were sent SIGKILL.
 
     Example::
 
@@ -98,7 +110,8 @@ def kill_marked(token: str) -> int:
     """
     if not os.path.isdir("/proc/self"):
         return 0
-    prefix = f"\0{VARIABLE}={token}".encode()
+    variable_prefix = f"{variable}=".encode()
+    needle = f":{token}:".encode()
     me = os.getpid()
     killed: set[int] = set()
     for _ in range(_MAX_PASSES):
@@ -118,7 +131,7 @@ def kill_marked(token: str) -> int:
                     environ = f.read()
             except OSError:  # gone, or not ours to read
                 continue
-            if _carries(b"\0" + environ + b"\0", prefix):
+            if _carries(environ, variable_prefix, needle):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -130,12 +143,57 @@ def kill_marked(token: str) -> int:
     return len(killed)
 
 
-def _carries(environ: bytes, prefix: bytes) -> bool:
-    """Whether NUL-framed ``environ`` has ``VARIABLE=token`` or ``VARIABLE=token:...``."""
-    start = environ.find(prefix)
-    while start >= 0:
-        after = environ[start + len(prefix) : start + len(prefix) + 1]
-        if after in (b"\0", b":"):
-            return True
-        start = environ.find(prefix, start + 1)
+def _carries(environ: bytes, variable_prefix: bytes, needle: bytes) -> bool:
+    """Whether NUL-separated ``environ`` sets the variable (``variable_prefix``: ``NAME=``) to a
+    value with ``needle`` (``:token:``) among ``:``-separated parts.
+
+    Example::
+
+        >>> _carries(b"A=1\\0CONVEYOR_WORKER_TOKEN=1.ab:3\\0", b"CONVEYOR_WORKER_TOKEN=", b":1.ab:")
+        True
+        >>> _carries(b"CONVEYOR_WORKER_TOKEN=1.ab:30", b"CONVEYOR_WORKER_TOKEN=", b":1.ab:3:")
+        False
+    """
+    if needle[1:-1] not in environ:  # the common case: a stranger, looked at cheaply
+        return False
+    for entry in environ.split(b"\0"):
+        if entry.startswith(variable_prefix):
+            value = entry[len(variable_prefix) :]
+            return needle in b":" + value + b":"
     return False
+
+
+def guard(variable: str, token: str, fd: int = 0) -> None:
+    """The body of ``conveyor run``'s guardian process (see cli/guardian.py for why).
+
+    Reads lines from ``fd`` until it closes: ``+PGID`` a job's process group exists, ``-PGID``
+    it is about to be reaped, ``.`` the runner ends normally. If the pipe closes without ``.``
+    (the runner was killed), SIGKILL every remembered group, then every process carrying
+    ``token`` in ``variable`` (:func:`kill_marked`).
+    """
+    groups: set[int] = set()
+    rest, clean = b"", False
+    while True:
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        *lines, rest = (rest + data).split(b"\n")
+        for line in lines:
+            if line[:1] == b"+":
+                groups.add(int(line[1:]))
+            elif line[:1] == b"-":
+                groups.discard(int(line[1:]))
+            elif line == b".":
+                clean = True
+    if clean:
+        return
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except OSError:
+            pass
+    kill_marked(token, variable)
+
+
+if __name__ == "__main__":  # the guardian: python -I -S _envmark.py VARIABLE TOKEN
+    guard(sys.argv[1], sys.argv[2])

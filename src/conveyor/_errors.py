@@ -80,7 +80,7 @@ class WorkerCrashed(BrokenExecutor):
     """The worker process running a task died under it (a signal, ``os._exit``, the OOM killer).
 
     A ``concurrent.futures.BrokenExecutor`` (so a ``RuntimeError``), as the standard library
-    reports a dead worker; unlike it, only the tasks the worker held fail: the pool replaces
+    reports a dead worker; unlike it, only the tasks assigned to the worker fail: the pool replaces
     the worker and goes on.
 
     ``exitcode`` is the process's exit code (negative: the signal number, as in
@@ -254,8 +254,7 @@ def missed_deadline(what: str, timeout: float) -> FuturesTimeout:
     )
 
 
-# The public classes print and pickle as conveyor.X (conveyor loads them on first use).
-for _public in (
+_PUBLIC = (
     TaskTimeout,
     TaskStopped,
     WorkerCrashed,
@@ -264,9 +263,13 @@ for _public in (
     PoolClosed,
     RemoteTraceback,
     Failure,
-):
+)
+# The public classes print and pickle as conveyor.X (conveyor loads them on first use).
+for _public in _PUBLIC:
     _public.__module__ = "conveyor"
 del _public
+# ... so doctest's finder would skip their examples as another module's: name them here.
+__test__ = {cls.__name__: cls for cls in _PUBLIC}
 
 
 def _signal_name(exitcode: int | None) -> str | None:

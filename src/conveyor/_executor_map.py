@@ -46,7 +46,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 
 from ._errors import PoolClosed, missed_deadline
-from ._job import retry_backoff
+from ._retry import RetryPolicy
 from ._work import MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.queue import FOLLOW_UP
 
@@ -91,23 +91,23 @@ class _MapTask:
         "future",
         "lock",
         "owner",
+        "policy",
         "remaining",
-        "retries",
         "started",
         "values",
     )
 
     def __init__(
-        self, owner: object, backend: Backend, future: Future[Any], size: int, retries: int
+        self, owner: object, backend: Backend, future: Future[Any], size: int, policy: RetryPolicy
     ):
         self.owner = owner  # shared by the map's tasks: cancelled together
         self.backend = backend
         self.future = future
         self.values: list[Any] = [None] * size
         self.remaining = size
-        self.retries = retries
+        self.policy = policy  # shared by the map's tasks
         self.attempts: dict[int, int] = {}
-        self.lock = threading.Lock() if retries else None
+        self.lock = threading.Lock() if policy.retries else None
         self.started = False
 
     def starting(self, unit: Unit) -> bool:
@@ -148,7 +148,8 @@ class _MapTask:
     def _retry(self, unit: Unit, index: int, offset: int, error: BaseException) -> bool:
         attempts = self.attempts.get(offset, 0) + 1
         self.attempts[offset] = attempts
-        if attempts > self.retries or isinstance(error, PoolClosed):
+        delay = self.policy.delay(attempts, error)
+        if delay is None:
             return False
         retry = Unit(
             fn=unit.fn,
@@ -157,7 +158,7 @@ class _MapTask:
             sink=self,
             tags=[offset],
             timeout=unit.timeout,
-            not_before=time.monotonic() + retry_backoff(attempts),
+            not_before=time.monotonic() + delay,
             eager=False,
         )
         try:
@@ -193,6 +194,7 @@ def executor_map(
     else:
         mode, source = MODE_STAR, zip(*iterables)
     owner = object()  # what the map's queued tasks are cancelled by
+    policy = RetryPolicy.of(retries)
     backend_ref = weakref.ref(backend)
 
     def task_units(count: int | None) -> tuple[list[Future[Any]], list[Unit]]:
@@ -205,7 +207,7 @@ def executor_map(
             if not items:
                 break
             future: Future[Any] = Future()
-            sink = _MapTask(owner, backend, future, len(items), retries)
+            sink = _MapTask(owner, backend, future, len(items), policy)
             futures.append(future)
             units.append(
                 Unit(

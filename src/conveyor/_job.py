@@ -28,7 +28,7 @@ Guarantees, and where they are kept:
   so a forgotten ``imap`` never holds a shutdown up; a shutdown from the thread that drives
   the job does not wait for it (it cannot go on meanwhile) and its later input fails with
   PoolClosed.
-* **Each item is settled exactly once**: a result, a retry (a new one-item unit held back by a
+* **Each item is settled exactly once**: a result, a retry (a new one-item unit, run after a
   small backoff), a Failure, a skip, or the error that is raised.
 """
 
@@ -42,10 +42,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ._chunking import Chunker, ItemTimes
-from ._errors import Failure, PoolClosed, Unsendable, missed_deadline, traceback_text
+from ._errors import Failure, Unsendable, missed_deadline, traceback_text
+from ._options import JobOptions
 from ._progress import Progress
+from ._retry import RetryPolicy
 from ._stats import MapStats
-from ._work import Loader, Outcomes, Unit
+from ._work import Loader, Outcomes, Span, Unit
 from .backends.base import Backend
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
@@ -58,16 +60,12 @@ __all__ = ["MapJob"]
 #: what a backend thread puts on a job's queue: (chunk, unit, start, loader, elapsed)
 Event = tuple["_Chunk", Unit, int, Loader, float] | BaseException | None
 
+_DEFAULTS = JobOptions()
 _SKIPPED = object()
 _PENDING = object()
 #: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
 CHUNKS_PER_WORKER = 2
 ORDERED_CHUNKS_PER_WORKER = 4
-
-
-def retry_backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (1, 2, ...): 50 ms doubling, at most 2 s."""
-    return min(2.0, 0.05 * 2 ** (attempt - 1))
 
 
 class _Raise:
@@ -108,11 +106,12 @@ class MapJob:
 
     Example::
 
-        >>> from conveyor._work import MODE_MAP
+        >>> from conveyor._options import JobOptions
         >>> from conveyor.backends.thread import ThreadBackend
-        >>> job = MapJob(ThreadBackend(2), abs, [-1, -2], mode=MODE_MAP)
-        >>> list(job)
+        >>> backend = ThreadBackend(2)
+        >>> list(MapJob(backend, abs, [-1, -2], JobOptions(retries=1)))
         [1, 2]
+        >>> backend.shutdown()
     """
 
     def __init__(
@@ -120,34 +119,27 @@ class MapJob:
         backend: Backend,
         fn: Callable[..., Any],
         iterable: Iterable[Any],
+        options: JobOptions = _DEFAULTS,
         *,
-        mode: int,
-        ordered: bool = True,
-        chunksize: int | str = "auto",
-        task_timeout: float | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        on_error: str = "raise",
-        progress: bool | dict[str, Any] = False,
         on_interrupt: Callable[[], None] | None = None,
         head: tuple[list[Any], Outcomes] | None = None,
         total: int | None = None,
         item_times: ItemTimes | None = None,
-        stats: MapStats | None = None,
     ):
         self.backend = backend
+        self.options = options
         #: counts and times of this call (filled here, in the thread that drives the job)
-        self.stats = stats if stats is not None else MapStats()
+        self.stats = options.stats if options.stats is not None else MapStats()
         self.fn = fn
-        self.mode = mode
-        self.ordered = ordered
-        self.task_timeout = task_timeout
+        self.mode = options.mode
+        self.ordered = ordered = options.ordered
+        self.task_timeout = options.task_timeout
         # timeout: a deadline for the whole call, from now (see _wait)
-        self.timeout = timeout
+        timeout = self.timeout = options.timeout
         self._end_time = None if timeout is None else time.monotonic() + timeout
         self._end_time = getattr(timeout, "end", self._end_time)  # a Deadline started earlier
-        self.retries = retries
-        self.on_error = on_error
+        self._retry_policy = RetryPolicy.of(options.retries)
+        self.on_error = options.on_error
         self.closed = False
         #: items settled as a Failure so far (on_error="return"): while it is 0, no result
         #: handed out is a Failure, and a caller need not look through them for one
@@ -159,7 +151,7 @@ class MapJob:
         #: worker-seconds spent running this job's units (a pipeline stage's busy time)
         self.busy_seconds = 0.0
         if total is None:
-            total = _length(iterable)
+            total = length_of(iterable)
         self._input: Iterator[Any] | None = iter(iterable)
         # Engine hook for pipelines (_feed.Feed): an input that never blocks. ``take_now(n,
         # idle)`` returns up to n items it holds now, [] when it has none yet (it then puts a
@@ -176,10 +168,13 @@ class MapJob:
         if type(iterable) in (list, tuple, range):
             sequence = iterable  # type: ignore[assignment]
         self._sequence = sequence
+        self._inline = backend.name == "inline"
         self._next_index = 0
         self._item_times = item_times
-        known = item_times.get(fn, mode, backend.name) if item_times is not None else None
-        self._chunker = Chunker(chunksize, backend.workers, total, known, backend.chunk_seconds)
+        known = item_times.get(fn, self.mode, backend.name) if item_times is not None else None
+        self._chunker = Chunker(
+            options.chunksize, backend.workers, total, known, backend.chunk_seconds
+        )
         max_chunk = getattr(iterable, "max_chunk", None)  # a pipeline's buffer bounds chunks
         if max_chunk is not None:
             self._chunker._cap = min(self._chunker._cap, max_chunk)
@@ -190,7 +185,7 @@ class MapJob:
         self._emit_from = 0  # ordered: the start index of the next chunk to hand out
         self._ready: list[list[Any]] = []  # value lists ready to hand out
         self._raise: BaseException | None = None
-        self._progress = Progress(progress, total, getattr(fn, "__name__", "conveyor"))
+        self._progress = Progress(options.progress, total, getattr(fn, "__name__", "conveyor"))
         self._on_interrupt = on_interrupt
         self._ticket = backend.begin_job()
         self._end_job = weakref.finalize(self, backend.end_job, self._ticket)
@@ -300,12 +295,16 @@ class MapJob:
             return ([], True) if taken is None else (taken, False)
         if self._sequence is not None:
             index = self._next_index
+            if self._inline and type(self._sequence) is not range:
+                # run at once in this thread: a view of the input, not a copy (see Span)
+                stop = max(index, min(index + size, len(self._sequence)))
+                span: Any = Span(self._sequence, index, stop)
+                return span, stop - index < size
             piece = self._sequence[index : index + size]
             # (a range slice stays a range inline: nothing is sent, so nothing to build)
-            inline = self.backend.name == "inline"
             items: list[Any] = (
                 piece  # type: ignore[assignment]
-                if type(piece) is list or inline
+                if type(piece) is list or self._inline
                 else list(piece)
             )
         else:
@@ -409,7 +408,8 @@ class MapJob:
             chunk.flagged = True
             self._input = None
             return _Raise(error)
-        if attempts <= self.retries and not isinstance(error, PoolClosed) and not self.closed:
+        delay = self._retry_policy.delay(attempts, error)
+        if delay is not None and not self.closed:
             retry = Unit(
                 fn=self.fn,
                 items=[chunk.items[offset]],
@@ -417,7 +417,7 @@ class MapJob:
                 sink=chunk,
                 tags=range(chunk.start + offset, chunk.start + offset + 1),
                 timeout=self.task_timeout,
-                not_before=time.monotonic() + retry_backoff(attempts),
+                not_before=time.monotonic() + delay,
                 estimate=self._chunker.estimate(1),
             )
             self.backend.submit([retry], self._ticket)
@@ -484,7 +484,14 @@ class MapJob:
                 break
 
 
-def _length(iterable: Iterable[Any]) -> int | None:
+def length_of(iterable: Iterable[Any]) -> int | None:
+    """``len(iterable)``, or None for an input without one (a generator).
+
+    Example::
+
+        >>> length_of([1, 2]), length_of(iter([1, 2]))
+        (2, None)
+    """
     try:
         return len(iterable)  # type: ignore[arg-type]
     except Exception:

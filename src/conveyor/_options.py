@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from ._work import MODE_MAP
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._stats import MapStats
+
 __all__ = [
     "BACKENDS",
     "ON_ERROR",
     "Deadline",
+    "JobOptions",
     "check_callable",
     "check_cluster",
     "check_deadline",
@@ -24,6 +29,7 @@ __all__ = [
     "engine_limits",
 ]
 
+#: what ``backend=`` may say (a Pool makes each of them; see _pool._make_backend)
 BACKENDS = ("auto", "thread", "process", "dask")
 ON_ERROR = ("raise", "return", "skip")
 
@@ -133,15 +139,153 @@ def check_deadline(timeout: Any) -> float | None:
 
 
 def engine_limits(task_timeout: Any = None, retries: Any = 0) -> dict[str, Any]:
-    """The per-task limits as the engine's keyword arguments (``Pool.options``, ``Pool._job``).
+    """The per-task limits, checked (as :class:`JobOptions` checks them), as keyword arguments
+    for ``Pool.options``, ``Pool.map``, ``Pool._submit_task`` and :class:`JobOptions`.
 
-    The one place where a front that says ``task_timeout`` (the drop-ins in
-    ``conveyor.multiprocessing`` and ``conveyor.joblib``) meets the engine's own name for it.
+    The one check of the limits for the fronts that take only them (``Pool.options``,
+    ``Pool.map``, the drop-ins in ``conveyor.multiprocessing`` and
+    ``conveyor.joblib``).
 
     Example::
 
         >>> engine_limits(task_timeout=2, retries=1)
         {'task_timeout': 2.0, 'retries': 1}
     """
-    check_options(task_timeout=task_timeout, retries=retries)
-    return {"task_timeout": check_timeout(task_timeout), "retries": int(retries)}
+    options = JobOptions(task_timeout=task_timeout, retries=retries)
+    return {"task_timeout": options.task_timeout, "retries": options.retries}
+
+
+class JobOptions:
+    """The options of one map call, checked: made once at the front door (``conveyor.map``,
+    ``Pool.imap`` ..., the drop-ins, a pipeline's stage) and passed down whole, through
+    ``Pool._job`` and backend="auto"'s routing, to :class:`~conveyor._job.MapJob`.
+
+    Making one checks every field, with an error that names the option and the value; the
+    public signatures stay explicit keyword arguments (typed for users) and build this.
+    ``timeout`` is the whole call's deadline (a :class:`Deadline` when its clock started
+    earlier, as imap's does: from the call, not the first ``next()``); ``mode`` says how an item
+    is passed (``MODE_MAP``: ``fn(item)``, ``MODE_STAR``: ``fn(*item)``). Frozen. (A plain
+    class with slots, not a dataclass: ``dataclasses`` imports ``inspect``, which a short
+    script's first call must not pay for.)
+
+    Example::
+
+        >>> JobOptions(task_timeout=2, retries=1).task_timeout
+        2.0
+        >>> JobOptions(on_error="ignore")
+        Traceback (most recent call last):
+        ...
+        ValueError: on_error must be one of 'raise', 'return', 'skip', got 'ignore'
+        >>> JobOptions().replace(ordered=False).ordered
+        False
+        >>> JobOptions().retries = 3
+        Traceback (most recent call last):
+        ...
+        AttributeError: JobOptions is frozen: make another with .replace(retries=...)
+    """
+
+    __slots__ = (
+        "chunksize",
+        "explain",
+        "mode",
+        "on_error",
+        "ordered",
+        "progress",
+        "retries",
+        "stats",
+        "task_timeout",
+        "timeout",
+    )
+
+    mode: int
+    ordered: bool
+    chunksize: int | str
+    task_timeout: float | None
+    timeout: float | None
+    retries: int
+    on_error: str
+    progress: bool | dict[str, Any]
+    explain: bool
+    stats: MapStats | None
+
+    def __init__(
+        self,
+        *,
+        mode: int = MODE_MAP,
+        ordered: bool = True,
+        chunksize: int | str = "auto",
+        task_timeout: float | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        on_error: str = "raise",
+        progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+    ):
+        check_options(
+            chunksize=chunksize,
+            task_timeout=task_timeout,
+            retries=retries,
+            on_error=on_error,
+            ordered=ordered,
+        )
+        if stats is not None:
+            from ._stats import MapStats
+
+            if not isinstance(stats, MapStats):
+                raise TypeError(
+                    "stats must be a conveyor.MapStats (to be filled in), "
+                    f"got {type(stats).__name__}"
+                )
+        set_field = object.__setattr__  # (frozen: only here are fields set)
+        set_field(self, "mode", mode)
+        set_field(self, "ordered", ordered)
+        set_field(self, "chunksize", chunksize)
+        set_field(self, "task_timeout", check_timeout(task_timeout))
+        set_field(self, "timeout", check_deadline(timeout))
+        set_field(self, "retries", int(retries))
+        set_field(self, "on_error", on_error)
+        set_field(self, "progress", progress)
+        set_field(self, "explain", explain)
+        set_field(self, "stats", stats)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"JobOptions is frozen: make another with .replace({name}=...)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("JobOptions is frozen")
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self._fields().items())
+        return f"JobOptions({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JobOptions) and self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # (progress may be a dict)
+
+    @classmethod
+    def from_call(cls, arguments: Mapping[str, Any], **overrides: Any) -> JobOptions:
+        """The options among a front door's ``arguments`` (its ``locals()``, read before it
+        makes any local of its own): each parameter named as a field, then ``overrides``.
+
+        The public calls keep explicit, typed keyword parameters; this maps them here, once,
+        instead of each call spelling every option out again.
+
+        Example::
+
+            >>> def imap(fn, iterable, *, chunksize="auto", retries=0, on_error="raise"):
+            ...     return JobOptions.from_call(locals(), ordered=True)
+            >>> imap(abs, [], retries=2).retries
+            2
+        """
+        fields = cls.__slots__
+        picked = {name: value for name, value in arguments.items() if name in fields}
+        return cls(**{**picked, **overrides})
+
+    def replace(self, **changes: Any) -> JobOptions:
+        """A copy with ``changes`` (checked again)."""
+        return JobOptions(**{**self._fields(), **changes})

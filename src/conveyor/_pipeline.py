@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._chain import FILTER, FLAT, MAP, STAR
-from ._options import check_backend, check_callable, check_options, check_workers
+from ._options import JobOptions, check_backend, check_callable, check_workers
 from ._pipeline_run import Run
 from ._pipeline_stats import PipelineStats, StageStats
 from ._stages import _Stage
@@ -106,16 +106,9 @@ class Pipeline:
         backend = check_backend(options.get("backend", "thread"))
         workers = check_workers(options.get("workers"))
         task_timeout = options.get("task_timeout")
-        if task_timeout is not None and (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, numbers.Real)
-            or not float(task_timeout) > 0
-        ):
-            raise ValueError(
-                f"task_timeout must be a positive number of seconds or None, got {task_timeout!r}"
-            )
-        check_options(
+        JobOptions(  # checks them, naming the option
             chunksize=options.get("chunksize", "auto"),
+            task_timeout=task_timeout,
             retries=options.get("retries", 0),
             on_error=options.get("on_error", "raise"),
         )

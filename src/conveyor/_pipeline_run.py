@@ -185,7 +185,7 @@ class Run:
 
             pool = _default_pool(group.first.backend, group.first.workers, None)
             self.pools[group.position] = pool
-        job = pool._job(fn, inbox, (), mode=mode, ordered=self.ordered, **_engine_options(group))
+        job = pool._job(fn, inbox, _engine_options(group, mode, self.ordered))
         self.jobs[group.position] = job
         inbox.wake = job.events.put
         if self._stopping:  # stop() ran before the job was published: it missed it
@@ -353,7 +353,7 @@ class Run:
 
     @staticmethod
     def _interrupt(job: MapJob) -> None:
-        """Stop a job's running tasks: kill and replace the process workers that hold them."""
+        """Stop a job's running tasks: kill and replace the process workers they are assigned to."""
         try:
             job.backend.interrupt(job)
         except Exception:

@@ -7,7 +7,9 @@ Data flow::
     submit(fn, *args) -> Future  ------>  one-item Unit, sink = _FutureTask
                                           _FutureTask.deliver(): set_result / set_exception,
                                           or re-submit after a backoff while retries remain
-    map/imap/...  -> MapJob (see _job.py), which runs in the caller's thread
+    map/imap/...  -> JobOptions (checked once) -> _job -> MapJob (see _job.py), which runs
+                     in the caller's thread; backend="auto": _auto.Router measures and
+                     picks the backend first
 
 Guarantees:
 
@@ -28,37 +30,39 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
-import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 
 from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
-from ._errors import PoolClosed, TaskStopped, TaskTimeout
+from ._errors import PoolClosed, TaskStopped
 from ._executor_map import executor_map
-from ._job import MapJob, retry_backoff
+from ._job import MapJob
 from ._options import (
+    JobOptions,
     check_backend,
     check_callable,
     check_cluster,
     check_deadline,
-    check_options,
-    check_timeout,
     check_workers,
+    engine_limits,
 )
+from ._retry import RetryPolicy
 from ._stats import MapStats, PoolStats
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
-from .backends.base import Backend
+from .backends.base import Backend, copied_bytes
 from .backends.queue import FOLLOW_UP
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn, ParamSpec, TypeVar
+
+    from ._auto import Router
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -72,7 +76,7 @@ _TASK = "_conveyor_task"
 
 
 def _task_of(future: Future[Any]) -> _FutureTask | None:
-    """The sink of a submitted future, while the backend still holds it (see Pool.stop)."""
+    """The sink of a submitted future, while the backend still has its unit (see Pool.stop)."""
     ref = getattr(future, _TASK, None)
     return None if ref is None else ref()
 
@@ -90,12 +94,12 @@ class _SubmitTimes:
 class _FutureTask:
     """The sink of one ``submit``: settles its future, retrying first if asked to."""
 
-    __slots__ = ("__weakref__", "attempts", "backend", "future", "retries", "started", "times")
+    __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
 
     def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
-        self.retries = retries
+        self.policy = RetryPolicy.of(retries)
         self.times = times
         self.attempts = 0
         self.started = False
@@ -132,7 +136,8 @@ class _FutureTask:
             self.future.set_running_or_notify_cancel()
             return
         self.attempts += 1
-        if self.attempts <= self.retries and not isinstance(error, PoolClosed):
+        delay = self.policy.delay(self.attempts, error)
+        if delay is not None:
             retry = Unit(
                 fn=unit.fn,
                 items=unit.items,
@@ -140,7 +145,7 @@ class _FutureTask:
                 sink=self,
                 tags=unit.tags,
                 timeout=unit.timeout,
-                not_before=time.monotonic() + retry_backoff(self.attempts),
+                not_before=time.monotonic() + delay,
             )
             try:
                 self.backend.submit([retry], FOLLOW_UP)
@@ -203,8 +208,6 @@ class Pool(AsyncPoolMethods, Executor):
         self.backend_name = backend
         self._requested_workers = workers
         self._initializer = (initializer, initargs)
-        self._threads: Backend | None = None  # backend="auto": made when first chosen
-        self._inline: Backend | None = None
         self._options: dict[str, Any] = dict(
             start_method=start_method,
             initializer=initializer,
@@ -223,6 +226,19 @@ class Pool(AsyncPoolMethods, Executor):
         self.workers = self._primary.workers if self._primary else (workers or usable_cpus())
         self._times = _SubmitTimes()
         self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
+        self._router: Router | None = None  # backend="auto": measures, then routes (_auto.py)
+        if backend == "auto":
+            from ._auto import Router
+
+            host = weakref.proxy(self)  # the router must not keep its pool alive (finalizers)
+            self._router = Router(
+                process=lambda: host._backend,
+                make_threads=lambda: host._make_threads(),
+                payload_size=lambda items: host._payload_size(items),
+                workers=self.workers,
+                inline_ok=initializer is None,
+                item_times=self._item_times,
+            )
 
     def _start_primary(self) -> Backend:
         primary = _make_backend(
@@ -286,8 +302,7 @@ class Pool(AsyncPoolMethods, Executor):
             TaskTimeout('task ran past its timeout of 1 s')
         """
         _reject_renamed("Pool.options", renamed)
-        check_options(task_timeout=task_timeout, retries=retries)
-        return _PoolOptions(self, task_timeout, retries)
+        return _PoolOptions(self, **engine_limits(task_timeout, retries))
 
     def _submit(
         self,
@@ -390,7 +405,7 @@ class Pool(AsyncPoolMethods, Executor):
             raise TypeError("Pool.map() needs at least one iterable")
         for iterable in iterables:
             _check_iterable(iterable)
-        check_options(task_timeout=task_timeout, retries=retries)
+        limits = engine_limits(task_timeout, retries)
         timeout = check_deadline(timeout)
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
@@ -401,9 +416,8 @@ class Pool(AsyncPoolMethods, Executor):
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
-            task_timeout=check_timeout(task_timeout),
-            retries=retries,
             estimate=self._times.estimate,
+            **limits,
         )
 
     def imap(
@@ -434,20 +448,8 @@ class Pool(AsyncPoolMethods, Executor):
             ...     for square in pool.imap(abs, itertools.count(-3)):
             ...         if square == 0: break
         """
-        options: dict[str, Any] = dict(
-            ordered=True,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
-        if checkpoint is not None:
-            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
-        return iter(self._job(fn, iterable, iterables, **options))
+        options = JobOptions.from_call(locals(), ordered=True)
+        return self._results(fn, iterable, iterables, options, checkpoint)
 
     def imap_unordered(
         self,
@@ -472,20 +474,8 @@ class Pool(AsyncPoolMethods, Executor):
             ...     sorted(pool.imap_unordered(abs, [-2, -1]))
             [1, 2]
         """
-        options: dict[str, Any] = dict(
-            ordered=False,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
-        if checkpoint is not None:
-            return self._checkpointed(fn, iterable, iterables, MODE_MAP, options, checkpoint)
-        return iter(self._job(fn, iterable, iterables, **options))
+        options = JobOptions.from_call(locals(), ordered=False)
+        return self._results(fn, iterable, iterables, options, checkpoint)
 
     def starmap(
         self,
@@ -512,231 +502,51 @@ class Pool(AsyncPoolMethods, Executor):
             ...     pool.starmap(pow, [(2, 5), (3, 2)])
             [32, 9]
         """
-        options: dict[str, Any] = dict(
-            ordered=ordered,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            explain=explain,
-            stats=stats,
-        )
+        options = JobOptions.from_call(locals(), mode=MODE_STAR)
         if checkpoint is not None:
-            return list(self._checkpointed(fn, iterable, (), MODE_STAR, options, checkpoint))
-        return self._job(fn, iterable, (), mode=MODE_STAR, **options).collect()
+            return list(checkpointed(self._job, fn, iterable, options, checkpoint))
+        return self._job(fn, iterable, options).collect()
 
-    def _checkpointed(
+    def _results(
         self,
         fn: Callable[..., Any],
         iterable: Iterable[Any],
         iterables: tuple[Iterable[Any], ...],
-        mode: int,
-        options: dict[str, Any],
+        options: JobOptions,
         checkpoint: Any,
     ) -> Iterator[Any]:
-        """A map through a checkpoint journal (see _checkpoint.py): the engine runs with
-        ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
-        from ._checkpoint import run_checkpointed
-
+        """imap's results: several iterables are zipped (each item is then ``fn(*args)``)."""
         if iterables:
-            iterable, mode = zip(iterable, *iterables), MODE_STAR
+            iterable, options = zip(iterable, *iterables), options.replace(mode=MODE_STAR)
+        if checkpoint is not None:
+            return checkpointed(self._job, fn, iterable, options, checkpoint)
+        return iter(self._job(fn, iterable, options))
 
-        def start_engine(
-            positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
-        ) -> Iterator[Any]:
-            engine = {**options, "on_error": "return", "ordered": ordered}
-            return iter(self._job(positioned, pairs, (), **engine))
-
-        return run_checkpointed(
-            checkpoint,
-            fn,
-            iterable,
-            star=mode == MODE_STAR,
-            ordered=options["ordered"],
-            on_error=options["on_error"],
-            start_engine=start_engine,
-        )
-
-    def _job(
-        self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        iterables: tuple[Iterable[Any], ...],
-        ordered: bool = True,
-        chunksize: int | str = "auto",
-        task_timeout: float | None = None,
-        timeout: float | None = None,
-        retries: int = 0,
-        on_error: str = "raise",
-        progress: bool | dict[str, Any] = False,
-        mode: int = MODE_MAP,
-        explain: bool = False,
-        stats: MapStats | None = None,
-    ) -> MapJob:
+    def _job(self, fn: Callable[..., Any], iterable: Iterable[Any], options: JobOptions) -> MapJob:
+        """The map job of ``fn`` over ``iterable`` (its ``options`` checked already)."""
         check_callable(fn)
-        check_options(
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            retries=retries,
-            on_error=on_error,
-            ordered=ordered,
-        )
-        deadline = check_deadline(timeout)
-        if stats is not None and not isinstance(stats, MapStats):
-            raise TypeError(
-                f"stats must be a conveyor.MapStats (to be filled in), got {type(stats).__name__}"
-            )
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
-        if iterables:
-            iterable, mode = zip(iterable, *iterables), MODE_STAR
         _check_iterable(iterable)
-        task_timeout = check_timeout(task_timeout)
-        options: dict[str, Any] = dict(
-            mode=mode,
-            ordered=ordered,
-            chunksize=chunksize,
-            task_timeout=task_timeout,
-            timeout=deadline,
-            retries=retries,
-            on_error=on_error,
-            progress=progress,
-            item_times=self._item_times,
-            stats=stats,
+        if self._router is not None:
+            return self._router.job(fn, iterable, options)
+        return MapJob(self._backend, fn, iterable, options, item_times=self._item_times)
+
+    def _make_threads(self) -> Backend:
+        """backend="auto": its thread backend, made when first chosen."""
+        initializer, initargs = self._initializer
+        threads = _make_backend(
+            "thread", self._requested_workers, initializer=initializer, initargs=initargs
         )
-        if self.backend_name != "auto":
-            return MapJob(self._backend, fn, iterable, **options)
-        return self._auto_job(fn, iterable, mode, task_timeout, explain, options)
+        _live_backends.add(threads)
+        weakref.finalize(self, _shutdown_quietly, threads)
+        return threads
 
-    def _auto_job(
-        self,
-        fn: Callable[..., Any],
-        iterable: Iterable[Any],
-        mode: int,
-        timeout: float | None,
-        explain: bool,
-        options: dict[str, Any],
-    ) -> MapJob:
-        """backend="auto": measure (see _auto.py), choose, and run the rest on the choice."""
-        from . import _auto
-
-        total = _length(iterable)
-        inline_ok = self._initializer[0] is None
-        rest = iter(iterable)
-        head: list[Any] = []
-        done, outcomes = 0, None
-        if options["timeout"] is not None:
-            inline_ok = False  # a deadline must be able to stop the work: never inline
-        measurement = _auto.remembered(fn, mode)
-        if measurement is not None:
-            choice = _auto.choose(measurement, total, timeout, self.workers, inline_ok)
-        else:
-            head = _auto.take_head(rest, timed=timeout is not None)
-            if not head:
-                return MapJob(self._backend, fn, head, **options)
-            forced, done, outcomes, measurement = self._probe(fn, mode, head, timeout)
-            if measurement is not None:
-                _auto.remember(fn, mode, measurement)
-                remaining = None if total is None else total - done
-                choice = _auto.choose(measurement, remaining, timeout, self.workers, inline_ok)
-            else:
-                assert forced is not None
-                choice = forced
-        if choice.backend == "process" and not self._sendable(fn, mode, head):
-            choice = _auto.Choice(
-                "thread",
-                "the function or its arguments cannot be pickled, and threads need no pickling",
-            )
-        _auto.report(choice, fn, explain)
-        backend = self._backend_for(choice.backend)
-        if choice.backend == "inline" and options["chunksize"] == "auto":
-            options = {**options, "chunksize": 65536}  # nothing to balance: few, large chunks
-        # A list, tuple or range goes whole (MapJob slices it, skipping the probed items).
-        sequence = type(iterable) in (list, tuple, range)
-        if sequence:
-            source: Iterable[Any] = iterable
-        elif hasattr(rest, "with_head"):  # a pipeline's buffer (_feed.Feed) stays itself
-            source = rest.with_head(head[done:])
-        else:
-            source = itertools.chain(head[done:], rest)
-        return MapJob(
-            backend,
-            fn,
-            source,
-            total=total,
-            head=(head[:done], outcomes) if outcomes is not None else None,
-            **options,
-        )
-
-    def _probe(
-        self, fn: Callable[..., Any], mode: int, head: list[Any], task_timeout: float | None
-    ) -> tuple[Any, int, Any, Any]:
-        """Measure ``fn`` on the first items, in this process (see _auto.py): no process is
-        started to measure, and every item the probe runs has its side effects here.
-
-        Without a ``task_timeout`` the probe runs in the caller's thread; with one, in a thread
-        of the pool's, waited for at most 3x the limit. Returns (a choice forced by how it
-        failed, or None; how many items it ran; their outcomes; the measurement, or None).
-        """
-        from . import _auto
-
-        bytes_per_item = sum(_auto.rough_size(item) for item in head) / len(head)
-        if task_timeout is None:
-            done, outcomes, measurement = _auto.probe(fn, mode, head)
-            return None, done, outcomes, measurement.with_bytes(bytes_per_item)
-        threads = self._backend_for("thread")
-        future: Future[Any] = Future()
-        task = _FutureTask(threads, future, 0, self._times)
-        unit = Unit(
-            fn=_auto.probe,
-            items=[((fn, mode, head), {})],
-            mode=MODE_CALL,
-            sink=task,
-            tags=[0],
-            timeout=3 * task_timeout,
-        )
-        threads.submit([unit])
-        try:
-            done, outcomes, measurement = future.result()
-        except TaskTimeout:
-            choice = _auto.Choice(
-                "process", "measuring it ran past its task_timeout; processes can stop such tasks"
-            )
-            return choice, 0, None, None
-        return None, done, outcomes, measurement.with_bytes(bytes_per_item)
-
-    def _sendable(self, fn: Callable[..., Any], mode: int, head: list[Any]) -> bool:
-        """Whether the function and a first item can be pickled for a worker process (checked
-        before any process is started for them)."""
-        from ._serialize import callable_payload, items_payload
-
-        try:
-            callable_payload(fn).release()
-            if head:
-                items_payload(head[:1], mode).release()
-        except TypeError:
-            return False
-        return True
-
-    def _backend_for(self, name: str) -> Backend:
-        if name == "process":
-            return self._backend
-        if name == "inline":
-            if self._inline is None:
-                from .backends.inline import InlineBackend
-
-                self._inline = InlineBackend()
-            return self._inline
-        if self._threads is None:
-            initializer, initargs = self._initializer
-            self._threads = _make_backend(
-                "thread", self._requested_workers, initializer=initializer, initargs=initargs
-            )
-            _live_backends.add(self._threads)
-            weakref.finalize(self, _shutdown_quietly, self._threads)
-        return self._threads
+    def _payload_size(self, items: Sequence[Any]) -> int:
+        """backend="auto": what sending ``items`` to the pool's processes copies (their
+        backend's hook; before any process is started, the same estimate)."""
+        primary = self._primary
+        return copied_bytes(items) if primary is None else primary.payload_size(items)
 
     def stats(self) -> PoolStats:
         """What the pool's workers have done so far: per live worker its tasks and its busy
@@ -815,7 +625,8 @@ class Pool(AsyncPoolMethods, Executor):
         self.terminate()
 
     def _all_backends(self) -> list[Backend]:
-        return [b for b in (self._primary, self._threads) if b is not None]
+        threads = None if self._router is None else self._router.threads
+        return [b for b in (self._primary, threads) if b is not None]
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
@@ -836,13 +647,15 @@ class Pool(AsyncPoolMethods, Executor):
 class _PoolOptions(AsyncOptionsMethods):
     """A pool seen with per-task options; returned by :meth:`Pool.options`.
 
-    Its calls are the pool's, with this view's ``task_timeout`` and ``retries``.
+    Its calls are the pool's, with this view's ``task_timeout`` and ``retries`` (checked by
+    :meth:`Pool.options`); every other option is the pool's call's own.
     """
 
     def __init__(self, pool: Pool, task_timeout: float | None, retries: int):
         self._pool = pool
-        self._task_timeout = check_timeout(task_timeout)
+        self._task_timeout = task_timeout
         self._retries = retries
+        self._limits: dict[str, Any] = {"task_timeout": task_timeout, "retries": retries}
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """``Pool.submit`` with this view's task_timeout and retries."""
@@ -863,8 +676,7 @@ class _PoolOptions(AsyncOptionsMethods):
             timeout=timeout,
             chunksize=chunksize,
             buffersize=buffersize,
-            task_timeout=self._task_timeout,
-            retries=self._retries,
+            **self._limits,
         )
 
     def imap(
@@ -876,6 +688,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap`` with this view's task_timeout and retries."""
         return self._pool.imap(
@@ -883,11 +698,13 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             *iterables,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
 
     def imap_unordered(
@@ -899,6 +716,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap_unordered`` with this view's task_timeout and retries."""
         return self._pool.imap_unordered(
@@ -906,11 +726,13 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             *iterables,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
 
     def starmap(
@@ -923,6 +745,9 @@ class _PoolOptions(AsyncOptionsMethods):
         timeout: float | None = None,
         on_error: str = "raise",
         progress: bool | dict[str, Any] = False,
+        explain: bool = False,
+        stats: MapStats | None = None,
+        checkpoint: Any = None,
     ) -> list[R]:
         """``Pool.starmap`` with this view's task_timeout and retries."""
         return self._pool.starmap(
@@ -930,12 +755,42 @@ class _PoolOptions(AsyncOptionsMethods):
             iterable,
             ordered=ordered,
             chunksize=chunksize,
-            task_timeout=self._task_timeout,
             timeout=timeout,
-            retries=self._retries,
             on_error=on_error,
             progress=progress,
+            explain=explain,
+            stats=stats,
+            checkpoint=checkpoint,
+            **self._limits,
         )
+
+
+def checkpointed(
+    start_job: Callable[[Callable[..., Any], Iterable[Any], JobOptions], Iterable[Any]],
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    options: JobOptions,
+    checkpoint: Any,
+) -> Iterator[Any]:
+    """A map through a checkpoint journal (see _checkpoint.py): the engine (``start_job``) runs
+    with ``on_error="return"`` on (position, item) pairs; the journal applies ``on_error``."""
+    from ._checkpoint import run_checkpointed
+
+    def start_engine(
+        positioned: Callable[..., Any], pairs: Iterable[Any], ordered: bool
+    ) -> Iterator[Any]:
+        engine = options.replace(mode=MODE_MAP, on_error="return", ordered=ordered)
+        return iter(start_job(positioned, pairs, engine))
+
+    return run_checkpointed(
+        checkpoint,
+        fn,
+        iterable,
+        star=options.mode == MODE_STAR,
+        ordered=options.ordered,
+        on_error=options.on_error,
+        start_engine=start_engine,
+    )
 
 
 def _reject_renamed(call: str, renamed: dict[str, Any]) -> None:
@@ -950,13 +805,6 @@ def _reject_renamed(call: str, renamed: dict[str, Any]) -> None:
             f"(timeout= means a deadline for waiting, as in concurrent.futures)"
         )
     raise TypeError(f"{call}() got an unexpected keyword argument {name!r}")
-
-
-def _length(iterable: Any) -> int | None:
-    try:
-        return len(iterable)
-    except Exception:
-        return None
 
 
 def _check_iterable(iterable: Any) -> None:
@@ -1021,7 +869,7 @@ def _make_backend(
             initializer=initializer,
             initargs=initargs,
         )
-    raise ValueError(f"backend {name!r} is not available yet")
+    raise AssertionError(f"no backend {name!r}: check_backend lets only BACKENDS through")
 
 
 def _shutdown_quietly(backend: Backend) -> None:

@@ -46,11 +46,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Payload",
-    "dumps",
+    "callable_payload",
     "dumps_callable",
-    "dumps_items",
     "dumps_payload",
-    "loads",
+    "items_payload",
     "loads_payload",
     "portable_exception",
 ]
@@ -60,21 +59,11 @@ _repr = reprlib.Repr()
 _repr.maxstring = 60
 _repr.maxother = 60
 
-loads = pickle.loads
-
 #: The standard pickler refers to functions and classes by module and name. Worker processes
 #: never import the parent's ``__main__`` (see backends/process/spawning.py), so a stream naming
 #: it is made again with cloudpickle, which sends such objects by value. (A plain string
 #: "__main__" in the data only costs that slower path.)
 _MAIN = b"__main__"
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickle ``obj``: the standard pickler, or cloudpickle for what it cannot handle."""
-    try:
-        return pickle.dumps(obj, PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(obj, PROTOCOL)
 
 
 @dataclass(eq=False)
@@ -327,38 +316,19 @@ def dumps_callable(fn: Any, what: str = "function") -> bytes:
     try:
         return cloudpickle.dumps(fn, PROTOCOL)
     except Exception as exc:
-        raise TypeError(
-            f"cannot send the {what} {_describe(fn)} to a worker process: "
-            f"{type(exc).__name__}: {exc}. {_HINT}"
-        ) from exc
-
-
-def dumps_items(items: list[Any], mode: int, first_index: int = 0) -> bytes:
-    """Pickle a chunk of items in band, or raise a TypeError naming the item that cannot be sent."""
-    try:
-        data = pickle.dumps(items, PROTOCOL)
-        if _MAIN not in data:
-            return data
-    except Exception:
-        pass
-    try:
-        return cloudpickle.dumps(items, PROTOCOL)
-    except Exception as exc:
-        raise _unsendable(items, mode, first_index, exc) from exc
+        raise _unsendable_callable(fn, what, exc) from exc
 
 
 def callable_payload(fn: Any, what: str = "function") -> Payload:
-    """Pickle a callable with cloudpickle, or raise a TypeError that names it.
+    """Pickle a callable with cloudpickle, or raise :class:`~conveyor.Unsendable` (a
+    ``TypeError``) that names it.
 
     Large buffers it holds (a partial or closure over a big array) go to shared memory once.
     """
     try:
         return dumps_payload(fn, cloud=True)
     except Exception as exc:
-        raise TypeError(
-            f"cannot send the {what} {_describe(fn)} to a worker process: "
-            f"{type(exc).__name__}: {exc}. {_HINT}"
-        ) from exc
+        raise _unsendable_callable(fn, what, exc) from exc
 
 
 def items_payload(
@@ -384,6 +354,13 @@ def items_payload(
 
 
 _HINT = 'Use backend="thread" to run it without pickling.'
+
+
+def _unsendable_callable(fn: Any, what: str, error: Exception) -> Unsendable:
+    return Unsendable(
+        f"cannot send the {what} {_describe(fn)} to a worker process: "
+        f"{type(error).__name__}: {error}. {_HINT}"
+    )
 
 
 def _unsendable(items: list[Any], mode: int, first_index: int, error: Exception) -> Unsendable:

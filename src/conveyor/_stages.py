@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._chain import FILTER, FLAT, MAP, STAR, Chain
+from ._options import JobOptions
 from ._work import MODE_MAP, MODE_STAR
 
 __all__ = ["FUNCTION_KINDS"]
@@ -100,14 +101,16 @@ class _Group:
         )
 
 
-def _engine_options(group: _Group) -> dict[str, Any]:
-    """The ONE place a stage's options become the engine's MapJob keywords.
+def _engine_options(group: _Group, mode: int, ordered: bool) -> JobOptions:
+    """The ONE place a stage's options become the engine's map job options.
 
     Fused stages share one worker call, so their ``task_timeout`` limits add up. Failures come
     back as values (``on_error="return"``): the pipeline applies each stage's own ``on_error``.
     """
     limits = [stage.task_timeout for stage in group.stages]
-    return dict(
+    return JobOptions(
+        mode=mode,
+        ordered=ordered,
         chunksize=group.first.chunksize,
         task_timeout=None if None in limits else sum(t or 0.0 for t in limits),
         retries=group.first.retries,

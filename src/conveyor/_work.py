@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
@@ -159,7 +159,7 @@ class Unit:
     """One function applied to a list of items, with the options that govern running it.
 
     ``tags`` has one entry per item and means something only to the sink (a map job puts the
-    item's input position there). ``not_before`` holds a retry back until that monotonic time.
+    item's input position there). ``not_before`` ends a retry's backoff (a monotonic time).
     ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
     for units marked ``coalesce``, to decide which small units may share one message to a worker.
     A map job's chunks are sized to their work already and are never coalesced. ``wire`` is what
@@ -234,12 +234,48 @@ class Unit:
         return [self.piece(i, i + 1) for i in range(len(self.items))]
 
     def ready(self, now: float | None = None) -> bool:
-        """Whether a held-back retry may run now."""
+        """Whether the unit's backoff (a retry's) is over."""
         return self.not_before <= (time.monotonic() if now is None else now)
 
 
+class Span:
+    """``seq[start:stop]`` without the copy: what a map job run inline hands its backend (the
+    unit runs at once, in the thread that cut it, so nothing can change ``seq`` in between but
+    the function itself, and then it sees the change as ``map()`` over the list would).
+
+    Iterating is C-level (``itertools.islice``); a slice of it is a list; its length is fixed.
+
+    Example::
+
+        >>> span = Span([0, 1, 2, 3, 4], 1, 4)
+        >>> len(span), list(span), span[0], span[1:]
+        (3, [1, 2, 3], 1, [2, 3])
+    """
+
+    __slots__ = ("seq", "start", "stop")
+
+    def __init__(self, seq: Sequence[Any], start: int, stop: int):
+        self.seq = seq
+        self.start = start
+        self.stop = stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(self.seq, self.start, self.stop)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            first, last, step = index.indices(self.stop - self.start)
+            return list(self.seq[self.start + first : self.start + last : step])
+        if not 0 <= index < self.stop - self.start:
+            raise IndexError(index)
+        return self.seq[self.start + index]
+
+
 def outcomes_of(values: list[Any], errors: dict[int, BaseException] | None = None) -> Loader:
-    """A loader for outcomes already held as objects."""
+    """A loader for outcomes already at hand as objects."""
     result = (values, errors or {})
     return lambda: result
 

@@ -79,7 +79,7 @@ from typing import Any
 from ._cpus import usable_cpus
 from ._errors import Failure, PoolClosed, WorkerCrashed
 from ._job import MapJob
-from ._options import engine_limits
+from ._options import JobOptions, engine_limits
 from ._pool import Pool as _EnginePool
 from ._work import MODE_MAP, MODE_STAR
 
@@ -583,16 +583,14 @@ class Pool:
         """One engine map job; every failure comes back in its item's place (a Failure)."""
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        return self._engine._job(
-            func,
-            iterable,
-            (),
+        options = JobOptions(
+            mode=mode,
             ordered=ordered,
             chunksize="auto" if chunksize is None else chunksize,
             on_error="return",
-            mode=mode,
             **self._limits,
         )
+        return self._engine._job(func, iterable, options)
 
     def _collect(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None, mode: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 
@@ -12,7 +13,12 @@ from .._stats import PoolStats
 from .._work import Unit, errors_of
 from .queue import JobTicket
 
-__all__ = ["Backend", "fail_units"]
+# typing is imported by type checkers only: a short script must not pay for it at run time
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Backend", "copied_bytes", "fail_units", "rough_size"]
 
 # Every backend of this process, so that a forked child can disown them (see _after_fork).
 _instances: weakref.WeakSet[Backend] = weakref.WeakSet()
@@ -49,7 +55,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, units: Sequence[Unit], ticket: JobTicket | None = None) -> None:
-        """Queue units to run (held back until each one's ``not_before``).
+        """Queue units to run (a retry after its backoff: at its ``not_before``).
 
         ``ticket``: the units continue a job (or a task) begun before a shutdown.
         """
@@ -94,6 +100,19 @@ class Backend(abc.ABC):
         """
         self.cancel(owner)
 
+    def payload_size(self, items: Sequence[Any]) -> int:
+        """About how many bytes sending ``items`` to a worker copies (``backend="auto"`` weighs
+        it against the work). 0 for a backend whose workers share the caller's memory
+        (threads, inline): the default. The process backend returns :func:`copied_bytes`.
+
+        Example::
+
+            >>> from conveyor.backends.inline import InlineBackend
+            >>> InlineBackend().payload_size([bytes(1000)])
+            0
+        """
+        return 0
+
     def stats(self) -> PoolStats:
         """Its workers' figures (see conveyor.Pool.stats); none for a backend without workers."""
         return PoolStats.merged([])
@@ -112,6 +131,37 @@ def fail_units(units: Sequence[Unit], error: BaseException) -> None:
     """
     for unit in units:
         unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
+
+
+def rough_size(obj: Any) -> int:
+    """About how many bytes ``obj`` holds (shallow; arrays by their buffers).
+
+    Example::
+
+        >>> rough_size(bytes(1000)) >= 1000
+        True
+    """
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, memoryview
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(obj, (tuple, list)) and len(obj) <= 16:  # a starmap item, a call's args
+        return sum(rough_size(part) for part in obj)
+    try:
+        return sys.getsizeof(obj)
+    except Exception:
+        return 64
+
+
+def copied_bytes(items: Sequence[Any]) -> int:
+    """About how many bytes sending ``items`` to a worker process copies (their
+    :func:`rough_size`): what :meth:`Backend.payload_size` is for a backend that copies.
+
+    Example::
+
+        >>> copied_bytes([bytes(1000), bytes(1000)]) >= 2000
+        True
+    """
+    return sum(rough_size(item) for item in items)
 
 
 def _after_fork() -> None:

@@ -40,6 +40,11 @@ class InlineBackend(Backend):
                 continue
             started = time.perf_counter()
             values, errors = run_items(unit.fn, unit.mode, unit.items)
+            missing = len(unit.items) - len(values)
+            if missing > 0:  # the function shortened the input list it runs over (a Span)
+                lost = RuntimeError("the input list got shorter while the call ran over it")
+                errors.update(dict.fromkeys(range(len(values), len(unit.items)), lost))
+                values.extend([None] * missing)
             unit.sink.deliver(unit, 0, outcomes_of(values, errors), time.perf_counter() - started)
 
     def cancel(self, owner: object) -> None:

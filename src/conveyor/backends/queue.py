@@ -49,7 +49,8 @@ FOLLOW_UP = JobTicket()
 
 
 class WorkQueue:
-    """Units ready to run, in order (``ready``), and retries held back until their time.
+    """Units ready to run, in order (``ready``), and retries in their backoff (until each one's
+    ``not_before``).
 
     Example::
 
@@ -60,40 +61,41 @@ class WorkQueue:
 
     def __init__(self) -> None:
         self.ready: deque[Unit] = deque()
-        self._held: list[tuple[float, int, Unit]] = []
+        self._backoff: list[tuple[float, int, Unit]] = []
         self._seq = itertools.count()  # ties in the heap never compare units
         self.jobs: set[JobTicket] = set()  # open tickets: more units may come
 
     def __bool__(self) -> bool:
-        return bool(self.ready or self._held)
+        return bool(self.ready or self._backoff)
 
     @property
-    def has_held(self) -> bool:
-        """Whether retries are waiting for their time."""
-        return bool(self._held)
+    def has_backoff(self) -> bool:
+        """Whether retries are in their backoff (waiting for their ``not_before``)."""
+        return bool(self._backoff)
 
     def add(self, units: Sequence[Unit], now: float) -> None:
-        """Queue units at the back; one with ``not_before`` in the future is held until then."""
+        """Queue units at the back; one with ``not_before`` in the future waits in the backoff
+        heap until then."""
         for unit in units:
             if unit.not_before > now:
-                heapq.heappush(self._held, (unit.not_before, next(self._seq), unit))
+                heapq.heappush(self._backoff, (unit.not_before, next(self._seq), unit))
             else:
                 self.ready.append(unit)
 
     def release_due(self, now: float) -> None:
-        """Move held units whose time has come to the back of ``ready``."""
-        while self._held and self._held[0][0] <= now:
-            self.ready.append(heapq.heappop(self._held)[2])
+        """Move units whose backoff is over to the back of ``ready``."""
+        while self._backoff and self._backoff[0][0] <= now:
+            self.ready.append(heapq.heappop(self._backoff)[2])
 
     def next_due(self) -> float | None:
-        """When the next held unit may run, or None."""
-        return self._held[0][0] if self._held else None
+        """When the next unit in backoff may run, or None."""
+        return self._backoff[0][0] if self._backoff else None
 
     def cancel(self, owner: object) -> None:
         """Drop the queued units whose sink belongs to ``owner``."""
         self.ready = deque(u for u in self.ready if u.sink.owner is not owner)
-        self._held = [h for h in self._held if h[2].sink.owner is not owner]
-        heapq.heapify(self._held)
+        self._backoff = [h for h in self._backoff if h[2].sink.owner is not owner]
+        heapq.heapify(self._backoff)
 
     def open_job(self) -> JobTicket:
         """A ticket for a job that starts now."""
@@ -112,8 +114,8 @@ class WorkQueue:
         return [t for t in self.jobs if t.thread is thread]
 
     def take_all(self) -> list[Unit]:
-        """Empty the queue; returns what it held."""
-        dropped = list(self.ready) + [h[2] for h in self._held]
+        """Empty the queue; returns what it had."""
+        dropped = list(self.ready) + [h[2] for h in self._backoff]
         self.ready.clear()
-        self._held.clear()
+        self._backoff.clear()
         return dropped

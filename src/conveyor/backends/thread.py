@@ -5,7 +5,7 @@ Data flow::
     caller threads                 worker threads (N)                  watchdog thread (on demand)
     --------------                 ------------------                  ---------------------------
     submit(units) --> ready deque  take a unit, run fn on each item,   waits for the nearest task
-                      held heap    deliver outcomes to unit.sink       deadline; abandons a thread
+                      backoff heap deliver outcomes to unit.sink       deadline; abandons a thread
                       (retries)    (per item when the unit has a       past it: TaskTimeout for the
                                    timeout, else once per unit)        item, the rest re-queued, a
                                                                        fresh thread in its place
@@ -34,7 +34,7 @@ Races, and what settles them:
 * ``terminate()`` against a task ending: the same lock, around ``unit``/``position`` (the
   items not yet delivered), which every worker thread keeps while it runs anything;
 * the last thread leaving while work comes in (a retry, a job's chunk after ``shutdown``): a
-  thread leaves only under ``_cv`` with nothing queued, held or expected (no open job ticket),
+  thread leaves only under ``_cv`` with nothing queued, in backoff or expected (no open ticket),
   and ``submit`` starts a thread under ``_cv`` when none is left; a thread abandoned while
   work is queued is always replaced, also during a shutdown;
 * ``shutdown(wait=True)`` waits until no worker thread is left (not for abandoned ones: they
@@ -319,7 +319,7 @@ class ThreadBackend(Backend):
                 self._queue.release_due(now)
                 if self._queue.ready:
                     return self._queue.ready.popleft()
-                if self._closing and not self._queue.has_held and not self._queue.jobs:
+                if self._closing and not self._queue.has_backoff and not self._queue.jobs:
                     self._leave(state)
                     self._poke_watchdog()  # the last thread out lets the watchdog end too
                     return None

@@ -8,7 +8,8 @@ runner starts one small guardian process and tells it about each job's process g
 
 Data flow::
 
-    runner (any executor thread)              guardian (own session, ``python -I -S -c``)
+    runner (any executor thread)              guardian (own session: ``python -I -S
+                                              conveyor/_envmark.py``, its :func:`guard`)
     ----------------------------              -------------------------------------------
     sets CONVEYOR_RUN_ID in its environment   (inherits it: every job carries it too)
     "+PGID" once a job has started  ------->  remember the group
@@ -38,63 +39,15 @@ from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import subprocess
 import sys
 import threading
 
+from .. import _envmark
+
 __all__ = ["ended", "start", "started"]
 
 RUN_ID = "CONVEYOR_RUN_ID"
-
-_CODE = r"""
-import os, signal
-groups, rest, clean = set(), b"", False
-while True:
-    data = os.read(0, 65536)
-    if not data:
-        break
-    *lines, rest = (rest + data).split(b"\n")
-    for line in lines:
-        if line[:1] == b"+":
-            groups.add(int(line[1:]))
-        elif line[:1] == b"-":
-            groups.discard(int(line[1:]))
-        elif line == b".":
-            clean = True
-if not clean:
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except OSError:
-            pass
-    token = os.environ["CONVEYOR_RUN_ID"].rsplit(":", 1)[-1].encode()
-    me = os.getpid()
-    for _ in range(100):  # until a pass finds nobody (a process may fork during a pass)
-        found = False
-        try:
-            names = os.listdir("/proc")
-        except OSError:
-            break
-        for name in names:
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open("/proc/%s/environ" % name, "rb") as f:
-                    env = f.read()
-            except OSError:
-                continue
-            for entry in env.split(b"\0"):
-                if entry.startswith(b"CONVEYOR_RUN_ID=") and token in entry[16:].split(b":"):
-                    try:
-                        os.kill(int(name), signal.SIGKILL)
-                        found = True
-                    except OSError:
-                        pass
-                    break
-        if not found:
-            break
-"""
 
 _lock = threading.Lock()
 _guardian: subprocess.Popen[bytes] | None = None
@@ -106,11 +59,13 @@ def _ensure() -> int:
     with _lock:
         if _guardian is None:
             # Before the guardian and any job: both inherit it.
-            token = f"{os.getpid()}.{secrets.token_hex(8)}"
+            token = _envmark.new_token()
             inherited = os.environ.get(RUN_ID)
             os.environ[RUN_ID] = f"{inherited}:{token}" if inherited else token
+            # -I -S: nothing of the user's (PYTHONPATH, site, sitecustomize) runs in it, and it
+            # starts at once; the script imports only built-in modules.
             _guardian = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _CODE],
+                [sys.executable, "-I", "-S", _envmark.__file__, RUN_ID, token],
                 stdin=subprocess.PIPE,
                 start_new_session=True,
             )

@@ -4,14 +4,14 @@ Data flow::
 
     caller threads                  Dask client (its own event loop thread)   Dask workers
     --------------                  ---------------------------------------   ------------
-    submit(units) --> queue (ready deque, held retries)
+    submit(units) --> queue (ready deque, retries in backoff)
       while fewer than ``limit``    client.submit(run_unit, fn_ref, items,  -> task.run_unit:
       tasks are out: starting(),      pure=False): one task per unit           fn by value,
       client.submit (in the caller                                             items, per-item
       thread: unpicklable items                                                timeout (task.py)
       raise there)                  done callback (Dask's callback thread)
                                     puts the finished future on ``events``
-    dispatcher thread (one per pool) <-- events; or the next held retry is due
+    dispatcher thread (one per pool) <-- events; or the next retry's backoff ends
       gathers finished results in one round trip, delivers outcomes to sinks,
       KilledWorker -> the unit's items again in pieces (one item alone -> WorkerCrashed),
       a task stuck past its timeout -> restart that Dask worker; sends queued units
@@ -185,7 +185,7 @@ class DaskBackend(Backend):
                 raise PoolClosed("cannot submit to a pool that was shut down")
             self._queue.add(units, time.monotonic())
             tasks = self._take_sendable()
-            held = self._queue.has_held
+            backoff = self._queue.has_backoff
         own = {id(unit) for unit in units}
         error = None
         for task in tasks:
@@ -193,7 +193,7 @@ class DaskBackend(Backend):
                 self._send(task, raise_unsendable=id(task.unit) in own and task.unit.eager)
             except Exception as exc:  # the others still go out
                 error = error or exc
-        if held:
+        if backoff:
             self._events.put(_WAKE)
         if error is not None:
             raise error
@@ -276,12 +276,10 @@ class DaskBackend(Backend):
         except Exception as exc:
             self._forget(task)
             error: Exception = exc
-            if isinstance(exc, TypeError) and not str(exc).startswith("cannot send the"):
+            if isinstance(exc, TypeError) and not isinstance(exc, Unsendable):
                 error = _unsendable(unit.items, unit.mode, _first_tag(unit), exc)
             if raise_unsendable:
                 raise error from exc
-            if not isinstance(error, Unsendable) and isinstance(error, TypeError):
-                error = Unsendable(str(error))  # the function itself: a mistake in the call
             fail_units([unit], error)
             return
         with self._lock:
@@ -354,7 +352,7 @@ class DaskBackend(Backend):
         self._close_connection()
 
     def _dispatch_once(self) -> bool:
-        """Wait for finished tasks (or the next held retry), handle them; False to stop.
+        """Wait for finished tasks (or a retry's backoff to end), handle them; False to stop.
 
         One call per wakeup, so that no Dask future outlives it in a local variable while the
         thread blocks: a future held here would keep its result on the cluster.

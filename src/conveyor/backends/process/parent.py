@@ -98,7 +98,7 @@ from ..._serialize import dumps_callable
 from ..._shm import Segment
 from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
 from ..._work import Loader, Outcomes, Unit, errors_of
-from ..base import Backend, fail_units
+from ..base import Backend, copied_bytes, fail_units
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from . import workers as records_module
@@ -821,6 +821,10 @@ class ProcessBackend(Backend):
         self._packer.close()
         self._finished.set()
         close_handles(self._wake_r, self._wake_w)
+
+    def payload_size(self, items: Sequence[Any]) -> int:
+        """About how many bytes sending ``items`` to a worker copies (see Backend)."""
+        return copied_bytes(items)
 
 
 def _reap(worker: WorkerRecord) -> int | None:
