@@ -40,6 +40,7 @@ Guarantees, and where they are kept:
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import stat
@@ -55,10 +56,10 @@ __all__ = [
     "BlockArgs",
     "FileRange",
     "MemoryBlock",
+    "PipeError",
     "PipeSpec",
     "Records",
     "StdinFeed",
-    "PipeError",
     "parse_size",
     "pipe_inputs",
     "read_blocks",
@@ -70,7 +71,6 @@ __all__ = [
 DEFAULT_BLOCK = 1 << 20  # --block's default, as GNU parallel's: 1M
 _WRITE = 1 << 20  # bytes per write()/sendfile() call into a job's stdin
 _PROBE = 4096  # first read when looking for a record boundary in a file (then doubled)
-
 
 
 class PipeError(CliError):
@@ -306,13 +306,13 @@ class _RangeWriter:
         return True
 
 
-class BlockArgs(tuple):  # type: ignore[type-arg]
+class BlockArgs(tuple):  # type: ignore[type-arg,unused-ignore]
     """A ``--pipe`` job's arguments: none (the command has no ``{}``), carrying the
     block that is its stdin, so the block travels with the job through the queue."""
 
     feed: StdinFeed
 
-    def __new__(cls, feed: StdinFeed) -> BlockArgs:  # noqa: D102
+    def __new__(cls, feed: StdinFeed) -> BlockArgs:
         self = super().__new__(cls, ())
         self.feed = feed
         return self
@@ -340,9 +340,9 @@ def read_blocks(
     next.
 
     >>> import io
-    >>> src = io.BytesIO(b"aa\\nbb\\ncccccc\\nd")
+    >>> src = io.BytesIO(b"aa\\nbb\\ncccccc\\ndd\\nee\\n")
     >>> [bytes(b) for b in read_blocks(src.readinto, 6, Records(b"\\n", b""))]
-    [b'aa\\nbb\\n', b'cccccc\\n', b'd']
+    [b'aa\\nbb\\n', b'cccccc\\n', b'dd\\nee\\n']
     """
     carry = b""  # the start of the next block: never contains a split
     eof = False
@@ -351,6 +351,7 @@ def read_blocks(
         buf = bytearray(size)  # a new buffer per block: the last one goes to a job
         buf[: len(carry)] = carry
         filled = len(carry)
+        grown = False
         while True:
             while filled < size and not eof:
                 n = readinto(memoryview(buf)[filled:])
@@ -358,11 +359,17 @@ def read_blocks(
                     filled += n
                 else:
                     eof = True
-            split = filled if eof else records.last_split(buf, 0, filled)
+            if eof:
+                split = filled
+            elif grown:  # the block is that one long record: end it where it ends
+                split = records.first_split(buf, 0, filled) or records.first_split(buf, 1, filled)
+            else:
+                split = records.last_split(buf, 0, filled)
             if split >= 0:
                 break
             size *= 2  # one record is longer than the block: grow until it ends
             buf.extend(bytes(size - len(buf)))
+            grown = True
         carry = bytes(memoryview(buf)[split:filled])
         if split:
             yield memoryview(buf)[:split]
@@ -394,7 +401,7 @@ def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[i
             positions.append(split)
     if positions[-1] != size:
         positions.append(size)
-    return [(a, b - a) for a, b in zip(positions, positions[1:]) if b > a]
+    return [(a, b - a) for a, b in itertools.pairwise(positions) if b > a]
 
 
 def _split_after(fd: int, target: int, size: int, records: Records) -> int:
@@ -538,7 +545,7 @@ def check_command(fields: Sequence[_Field]) -> None:
     >>> check_command(compile_template(["echo", "{1}"], groups=1).fields)
     Traceback (most recent call last):
     ...
-    conveyor.cli.pipe.PipeError: --pipe and {1} in COMMAND: a job's input is its stdin, not an argument ({#} and {%} may be used)
+    conveyor.cli.pipe.PipeError: --pipe and {1} in COMMAND: a job's input is its stdin, ...
     """
     for field in fields:
         if field.op not in ("#", "%"):
