@@ -324,8 +324,9 @@ def run_parser() -> ErrorRaisingParser:
         "--block",
         "--block-size",
         metavar="SIZE",
-        help="block size in bytes, with K M G (x1024) or k m g (x1000): default 1M; "
-        "with --pipe-part -N means N blocks per job slot (e.g. --block 10M, --block -1)",
+        help="block size in bytes, with K M G (x1024) or k m g (x1000); default 1M. "
+        "With --pipe-part, -N means N parts per job slot (default -10) "
+        "(e.g. --block 10M, --block -1)",
     )
     piped.add_argument(
         "--recend",

@@ -377,9 +377,9 @@ def read_blocks(
 
 def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[int, int]]:
     """``--pipe-part``: cut the file open at ``fd`` (``size`` bytes) into adjacent
-    ``(offset, length)`` ranges of whole records, each ending at the first record end at
-    or after a multiple of ``block`` (GNU parallel's positions). Empty ranges are left
-    out.
+    ``(offset, length)`` ranges of whole records. As GNU parallel does, each range is at
+    least ``block`` bytes: it ends at the first record end whose separator starts
+    ``block`` bytes or more after the range's start (the last range may be shorter).
 
     >>> import tempfile
     >>> with tempfile.TemporaryFile() as f:
@@ -388,35 +388,28 @@ def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[i
     [(0, 6), (6, 7), (13, 1)]
     """
     positions = [0]
-    for target in range(block, size, block):
-        if target <= positions[-1]:
-            continue
-        if records.anywhere:
-            positions.append(target)
-            continue
-        split = _split_after(fd, target, size, records)
+    while (target := positions[-1] + block) < size:
+        split = target if records.anywhere else _split_after(fd, target, size, records)
         if split < 0:
             break
-        if split > positions[-1]:
-            positions.append(split)
+        positions.append(split)
     if positions[-1] != size:
         positions.append(size)
-    return [(a, b - a) for a, b in itertools.pairwise(positions) if b > a]
+    return [(a, b - a) for a, b in itertools.pairwise(positions)]
 
 
 def _split_after(fd: int, target: int, size: int, records: Records) -> int:
-    """The first split at or after offset ``target`` of the file; -1 if none."""
-    # A split at ``target`` itself has its separator start up to len(recend) earlier.
-    start = max(0, target - len(records.recend))
+    """The first split whose separator starts at or after offset ``target``; -1 if
+    there is none."""
     probe = _PROBE
     while True:
-        data = os.pread(fd, probe, start)
-        at_end = start + len(data) >= size
+        data = os.pread(fd, probe, target)
+        at_end = target + len(data) >= size
         # the separator (a regular expression may match more) must end before the
         # data read does, unless that is the end of the file
         split = records.first_split(data, 0, len(data))
         if split >= 0 and (split < len(data) or at_end):
-            return start + split
+            return target + split
         if at_end:
             return -1
         probe *= 2
@@ -512,7 +505,10 @@ def pipe_spec(
             f"{which} with -n/-N: blocks are cut by size (--block), not by a number of "
             "records, in this version"
         )
-    size = DEFAULT_BLOCK if block is None else parse_size(block)
+    if block is not None:
+        size = parse_size(block)
+    else:  # GNU's defaults: 1M blocks; --pipe-part: 10 parts per job slot
+        size = -10 if pipe_part else DEFAULT_BLOCK
     if size < 0 and not pipe_part:
         raise ValueError(
             f"bad --block {block}: a negative size (blocks per job slot) needs --pipe-part"
