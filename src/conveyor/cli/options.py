@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
-from conveyor.cli.pipe import PipeSpec, pipe_spec
+from conveyor.cli.pipe import PipeSpec, glue_negative_block, pipe_spec
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
@@ -448,7 +448,13 @@ class RunConfig:
 def parse_run_args(argv: Sequence[str]) -> RunConfig:
     """Parse ``conveyor run``'s arguments; raise :class:`UsageError` if they are bad."""
     head, groups = split_argv(argv)
-    ns = run_parser().parse_args(head)
+    try:
+        ns = run_parser().parse_args(head)
+    except UsageError as e:
+        # '--block -1': argparse takes -1 for an option (there is -0), so say --block=-1
+        if "--block" not in str(e):
+            raise
+        ns = run_parser().parse_args(glue_negative_block(head))
     command = list(ns.command)
     if command and command[0] == "--":
         command.pop(0)

@@ -60,6 +60,7 @@ __all__ = [
     "PipeSpec",
     "Records",
     "StdinFeed",
+    "glue_negative_block",
     "parse_size",
     "pipe_inputs",
     "read_blocks",
@@ -344,35 +345,41 @@ def read_blocks(
     >>> [bytes(b) for b in read_blocks(src.readinto, 6, Records(b"\\n", b""))]
     [b'aa\\nbb\\n', b'cccccc\\n', b'dd\\nee\\n']
     """
-    carry = b""  # the start of the next block: never contains a split
+    carry = b""  # what was read after the last block
     eof = False
     while not eof or carry:
-        size = block if len(carry) < block else len(carry) + block
+        size = max(block, len(carry))
         buf = bytearray(size)  # a new buffer per block: the last one goes to a job
         buf[: len(carry)] = carry
         filled = len(carry)
-        grown = False
-        while True:
-            while filled < size and not eof:
-                n = readinto(memoryview(buf)[filled:])
-                if n:
-                    filled += n
-                else:
-                    eof = True
-            if eof:
+        filled, eof = _fill(readinto, buf, filled, eof)
+        if eof and filled <= block:
+            split = filled
+        else:  # the last record end in the first ``block`` bytes
+            split = records.last_split(buf, 0, min(filled, block))
+        while split < 0:  # a record longer than the block: it is the block
+            split = records.first_split(buf, 0, filled) or records.first_split(buf, 1, filled)
+            if split < 0 and eof:
                 split = filled
-            elif grown:  # the block is that one long record: end it where it ends
-                split = records.first_split(buf, 0, filled) or records.first_split(buf, 1, filled)
-            else:
-                split = records.last_split(buf, 0, filled)
-            if split >= 0:
-                break
-            size *= 2  # one record is longer than the block: grow until it ends
-            buf.extend(bytes(size - len(buf)))
-            grown = True
+            elif split < 0:
+                buf.extend(bytes(len(buf)))  # read on, in a buffer twice as large
+                filled, eof = _fill(readinto, buf, filled, eof)
         carry = bytes(memoryview(buf)[split:filled])
         if split:
             yield memoryview(buf)[:split]
+
+
+def _fill(
+    readinto: Callable[[memoryview], int], buf: bytearray, filled: int, eof: bool
+) -> tuple[int, bool]:
+    """Read into ``buf`` from offset ``filled`` until it is full or the input ends."""
+    while filled < len(buf) and not eof:
+        n = readinto(memoryview(buf)[filled:])
+        if n:
+            filled += n
+        else:
+            eof = True
+    return filled, eof
 
 
 def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[int, int]]:
@@ -505,10 +512,9 @@ def pipe_spec(
             f"{which} with -n/-N: blocks are cut by size (--block), not by a number of "
             "records, in this version"
         )
-    if block is not None:
-        size = parse_size(block)
-    else:  # GNU's defaults: 1M blocks; --pipe-part: 10 parts per job slot
-        size = -10 if pipe_part else DEFAULT_BLOCK
+    # GNU's defaults: 1M blocks; --pipe-part: 10 parts per job slot
+    default = -10 if pipe_part else DEFAULT_BLOCK
+    size = default if block is None else parse_size(block)
     if size < 0 and not pipe_part:
         raise ValueError(
             f"bad --block {block}: a negative size (blocks per job slot) needs --pipe-part"
@@ -531,6 +537,21 @@ class _Field(Protocol):
     def text(self) -> str: ...
     @property
     def op(self) -> str: ...
+
+
+def glue_negative_block(args: Sequence[str]) -> list[str]:
+    """Write ``--block -N`` as ``--block=-N``, which argparse cannot take for an option.
+
+    >>> glue_negative_block(["--pipe-part", "--block", "-2", "wc"])
+    ['--pipe-part', '--block=-2', 'wc']
+    """
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1] in ("--block", "--block-size") and _SIZE.match(arg):
+            out[-1] += "=" + arg
+        else:
+            out.append(arg)
+    return out
 
 
 def check_command(fields: Sequence[_Field]) -> None:
