@@ -134,6 +134,7 @@ differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them)
     taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
   An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
     text. Write \\{word\\} or '{ word }' for literal braces.
+  --pipe, --pipe-part: see "blocks of data on stdin" above for what differs.
 
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
@@ -301,6 +302,8 @@ def run_parser() -> ErrorRaisingParser:
         "  cat access.log | conveyor run --pipe grep -c ' 404 '   # 1M blocks of lines\n"
         "  conveyor run --pipe-part -a big.csv --block 10M 'wc -l' # no copy of big.csv\n"
         "  conveyor run -k --pipe --recstart '>' ./align < seqs.fasta   # FASTA records\n"
+        "Output, -k, --joblog, --timeout, --halt and --retries (the block is fed again)\n"
+        "work as for other jobs; at most -j + 2 blocks are held in memory.\n"
         "Differences from GNU parallel: a record longer than --block enlarges only its\n"
         "own block (GNU enlarges all later ones and warns); -N/-L records per job, --rrs,\n"
         "--header, --cat/--fifo and --round-robin are not supported; --regexp uses\n"
