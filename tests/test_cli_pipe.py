@@ -242,6 +242,7 @@ def test_pipe_part_totals_and_parts(tmp_path: Path) -> None:
         (["--regexp", "echo"], "--regexp needs --pipe"),
         (["--pipe", "--regexp", "--recend", "(", "wc"], "bad --recend regular expression"),
         (["--pipe", "echo {}"], "--pipe and {} in COMMAND"),
+        (["--pipe"], "--pipe needs a COMMAND"),
         (["--pipe", "-a", "f", "wc"], "--pipe with -a/:::: FILE"),
         (["--pipe", "-N", "2", "wc"], "--pipe with -n/-N"),
         (["--pipe", "--shuf", "wc"], "--pipe and --shuf"),

@@ -497,6 +497,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
             files=[*ns.arg_file, *(g.path for g in groups if g.kind == "file")],
             arg_groups=sum(g.kind == "args" for g in groups),
             max_args=ns.max_args,
+            has_command=bool(command),
             unsupported=_unsupported_with_pipe(ns),
         )
     except ValueError as e:
@@ -541,6 +542,8 @@ def _unsupported_with_pipe(ns: argparse.Namespace) -> list[str]:
         ("--header", ns.header is not None),
         ("--link", ns.link),
         ("-0/--null", ns.null),
+        # main's --cluster (issue 10) runs jobs on Dask workers, which get no stdin
+        ("--cluster", getattr(ns, "cluster", None) is not None),
     ]
     if not ns.pipe_part:  # --pipe-part knows its blocks in advance
         given += [("--shuf", ns.shuf), ("--eta", ns.eta), ("--halt N%", "%" in ns.halt)]

@@ -450,6 +450,7 @@ def pipe_spec(
     files: Sequence[str],
     arg_groups: int,
     max_args: int | None,
+    has_command: bool = True,
     unsupported: Sequence[str] = (),
 ) -> PipeSpec | None:
     """Validate the ``--pipe`` family of options; ``ValueError`` names what is wrong.
@@ -497,6 +498,8 @@ def pipe_spec(
             "--pipe with -a/:::: FILE: --pipe splits stdin (use --pipe-part -a FILE to "
             "split a file, or < FILE)"
         )
+    if not has_command:
+        raise ValueError(f"{which} needs a COMMAND to give the blocks to (e.g. cat)")
     for flag in unsupported:
         raise ValueError(
             f"{which} and {flag}: "
@@ -504,6 +507,8 @@ def pipe_spec(
                 "the number of blocks is not known before stdin is read (--pipe-part "
                 "-a FILE knows it)"
                 if flag in ("--shuf", "--eta", "--halt N%")
+                else "a job on a cluster worker has no stdin to feed"
+                if flag == "--cluster"
                 else f"{flag} shapes arguments, and {which} jobs have none"
             )
         )

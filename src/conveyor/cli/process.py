@@ -253,7 +253,7 @@ def run_command(
             wait_ms = None if not wake else max(0, int((min(wake) - now) * 1000) + 1)
             if feed_fd >= 0 and (stopped or timed_out or abandon_at is not None):
                 feed_fd = _close_stdin(proc, poller)  # killed: nothing more to feed
-            if not streams and pidfd < 0:  # no pidfd: poll the leader, 50 ms at most
+            if not streams and pidfd < 0 and feed_fd < 0:  # no pidfd: poll the leader
                 returncode = proc.poll()
                 exited = returncode is not None
                 if not exited:
