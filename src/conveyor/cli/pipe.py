@@ -5,7 +5,7 @@ Data flow::
 
     --pipe (stdin, any stream)
     --------------------------
-    fd 0 --readv--> input thread (run._ReadAhead pump, queue of 1):
+    fd 0 --readinto--> input thread (run._ReadAhead pump, queue of 1):
                     read_blocks() fills a fresh buffer to --block bytes, cuts it after
                     the last record end, keeps the rest for the next block
                 --> (seq, BlockArgs(MemoryBlock)) --> worker loop (job slot) holds it
@@ -15,7 +15,8 @@ Data flow::
 
     --pipe-part -a FILE (seekable files)
     ------------------------------------
-    FILE --pread near each k * --block--> split offsets (all found before any job runs)
+    FILE --pread at each part's start + --block--> the first record end from there:
+         split offsets (all found before any job runs, as GNU parallel's)
          --> (seq, BlockArgs(FileRange(fd, offset, length))) --> worker loop
          --> process.run_command: poll(POLLOUT) --> FileRange writer: os.sendfile(pipe,
              FILE, offset, n): the kernel copies page cache to the pipe, nothing passes
