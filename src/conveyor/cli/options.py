@@ -304,8 +304,9 @@ def run_parser() -> ErrorRaisingParser:
         "  conveyor run -k --pipe --recstart '>' ./align < seqs.fasta   # FASTA records\n"
         "Output, -k, --joblog, --timeout, --halt and --retries (the block is fed again)\n"
         "work as for other jobs; at most -j + 2 blocks are held in memory.\n"
+        "-N N (or -n N) gives each job N records instead, whatever their size.\n"
         "Differences from GNU parallel: a record longer than --block enlarges only its\n"
-        "own block (GNU enlarges all later ones and warns); -N/-L records per job, --rrs,\n"
+        "own block (GNU enlarges all later ones and warns); -L lines per job, --rrs,\n"
         "--header, --cat/--fifo and --round-robin are not supported; --regexp uses\n"
         "Python's regular expressions (GNU: Perl's).",
     )
@@ -502,6 +503,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if pipe is not None:  # -N: records per block, not arguments per job
+        ns.max_args = None
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,

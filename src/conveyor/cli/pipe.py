@@ -180,13 +180,36 @@ class Records:
 
     def first_split(self, buf: bytes | bytearray, start: int, end: int) -> int:
         """The first split whose separator starts at or after ``start``; -1 if none."""
+        return self._find(buf, start, end)[1]
+
+    def _find(self, buf: bytes | bytearray, start: int, end: int) -> tuple[int, int]:
+        """(where the first separator at or after ``start`` begins, the split after it),
+        or (-1, -1)."""
         if self._regex is not None:
             m = self._regex.search(buf, start, end)
-            return -1 if m is None else m.end()
+            return (-1, -1) if m is None else (m.start(), m.end())
         if not self._joined:
-            return start if start < end else -1
+            return (start, start) if start < end else (-1, -1)
         i = buf.find(self._joined, start, end)
-        return -1 if i < 0 else i + len(self.recend)
+        return (-1, -1) if i < 0 else (i, i + len(self.recend))
+
+    def nth_split(self, buf: bytes | bytearray, end: int, n: int) -> int:
+        """The split after the ``n``-th record of ``buf[:end]`` (``-N``); -1 if it does
+        not hold ``n`` whole records. As GNU parallel counts: separators may overlap, and
+        one at offset 0 does not count (an empty first line joins the next record).
+
+        >>> Records(b"\\n", b"").nth_split(b"a\\nb\\nc\\n", 6, 2)
+        4
+        """
+        if self.anywhere:
+            return n if n <= end else -1
+        start, split = 1, 0
+        for _ in range(n):
+            begin, split = self._find(buf, start, end)
+            if begin < 0:
+                return -1
+            start = begin + 1
+        return split
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,12 +357,13 @@ def stdin_of(args: Sequence[str]) -> StdinFeed | None:
 
 
 def read_blocks(
-    readinto: Callable[[memoryview], int], block: int, records: Records
+    readinto: Callable[[memoryview], int], block: int, records: Records, count: int | None = None
 ) -> Iterator[memoryview]:
     """Read with ``readinto`` (returns 0 at the end) and yield blocks of whole records,
     each at most ``block`` bytes unless one record is longer: GNU parallel's --pipe, a
     block ends after the last record in the first ``block`` bytes, the rest begins the
-    next.
+    next. With ``count`` (``-N``), each block is ``count`` records instead (the last may
+    have fewer), however long.
 
     >>> import io
     >>> src = io.BytesIO(b"aa\\nbb\\ncccccc\\ndd\\nee\\n")
@@ -354,12 +378,17 @@ def read_blocks(
         buf[: len(carry)] = carry
         filled = len(carry)
         filled, eof = _fill(readinto, buf, filled, eof)
-        if eof and filled <= block:
+        if count is not None:
+            split = records.nth_split(buf, filled, count)
+        elif eof and filled <= block:
             split = filled
         else:  # the last record end in the first ``block`` bytes
             split = records.last_split(buf, 0, min(filled, block))
         while split < 0:  # a record longer than the block: it is the block
-            split = records.first_split(buf, 0, filled) or records.first_split(buf, 1, filled)
+            if count is not None:
+                split = records.nth_split(buf, filled, count)
+            else:
+                split = records.first_split(buf, 0, filled) or records.first_split(buf, 1, filled)
             if split < 0 and eof:
                 split = filled
             elif split < 0:
@@ -432,6 +461,7 @@ class PipeSpec:
     recend: str
     recstart: str
     regexp: bool
+    count: int | None = None  # -N: records per block (--pipe)
 
     def records(self) -> Records:
         """The record boundaries, as bytes (escapes resolved unless ``--regexp``)."""
@@ -513,10 +543,11 @@ def pipe_spec(
                 else f"{flag} shapes arguments, and {which} jobs have none"
             )
         )
-    if max_args is not None:
+    if max_args is not None and (pipe_part or max_args < 1):
         raise ValueError(
-            f"{which} with -n/-N: blocks are cut by size (--block), not by a number of "
-            "records, in this version"
+            "--pipe-part with -n/-N: parts are cut by size (--block); use --pipe -N"
+            if pipe_part
+            else f"--pipe with -N {max_args}: a job needs at least one record"
         )
     # GNU's defaults: 1M blocks; --pipe-part: 10 parts per job slot
     default = -10 if pipe_part else DEFAULT_BLOCK
@@ -535,7 +566,7 @@ def pipe_spec(
                 raise ValueError(f"bad {flag} regular expression {pattern!r}: {e}") from None
             if flag == "--recend" and pattern and compiled.search(b""):
                 raise ValueError(f"bad --recend {pattern!r}: it matches the empty string")
-    return PipeSpec(pipe_part, size, recend_text, recstart_text, regexp)
+    return PipeSpec(pipe_part, size, recend_text, recstart_text, regexp, max_args)
 
 
 class _Field(Protocol):
@@ -607,7 +638,7 @@ def stdin_blocks(spec: PipeSpec) -> Iterator[tuple[str, ...]]:
         except OSError:  # stdin closed or not readable: no input
             return 0
 
-    for data in read_blocks(readinto, spec.block, spec.records()):
+    for data in read_blocks(readinto, spec.block, spec.records(), spec.count):
         yield BlockArgs(MemoryBlock(data))
 
 
