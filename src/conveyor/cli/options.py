@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
-from conveyor.cli.pipe import PipeSpec, glue_negative_block, pipe_spec
+from conveyor.cli.pipe import PipeSpec, add_pipe_options, glue_negative_block, pipe_options
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
@@ -293,63 +293,7 @@ def run_parser() -> ErrorRaisingParser:
         action="store_true",
         help="with --joblog: skip jobs the log has as succeeded, rerun failed",
     )
-    # --pipe family (conveyor.cli.pipe)
-    piped = p.add_argument_group(
-        "blocks of data on stdin (--pipe)",
-        "Instead of arguments, each job gets a block of data on its stdin; COMMAND may\n"
-        "use {#} and {%} but no {}. A block ends at a record end (default: a newline),\n"
-        "so no record is ever split; a record longer than --block makes its block longer.\n"
-        "  cat access.log | conveyor run --pipe grep -c ' 404 '   # 1M blocks of lines\n"
-        "  conveyor run --pipe-part -a big.csv --block 10M 'wc -l' # no copy of big.csv\n"
-        "  conveyor run -k --pipe --recstart '>' ./align < seqs.fasta   # FASTA records\n"
-        "Output, -k, --joblog, --timeout, --halt and --retries (the block is fed again)\n"
-        "work as for other jobs; at most -j + 2 blocks are held in memory.\n"
-        "-N N (or -n N) gives each job N records instead, whatever their size.\n"
-        "Differences from GNU parallel: a record longer than --block enlarges only its\n"
-        "own block (GNU enlarges all later ones and warns); -L lines per job, --rrs,\n"
-        "--header, --cat/--fifo and --round-robin are not supported; --regexp uses\n"
-        "Python's regular expressions (GNU: Perl's).",
-    )
-    piped.add_argument(
-        "--pipe",
-        "--spreadstdin",
-        action="store_true",
-        help="split stdin into blocks and give each job one block on its stdin "
-        "(e.g. conveyor run --pipe wc -l < data.txt)",
-    )
-    piped.add_argument(
-        "--pipe-part",
-        action="store_true",
-        help="like --pipe for the seekable file -a FILE, much faster: each job's block is "
-        "sent from the file by the kernel, nothing is read through conveyor "
-        "(e.g. conveyor run --pipe-part -a data.txt wc -l)",
-    )
-    piped.add_argument(
-        "--block",
-        "--block-size",
-        metavar="SIZE",
-        help="block size in bytes, with K M G (x1024) or k m g (x1000); default 1M. "
-        "With --pipe-part, -N means N parts per job slot (default -10) "
-        "(e.g. --block 10M, --block -1)",
-    )
-    piped.add_argument(
-        "--recend",
-        metavar="STR",
-        help="a record ends with STR (default: '\\n'; '' for none); \\n \\t \\0 are "
-        "understood (e.g. --recend '\\n\\n' for paragraphs)",
-    )
-    piped.add_argument(
-        "--recstart",
-        metavar="STR",
-        help="a record starts with STR; with --recend, blocks end only between --recend "
-        "and --recstart (e.g. --recstart '>' for FASTA)",
-    )
-    piped.add_argument(
-        "--regexp",
-        action="store_true",
-        help="--recend and --recstart are Python regular expressions "
-        "(e.g. --regexp --recstart '[0-9]{4}-' for dated log entries)",
-    )
+    add_pipe_options(p)  # --pipe, --pipe-part, --block, --recend, ... (cli/pipe.py)
     a(
         "command",
         nargs=argparse.REMAINDER,
@@ -488,23 +432,9 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     try:
-        pipe = pipe_spec(
-            pipe=ns.pipe,
-            pipe_part=ns.pipe_part,
-            block=ns.block,
-            recend=ns.recend,
-            recstart=ns.recstart,
-            regexp=ns.regexp,
-            files=[*ns.arg_file, *(g.path for g in groups if g.kind == "file")],
-            arg_groups=sum(g.kind == "args" for g in groups),
-            max_args=ns.max_args,
-            has_command=bool(command),
-            unsupported=_unsupported_with_pipe(ns),
-        )
+        pipe = pipe_options(ns, groups, command)  # and -N with --pipe: records per job
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if pipe is not None:  # -N: records per block, not arguments per job
-        ns.max_args = None
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,
@@ -534,20 +464,3 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",
         pipe=pipe,
     )
-
-
-def _unsupported_with_pipe(ns: argparse.Namespace) -> list[str]:
-    """Options that make no sense with --pipe (they shape arguments, or need to know the
-    number of jobs before stdin is read)."""
-    given = [
-        ("--colsep", ns.colsep is not None),
-        ("--csv", ns.csv),
-        ("--header", ns.header is not None),
-        ("--link", ns.link),
-        ("-0/--null", ns.null),
-        # main's --cluster (issue 10) runs jobs on Dask workers, which get no stdin
-        ("--cluster", getattr(ns, "cluster", None) is not None),
-    ]
-    if not ns.pipe_part:  # --pipe-part knows its blocks in advance
-        given += [("--shuf", ns.shuf), ("--eta", ns.eta), ("--halt N%", "%" in ns.halt)]
-    return [flag for flag, on in given if on]

@@ -40,6 +40,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import argparse
 import io
 import itertools
 import os
@@ -50,7 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from conveyor.cli.errors import CliError
-from conveyor.cli.inputs import Inputs
+from conveyor.cli.inputs import Group, Inputs
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -61,9 +62,11 @@ __all__ = [
     "PipeSpec",
     "Records",
     "StdinFeed",
+    "add_pipe_options",
     "glue_negative_block",
     "parse_size",
     "pipe_inputs",
+    "pipe_options",
     "read_blocks",
     "split_file",
     "stdin_of",
@@ -468,6 +471,107 @@ class PipeSpec:
         if self.regexp:
             return Records(os.fsencode(self.recend), os.fsencode(self.recstart), regexp=True)
         return Records(os.fsencode(unescape(self.recend)), os.fsencode(unescape(self.recstart)))
+
+
+def add_pipe_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--pipe`` family's options and their help, in a group of their own."""
+    piped = parser.add_argument_group(
+        "blocks of data on stdin (--pipe)",
+        "Instead of arguments, each job gets a block of data on its stdin; COMMAND may\n"
+        "use {#} and {%} but no {}. A block ends at a record end (default: a newline),\n"
+        "so no record is ever split; a record longer than --block makes its block longer.\n"
+        "  cat access.log | conveyor run --pipe grep -c ' 404 '   # 1M blocks of lines\n"
+        "  conveyor run --pipe-part -a big.csv --block 10M 'wc -l' # no copy of big.csv\n"
+        "  conveyor run -k --pipe --recstart '>' ./align < seqs.fasta   # FASTA records\n"
+        "Output, -k, --joblog, --timeout, --halt and --retries (the block is fed again)\n"
+        "work as for other jobs; at most -j + 2 blocks are held in memory.\n"
+        "-N N (or -n N) gives each job N records instead, whatever their size.\n"
+        "Differences from GNU parallel: a record longer than --block enlarges only its\n"
+        "own block (GNU enlarges all later ones and warns); -L lines per job, --rrs,\n"
+        "--header, --cat/--fifo and --round-robin are not supported; --regexp uses\n"
+        "Python's regular expressions (GNU: Perl's).",
+    )
+    piped.add_argument(
+        "--pipe",
+        "--spreadstdin",
+        action="store_true",
+        help="split stdin into blocks and give each job one block on its stdin "
+        "(e.g. conveyor run --pipe wc -l < data.txt)",
+    )
+    piped.add_argument(
+        "--pipe-part",
+        action="store_true",
+        help="like --pipe for the seekable file -a FILE, much faster: each job's block is "
+        "sent from the file by the kernel, nothing is read through conveyor "
+        "(e.g. conveyor run --pipe-part -a data.txt wc -l)",
+    )
+    piped.add_argument(
+        "--block",
+        "--block-size",
+        metavar="SIZE",
+        help="block size in bytes, with K M G (x1024) or k m g (x1000); default 1M. "
+        "With --pipe-part, -N means N parts per job slot (default -10) "
+        "(e.g. --block 10M, --block -1)",
+    )
+    piped.add_argument(
+        "--recend",
+        metavar="STR",
+        help="a record ends with STR (default: '\\n'; '' for none); \\n \\t \\0 are "
+        "understood (e.g. --recend '\\n\\n' for paragraphs)",
+    )
+    piped.add_argument(
+        "--recstart",
+        metavar="STR",
+        help="a record starts with STR; with --recend, blocks end only between --recend "
+        "and --recstart (e.g. --recstart '>' for FASTA)",
+    )
+    piped.add_argument(
+        "--regexp",
+        action="store_true",
+        help="--recend and --recstart are Python regular expressions "
+        "(e.g. --regexp --recstart '[0-9]{4}-' for dated log entries)",
+    )
+
+
+def pipe_options(
+    ns: argparse.Namespace, groups: Sequence[Group], command: Sequence[str]
+) -> PipeSpec | None:
+    """:func:`pipe_spec` from parsed options (the ``:::``/``::::`` ``groups`` apart).
+    With ``--pipe``, ``-N``/``-n`` counts records per job, so ``ns.max_args`` is taken
+    (set to None) here."""
+    spec = pipe_spec(
+        pipe=ns.pipe,
+        pipe_part=ns.pipe_part,
+        block=ns.block,
+        recend=ns.recend,
+        recstart=ns.recstart,
+        regexp=ns.regexp,
+        files=[*ns.arg_file, *(g.path for g in groups if g.kind == "file")],
+        arg_groups=sum(g.kind == "args" for g in groups),
+        max_args=ns.max_args,
+        has_command=bool(command),
+        unsupported=_unsupported_with_pipe(ns),
+    )
+    if spec is not None:
+        ns.max_args = None
+    return spec
+
+
+def _unsupported_with_pipe(ns: argparse.Namespace) -> list[str]:
+    """Options that make no sense with --pipe (they shape arguments, or need to know the
+    number of jobs before stdin is read)."""
+    given = [
+        ("--colsep", ns.colsep is not None),
+        ("--csv", ns.csv),
+        ("--header", ns.header is not None),
+        ("--link", ns.link),
+        ("-0/--null", ns.null),
+        # main's --cluster (issue 10) runs jobs on Dask workers, which get no stdin
+        ("--cluster", getattr(ns, "cluster", None) is not None),
+    ]
+    if not ns.pipe_part:  # --pipe-part knows its blocks in advance
+        given += [("--shuf", ns.shuf), ("--eta", ns.eta), ("--halt N%", "%" in ns.halt)]
+    return [flag for flag, on in given if on]
 
 
 def pipe_spec(
