@@ -134,15 +134,16 @@ def pipe_main(ns: argparse.Namespace) -> int:
             while f.read(1 << 24):
                 pass
         times: dict[str, list[float]] = {name: [] for name in peers}
+        load_before = os.getloadavg()[0]
         for _ in range(ns.repeat):  # round-robin: load changes hit every tool alike
             for name, (argv, stdin) in peers.items():
                 times[name].append(time_pipe(argv, stdin, lines))
+        load_after = os.getloadavg()[0]
     results = {name: statistics.median(values) for name, values in times.items()}
-    load = os.getloadavg()
     print(
         f"\nwc -l over {size / (1 << 30):.2f} GiB ({lines} lines) in 1 MiB blocks, -j {j}, "
-        f"median of {ns.repeat} (Python {sys.version.split()[0]}; load average before "
-        f"the last run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})"
+        f"median of {ns.repeat} (Python {sys.version.split()[0]}; 1-minute load average "
+        f"{load_before:.2f} before the runs, {load_after:.2f} after)"
     )
     print(f"{'tool':<22} {'seconds':>8} {'MiB/s':>8}")
     for name, seconds in sorted(results.items(), key=lambda kv: kv[1]):
