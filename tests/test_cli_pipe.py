@@ -38,6 +38,7 @@ needs_gnu = pytest.mark.skipif(
 )
 
 LINES = "".join(f"{i} {'x' * (i % 37)}\n" for i in range(3000)).encode()  # ~66 KB
+CSV = b"id,name\n" + b"".join(b"%d,n%d\n" % (i, i * i) for i in range(2000))
 FASTA = b"".join(b">seq%d\n%s\n" % (i, b"ACGT" * (i % 9 + 1)) for i in range(200))
 
 
@@ -101,6 +102,15 @@ def test_recstart_keeps_records_whole() -> None:
     assert b"".join(blocks) == FASTA
     assert all(block.startswith(b">seq") for block in blocks)
     assert len(blocks) > 10
+
+
+def test_header_goes_before_every_block(tmp_path: Path) -> None:
+    (tmp_path / "f.csv").write_bytes(CSV)
+    for source in (["--pipe"], ["--pipe-part", "-a", str(tmp_path / "f.csv")]):
+        done = ours("-k", *source, "--block", "4k", "--header", ":", "cat; printf '\\0'", input=CSV)
+        blocks = done.stdout.split(b"\0")[:-1]
+        assert len(blocks) > 3 and all(b.startswith(b"id,name\n") for b in blocks)
+        assert b"id,name\n" + b"".join(b[len(b"id,name\n") :] for b in blocks) == CSV
 
 
 def test_empty_input_runs_no_job() -> None:
@@ -280,8 +290,9 @@ def test_help_shows_every_option_with_an_example() -> None:
         (["--pipe", "--block", "200", "--recend", "\\n", "--recstart", ">", "md5sum"], FASTA),
         (["--pipe", "--block", "150", "--regexp", "--recstart", ">seq[0-9]*0\n", "md5sum"], FASTA),
         (["--pipe", "-N", "30", "--block", "100", "--recstart", ">", "md5sum"], FASTA),
+        (["--pipe", "--block", "3k", "--header", ":", "md5sum"], CSV),
     ],
-    ids=["lines", "recend", "N", "recstart", "both", "regexp", "N-recstart"],
+    ids=["lines", "recend", "N", "recstart", "both", "regexp", "N-recstart", "header"],
 )
 @pytest.mark.gnu
 @needs_gnu
@@ -305,11 +316,15 @@ def test_pipe_part_same_parts_as_gnu(tmp_path: Path, block: str) -> None:
 
 @pytest.mark.gnu
 @needs_gnu
-def test_pipe_part_recstart_same_as_gnu(tmp_path: Path) -> None:
+def test_pipe_part_recstart_and_header_same_as_gnu(tmp_path: Path) -> None:
     (tmp_path / "f.fa").write_bytes(FASTA)
-    args = ["-k", "--pipe-part", "-a", "f.fa", "--block", "300", "--recstart", ">", "md5sum"]
-    theirs, mine = gnu(*args, cwd=tmp_path), ours(*args, cwd=tmp_path)
-    assert mine.stdout == theirs.stdout and mine.returncode == 0
+    (tmp_path / "f.csv").write_bytes(CSV)
+    for args in (
+        ["-k", "--pipe-part", "-a", "f.fa", "--block", "300", "--recstart", ">", "md5sum"],
+        ["-k", "--pipe-part", "-a", "f.csv", "--block", "2k", "--header", ":", "md5sum"],
+    ):
+        theirs, mine = gnu(*args, cwd=tmp_path), ours(*args, cwd=tmp_path)
+        assert mine.stdout == theirs.stdout and mine.returncode == 0
 
 
 # --- fuzzed -------------------------------------------------------------------------------

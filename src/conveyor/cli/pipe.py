@@ -41,6 +41,7 @@ Guarantees, and where they are kept:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import itertools
 import os
@@ -249,28 +250,32 @@ class MemoryBlock:
     b'a\\nb\\n'
     """
 
-    def __init__(self, data: memoryview) -> None:
+    def __init__(self, data: memoryview, header: bytes = b"") -> None:
         self.data = data
+        self.header = header  # --header: written before the block
 
     @property
     def size(self) -> int:
-        """Its length in bytes."""
-        return len(self.data)
+        """Its length in bytes (with the header)."""
+        return len(self.header) + len(self.data)
 
     def writer(self) -> _MemoryWriter:
         """A writer from the start of the block."""
-        return _MemoryWriter(self.data)
+        return _MemoryWriter([memoryview(self.header), self.data])
 
 
 class _MemoryWriter:
-    def __init__(self, data: memoryview) -> None:
-        self._data = data
-        self._pos = 0
+    def __init__(self, parts: list[memoryview]) -> None:
+        self._parts = [p for p in parts if len(p)]
+        self._pos = 0  # in the first part
 
     def write(self, fd: int) -> bool:
-        end = len(self._data)
-        while self._pos < end:
-            self._pos += os.write(fd, self._data[self._pos : self._pos + _WRITE])
+        while self._parts:
+            data = self._parts[0]
+            while self._pos < len(data):
+                self._pos += os.write(fd, data[self._pos : self._pos + _WRITE])
+            self._parts.pop(0)
+            self._pos = 0
         return True
 
 
@@ -287,32 +292,35 @@ class FileRange:
     b'23456'
     """
 
-    def __init__(self, fd: int, offset: int, length: int) -> None:
+    def __init__(self, fd: int, offset: int, length: int, header: bytes = b"") -> None:
         self.fd = fd
         self.offset = offset
         self.length = length
+        self.header = header  # --header: written before the range
 
     @property
     def size(self) -> int:
-        """Its length in bytes."""
-        return self.length
+        """Its length in bytes (with the header)."""
+        return len(self.header) + self.length
 
     def writer(self) -> _RangeWriter:
         """A writer from the start of the range."""
-        return _RangeWriter(self.fd, self.offset, self.length)
+        return _RangeWriter(self.fd, self.offset, self.length, self.header)
 
 
 _sendfile_works = hasattr(os, "sendfile")
 
 
 class _RangeWriter:
-    def __init__(self, fd: int, offset: int, length: int) -> None:
+    def __init__(self, fd: int, offset: int, length: int, header: bytes) -> None:
         self._fd = fd
         self._pos = offset
         self._end = offset + length
+        self._header = _MemoryWriter([memoryview(header)])
 
     def write(self, fd: int) -> bool:
         global _sendfile_works
+        self._header.write(fd)
         while self._pos < self._end:
             count = min(_WRITE, self._end - self._pos)
             if _sendfile_works:
@@ -415,11 +423,14 @@ def _fill(
     return filled, eof
 
 
-def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[int, int]]:
+def split_file(
+    fd: int, size: int, block: int, records: Records, start: int = 0
+) -> list[tuple[int, int]]:
     """``--pipe-part``: cut the file open at ``fd`` (``size`` bytes) into adjacent
     ``(offset, length)`` ranges of whole records. As GNU parallel does, each range is at
     least ``block`` bytes: it ends at the first record end whose separator starts
     ``block`` bytes or more after the range's start (the last range may be shorter).
+    The first range begins at ``start`` (after a ``--header``).
 
     >>> import tempfile
     >>> with tempfile.TemporaryFile() as f:
@@ -427,7 +438,7 @@ def split_file(fd: int, size: int, block: int, records: Records) -> list[tuple[i
     ...     split_file(f.fileno(), 14, 4, Records(b"\\n", b""))
     [(0, 6), (6, 7), (13, 1)]
     """
-    positions = [0]
+    positions = [start]
     while (target := positions[-1] + block) < size:
         split = target if records.anywhere else _split_after(fd, target, size, records)
         if split < 0:
@@ -465,6 +476,7 @@ class PipeSpec:
     recstart: str
     regexp: bool
     count: int | None = None  # -N: records per block (--pipe)
+    header: bool = False  # --header :: the first line goes before every block
 
     def records(self) -> Records:
         """The record boundaries, as bytes (escapes resolved unless ``--regexp``)."""
@@ -479,17 +491,19 @@ def add_pipe_options(parser: argparse.ArgumentParser) -> None:
         "blocks of data on stdin (--pipe)",
         "Instead of arguments, each job gets a block of data on its stdin; COMMAND may\n"
         "use {#} and {%} but no {}. A block ends at a record end (default: a newline),\n"
-        "so no record is ever split; a record longer than --block makes its block longer.\n"
+        "so no record is ever split; a record longer than --block makes its block\n"
+        "longer. -N N (or -n N) gives each job N records instead, whatever their size;\n"
+        "--header : puts the first line (e.g. CSV column names) before every block.\n"
         "  cat access.log | conveyor run --pipe grep -c ' 404 '   # 1M blocks of lines\n"
         "  conveyor run --pipe-part -a big.csv --block 10M 'wc -l' # no copy of big.csv\n"
         "  conveyor run -k --pipe --recstart '>' ./align < seqs.fasta   # FASTA records\n"
+        "  conveyor run --pipe -N 1000 --header : ./load.py < rows.csv # 1000 a job\n"
         "Output, -k, --joblog, --timeout, --halt and --retries (the block is fed again)\n"
         "work as for other jobs; at most -j + 2 blocks are held in memory.\n"
-        "-N N (or -n N) gives each job N records instead, whatever their size.\n"
         "Differences from GNU parallel: a record longer than --block enlarges only its\n"
-        "own block (GNU enlarges all later ones and warns); -L lines per job, --rrs,\n"
-        "--header, --cat/--fifo and --round-robin are not supported; --regexp uses\n"
-        "Python's regular expressions (GNU: Perl's).",
+        "own block (GNU enlarges all later ones and warns); -L (lines per job), --rrs,\n"
+        "--header REGEX or N, --cat/--fifo and --round-robin are not supported;\n"
+        "--regexp uses Python's regular expressions (GNU: Perl's).",
     )
     piped.add_argument(
         "--pipe",
@@ -552,8 +566,11 @@ def pipe_options(
         has_command=bool(command),
         unsupported=_unsupported_with_pipe(ns),
     )
+    if spec is not None and ns.header is not None:
+        spec = dataclasses.replace(spec, header=True)
     if spec is not None:
         ns.max_args = None
+        ns.header = None  # the header of the data, not of arguments
     return spec
 
 
@@ -563,7 +580,6 @@ def _unsupported_with_pipe(ns: argparse.Namespace) -> list[str]:
     given = [
         ("--colsep", ns.colsep is not None),
         ("--csv", ns.csv),
-        ("--header", ns.header is not None),
         ("--link", ns.link),
         ("-0/--null", ns.null),
         # main's --cluster (issue 10) runs jobs on Dask workers, which get no stdin
@@ -742,8 +758,60 @@ def stdin_blocks(spec: PipeSpec) -> Iterator[tuple[str, ...]]:
         except OSError:  # stdin closed or not readable: no input
             return 0
 
-    for data in read_blocks(readinto, spec.block, spec.records(), spec.count):
-        yield BlockArgs(MemoryBlock(data))
+    header = b""
+    source: Callable[[memoryview], int] = readinto
+    if spec.header:
+        header, rest = _first_line(readinto)
+        source = _pushed_back(rest, readinto)
+    for data in read_blocks(source, spec.block, spec.records(), spec.count):
+        yield BlockArgs(MemoryBlock(data, header))
+
+
+def _first_line(readinto: Callable[[memoryview], int]) -> tuple[bytes, bytes]:
+    """``--header :``: read the first line; returns it and what was read after it.
+
+    >>> import io
+    >>> _first_line(io.BytesIO(b"a,b\\n1,2\\n").readinto)
+    (b'a,b\\n', b'1,2\\n')
+    """
+    read = bytearray()
+    buf = bytearray(65536)
+    while b"\n" not in read:
+        n = readinto(memoryview(buf))
+        if not n:
+            break
+        read += buf[:n]
+    line, newline, rest = bytes(read).partition(b"\n")
+    return line + newline, rest
+
+
+def _file_first_line(fd: int) -> bytes:
+    """The first line of the open file ``fd`` (read with pread: the offset stays)."""
+    probe = _PROBE
+    while True:
+        data = os.pread(fd, probe, 0)
+        end = data.find(b"\n")
+        if end >= 0:
+            return data[: end + 1]
+        if len(data) < probe:
+            return data
+        probe *= 2
+
+
+def _pushed_back(data: bytes, readinto: Callable[[memoryview], int]) -> Callable[[memoryview], int]:
+    """A ``readinto`` that gives ``data`` first, then reads on with ``readinto``."""
+    pending = memoryview(data)
+
+    def read(view: memoryview) -> int:
+        nonlocal pending
+        if not len(pending):
+            return readinto(view)
+        n = min(len(view), len(pending))
+        view[:n] = pending[:n]
+        pending = pending[n:]
+        return n
+
+    return read
 
 
 def file_parts(spec: PipeSpec, paths: Sequence[str], slots: int) -> list[tuple[str, ...]]:
@@ -768,6 +836,9 @@ def file_parts(spec: PipeSpec, paths: Sequence[str], slots: int) -> list[tuple[s
         total = sum(size for _, size in opened)
         block = 1 + total // slots // -block
     for fd, size in opened:
-        for offset, length in split_file(fd, size, block, records):
-            parts.append(BlockArgs(FileRange(fd, offset, length)))
+        header = b""
+        if spec.header:  # the first line, before every part
+            header = _file_first_line(fd)
+        for offset, length in split_file(fd, size, block, records, len(header)):
+            parts.append(BlockArgs(FileRange(fd, offset, length, header)))
     return parts
