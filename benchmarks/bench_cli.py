@@ -9,7 +9,17 @@ its row is skipped with a message.
 Targets: conveyor at least 3x GNU parallel's jobs per second, and at most 1.5x the time
 of ``xargs -P``.
 
+With ``--pipe``, the workload is ``wc -l`` over a generated text file (1 GiB by default,
+written into a temporary directory and deleted afterwards) split into 1 MiB blocks:
+conveyor ``--pipe`` and ``--pipe-part`` against GNU parallel ``--pipe`` and
+``--pipe-part``, each tool's line total checked. ``--pipe`` reads the file as its stdin
+(``< FILE``); ``--pipe-part`` is given ``-a FILE``. The file is read once before the
+runs, so every tool reads it from the page cache. Targets: conveyor ``--pipe`` at least
+2x GNU ``--pipe``'s throughput, conveyor ``--pipe-part`` at most 1.2x GNU
+``--pipe-part``'s time.
+
 Usage: python benchmarks/bench_cli.py [--jobs N] [--count 1000] [--repeat 5]
+       python benchmarks/bench_cli.py --pipe [--size 1G] [--repeat 3] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -62,14 +72,116 @@ def time_command(argv: list[str], stdin: bytes) -> float:
     return elapsed
 
 
+def make_text(path: str, size: int) -> int:
+    """Write about ``size`` bytes of text lines (50-90 bytes each) to ``path``; returns
+    the number of lines."""
+    lines = b"".join(
+        b"%08d the quick brown fox jumps over the lazy dog %s\n" % (i, b"x" * (i % 41))
+        for i in range(10_000)
+    )
+    count = 0
+    with open(path, "wb") as f:
+        written = 0
+        while written + len(lines) <= size:
+            f.write(lines)
+            written += len(lines)
+            count += 10_000
+    return count
+
+
+def time_pipe(argv: list[str], stdin_path: str | None, lines: int) -> float:
+    """Wall time of one ``wc -l`` run, whose totals must add up to ``lines``."""
+    t = time.perf_counter()
+    with open(stdin_path or os.devnull, "rb") as stdin:
+        done = subprocess.run(argv, stdin=stdin, capture_output=True, check=False)
+    elapsed = time.perf_counter() - t
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode()}")
+    counted = sum(int(word) for word in done.stdout.split())
+    if counted != lines:
+        raise SystemExit(f"{' '.join(argv)}: counted {counted} lines, not {lines}")
+    return elapsed
+
+
+def pipe_main(ns: argparse.Namespace) -> int:
+    """``--pipe``: wc -l over a large file in 1 MiB blocks, both tools, both modes."""
+    import tempfile
+
+    j = str(ns.jobs)
+    size = parse_bytes(ns.size)
+    gnu = ensure_gnu_parallel()
+    ours = [sys.executable, "-m", "conveyor", "run", "-j", j]
+    with tempfile.TemporaryDirectory(prefix="bench-pipe-", dir=ns.dir) as tmp:
+        path = os.path.join(tmp, "big.txt")
+        lines = make_text(path, size)
+        size = os.path.getsize(path)
+        # (argv, stdin file or None)
+        peers: dict[str, tuple[list[str], str | None]] = {
+            "conveyor --pipe": ([*ours, "--pipe", "--block", "1M", "wc -l"], path),
+            "conveyor --pipe-part": (
+                [*ours, "--pipe-part", "-a", path, "--block", "1M", "wc -l"],
+                None,
+            ),
+        }
+        if gnu is not None:
+            g = [gnu, "--will-cite", "-j", j]
+            peers["GNU --pipe"] = ([*g, "--pipe", "--block", "1M", "wc -l"], path)
+            peers["GNU --pipe-part"] = (
+                [*g, "--pipe-part", "-a", path, "--block", "1M", "wc -l"],
+                None,
+            )
+        with open(path, "rb") as f:  # into the page cache, for every tool alike
+            while f.read(1 << 24):
+                pass
+        times: dict[str, list[float]] = {name: [] for name in peers}
+        load_before = os.getloadavg()[0]
+        for _ in range(ns.repeat):  # round-robin: load changes hit every tool alike
+            for name, (argv, stdin) in peers.items():
+                times[name].append(time_pipe(argv, stdin, lines))
+        load_after = os.getloadavg()[0]
+    results = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"\nwc -l over {size / (1 << 30):.2f} GiB ({lines} lines) in 1 MiB blocks, -j {j}, "
+        f"median of {ns.repeat} (Python {sys.version.split()[0]}; 1-minute load average "
+        f"{load_before:.2f} before the runs, {load_after:.2f} after)"
+    )
+    print(f"{'tool':<22} {'seconds':>8} {'MiB/s':>8}")
+    for name, seconds in sorted(results.items(), key=lambda kv: kv[1]):
+        print(f"{name:<22} {seconds:>8.2f} {size / seconds / (1 << 20):>8.0f}")
+    ok = True
+    if gnu is not None:
+        speedup = results["GNU --pipe"] / results["conveyor --pipe"]
+        part = results["conveyor --pipe-part"] / results["GNU --pipe-part"]
+        print(f"\nconveyor --pipe throughput / GNU --pipe throughput: {speedup:.2f} (target >= 2)")
+        print(f"conveyor --pipe-part time / GNU --pipe-part time: {part:.2f} (target <= 1.2)")
+        ok = speedup >= 2 and part <= 1.2
+    return 0 if ok else 1
+
+
+def parse_bytes(text: str) -> int:
+    """``1G``, ``256M``, ``100k``: K M G are powers of 1024, as for --block."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
 def main() -> int:
     """Run the comparison and print the table; exit 1 if a target is missed."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", "-j", type=int, default=cores or 1)
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=None, help="default: 5, --pipe: 3")
+    parser.add_argument("--pipe", action="store_true", help="the --pipe workload instead")
+    parser.add_argument("--size", default="1G", help="--pipe: size of the text file")
+    parser.add_argument("--dir", default=None, help="--pipe: where to write it (temp)")
     ns = parser.parse_args()
+    if ns.pipe:
+        ns.repeat = ns.repeat or 3
+        return pipe_main(ns)
+    ns.repeat = ns.repeat or 5
     j = str(ns.jobs)
     stdin = "".join(f"{i}\n" for i in range(ns.count)).encode()
     peers: dict[str, list[str]] = {

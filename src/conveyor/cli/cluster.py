@@ -181,6 +181,7 @@ class ClusterRunner:
         timeout: float | None,
         stop: StopSignal,
         sink: Sink | None = None,
+        stdin: object = None,
     ) -> Completed:
         """Run one attempt of a job on the cluster and wait for it (a slot thread).
 
@@ -188,6 +189,7 @@ class ClusterRunner:
         that write output as it comes are refused with ``--cluster``).
         """
         assert sink is None, "--cluster output arrives whole"
+        assert stdin is None, "--pipe is refused with --cluster"
         submitted = time.time()
         future = self._client.submit(run_remote, argv, timeout, self._stop_name, pure=False)
         done = _DonePipe()

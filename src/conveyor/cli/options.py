@@ -12,6 +12,7 @@ from typing import NoReturn
 
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
+from conveyor.cli.pipe import PipeSpec, add_pipe_options, glue_negative_block, pipe_options
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
@@ -133,6 +134,7 @@ differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them)
     taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
   An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
     text. Write \\{word\\} or '{ word }' for literal braces.
+  --pipe, --pipe-part: see "blocks of data on stdin" above for what differs.
 
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
@@ -308,6 +310,7 @@ def run_parser() -> ErrorRaisingParser:
         action="store_true",
         help="with --joblog: skip jobs the log has as succeeded, rerun failed",
     )
+    add_pipe_options(p)  # --pipe, --pipe-part, --block, --recend, ... (cli/pipe.py)
     a(
         "command",
         nargs=argparse.REMAINDER,
@@ -406,12 +409,19 @@ class RunConfig:
     resume: str  # "new", "resume" or "resume-failed"
     cluster: str | None = None  # --cluster: a Dask scheduler's address
     jobs_given: bool = True  # whether -j was given (else --cluster sizes it)
+    pipe: PipeSpec | None = None  # --pipe / --pipe-part
 
 
 def parse_run_args(argv: Sequence[str]) -> RunConfig:
     """Parse ``conveyor run``'s arguments; raise :class:`UsageError` if they are bad."""
     head, groups = split_argv(argv)
-    ns = run_parser().parse_args(head)
+    try:
+        ns = run_parser().parse_args(head)
+    except UsageError as e:
+        # '--block -1': argparse takes -1 for an option (there is -0), so say --block=-1
+        if "--block" not in str(e):
+            raise
+        ns = run_parser().parse_args(glue_negative_block(head))
     command = list(ns.command)
     if command and command[0] == "--":
         command.pop(0)
@@ -448,6 +458,10 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
             raise UsageError("bad --cluster '': expected a scheduler address (tcp://HOST:PORT)")
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
+    try:
+        pipe = pipe_options(ns, groups, command)  # and -N with --pipe: records per job
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
     return RunConfig(
         command=command,
@@ -477,4 +491,5 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",
         cluster=ns.cluster,
         jobs_given=ns.jobs is not None,
+        pipe=pipe,
     )

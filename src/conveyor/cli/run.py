@@ -70,6 +70,7 @@ from conveyor.cli.inputs import Inputs, batched, column_splitter, csv_splitter, 
 from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
+from conveyor.cli.pipe import pipe_inputs, stdin_of
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
 from conveyor.cli.templates import (
     TagString,
@@ -343,7 +344,9 @@ class _Runner:
         """Run one worker loop per job slot on the executor; return when all ended."""
         try:
             if self.total is None:  # input still arriving (stdin): read it on the side
-                self.read_ahead = _ReadAhead(jobs, self.config.jobs)
+                # --pipe: one block waiting is enough (each is ~1 MiB; see pipe.py)
+                ahead = 1 if self.config.pipe is not None else self.config.jobs
+                self.read_ahead = _ReadAhead(jobs, ahead)
                 jobs = self.read_ahead
             source = _JobSource(jobs, self.config.delay, self.no_new)
             loops = self.config.jobs if self.total is None else min(self.config.jobs, self.total)
@@ -434,7 +437,11 @@ class _Runner:
             )
             raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
             result = self.execute(
-                job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink or raw
+                job.argv,
+                timeout=self.config.timeout,
+                stop=self.stop,
+                sink=sink or raw,
+                stdin=stdin_of(job.args),  # --pipe: the job's block
             )
             if attempts == 1:
                 first_start = result.start
@@ -599,14 +606,19 @@ def run(config: RunConfig) -> int:
     materialize = config.shuf or config.eta or config.halt.percent is not None
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
-    inputs = open_inputs(
-        config.groups,
-        null=config.null,
-        materialize=materialize,
-        link=config.link,
-        csv=config.csv,
-        header=config.header,
-    )
+    if config.pipe is not None:  # blocks of stdin or of -a FILE, not arguments
+        inputs = pipe_inputs(
+            config.pipe, template.fields, [g.path for g in config.groups], config.jobs
+        )
+    else:
+        inputs = open_inputs(
+            config.groups,
+            null=config.null,
+            materialize=materialize,
+            link=config.link,
+            csv=config.csv,
+            header=config.header,
+        )
     names: Sequence[str] = ()
     if config.header:
         names = splitter(inputs.header) if splitter is not None else inputs.header
