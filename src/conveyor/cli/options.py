@@ -7,11 +7,12 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
+from conveyor.cli.resources import Resources, add_resource_options, parse_resources
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
@@ -166,25 +167,31 @@ def run_parser() -> ErrorRaisingParser:
     a(
         "-j",
         "--jobs",
-        metavar="N|N%",
-        help="run N jobs at once, or N%% of the usable cores "
-        "(default: the usable cores, %(default)s here)",
+        metavar="N|+N|-N|N%|0",
+        help="run N jobs at once; +N/-N: the usable cores plus/minus N; N%%: that share "
+        "of them, rounded up; 0: as many as possible, "
+        f"{MAX_JOBS} here) "
+        "(default: the usable cores, %(default)s here). E.g. -j 50%%, -j +2, -j0",
         default=str(usable_cores()),
     )
     a(
         "--timeout",
-        metavar="SECONDS",
-        type=float,
-        help="kill a job (its whole process group) that runs longer; it counts as failed",
+        metavar="SECONDS|N%",
+        help="kill a job (its whole process group, see --termseq) that runs longer; it "
+        "counts as failed. A suffix s, m, h or d gives the unit; N%% is relative to the "
+        "median run time of the jobs that succeeded so far (none before the first). "
+        "E.g. --timeout 1m, --timeout 300%%",
     )
     a(
         "--retries",
         metavar="N",
         type=int,
         default=0,
-        help="run a failed job again, up to N more times",
+        help="run a failed job again, up to N more times (N+1 runs in all; GNU "
+        "parallel: N in all, see below)",
     )
     a("--halt", metavar="SPEC", default="never", help="stop early, see below")
+    add_resource_options(p)
     a("-k", "--keep-order", action="store_true", help="print output in input order")
     a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
     a(
@@ -234,6 +241,24 @@ def run_parser() -> ErrorRaisingParser:
     )
     per_job = p.add_mutually_exclusive_group()
     per_job.add_argument(
+        "-X",
+        dest="multi",
+        action="store_const",
+        const="X",
+        help="as many inputs per job as the command line can take, each word holding "
+        "{} repeated per input (context replace: 'x{}y' on a b -> xay xby); with -j > 1 "
+        "and inputs known in advance, spread evenly over the job slots. "
+        "E.g. conveyor run -X rm -f {} ::: *.tmp",
+    )
+    per_job.add_argument(
+        "-m",
+        dest="multi",
+        action="store_const",
+        const="m",
+        help="like -X, but {} is replaced by all the inputs as separate words ('x{}y' on "
+        "a b -> xa by). E.g. conveyor run -m -j1 tar czf all.tgz ::: *.log",
+    )
+    per_job.add_argument(
         "-n",
         "--max-args",
         metavar="N",
@@ -281,6 +306,14 @@ def run_parser() -> ErrorRaisingParser:
         action="store_true",
         help="quote COMMAND's words too: run it as a plain argv without shell syntax",
     )
+    a(
+        "--shell",
+        metavar="PATH",
+        default=None,
+        help="the POSIX shell that runs COMMAND (sh, dash, bash, ksh, zsh; default: "
+        "$CONVEYOR_SHELL, else $PARALLEL_SHELL, else /bin/sh). E.g. --shell bash "
+        "'[[ {} == *.gz ]] && echo {}'",
+    )
     a("--joblog", metavar="FILE", help="record every finished job in this SQLite file")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
@@ -322,8 +355,16 @@ _HALT = re.compile(r"(now|soon),(fail|success|done)=([0-9]+(?:\.[0-9]+)?)(%?)\Z"
 def parse_halt(spec: str) -> Halt:
     """Parse ``never``, ``now,fail=1``, ``soon,done=30%`` (and GNU's 0/1/2 shorthands)."""
     spec = spec.strip().lower()
-    legacy = {"0": "never", "1": "soon,fail=1", "2": "now,fail=1"}
+    legacy = {
+        "0": "never",
+        "1": "soon,fail=1",
+        "2": "now,fail=1",
+        "-1": "soon,success=1",
+        "-2": "now,success=1",
+    }
     spec = legacy.get(spec, spec)
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?%", spec):  # GNU: 1-99% is soon,fail=1-99%
+        spec = f"soon,fail={spec}"
     if spec == "never":
         return Halt()
     m = _HALT.match(spec)
@@ -343,19 +384,122 @@ def parse_halt(spec: str) -> Halt:
     return Halt(when, what, int(number))
 
 
+def _max_jobs() -> int:
+    """``-j0``: as many jobs as possible. Each running job holds 3 file descriptors
+    (two pipes and a pidfd) and a thread, so the limit is a quarter of the soft
+    RLIMIT_NOFILE, at most 1024 (GNU parallel measures how many processes and files it
+    can open, which takes seconds)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY or soft <= 0:
+            soft = 4096
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(1, min(1024, (soft - 32) // 4))
+
+
+MAX_JOBS = _max_jobs()
+
+
 def parse_jobs(text: str) -> int:
-    """``N`` or ``N%`` of the usable cores -> a number of jobs >= 1."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)(%?)\s*", text)
+    """``N``, ``+N``/``-N`` (cores plus/minus N), ``N%`` of the usable cores (rounded up,
+    as GNU parallel) or ``0`` (as many as possible) -> a number of jobs >= 1.
+
+    >>> parse_jobs("3"), parse_jobs("0") == MAX_JOBS
+    (3, True)
+    >>> parse_jobs("+1") == usable_cores() + 1, parse_jobs("-1000")
+    (True, 1)
+    """
+    m = re.fullmatch(r"\s*([-+]?)([0-9]+(?:\.[0-9]+)?)(%?)\s*", text)
     if not m:
-        raise UsageError(f"bad -j/--jobs value {text!r}: expected a number N or N%")
-    value = float(m.group(1))
-    if m.group(2):
-        if value <= 0:
+        raise UsageError(f"bad -j/--jobs value {text!r}: expected N, +N, -N, N% or 0")
+    sign, value, percent = m.group(1), float(m.group(2)), m.group(3)
+    if percent:
+        if sign or value <= 0:
             raise UsageError(f"bad -j/--jobs value {text!r}: must be more than 0%")
-        return max(1, int(usable_cores() * value / 100))
-    if value != int(value) or value < 1:
-        raise UsageError(f"bad -j/--jobs value {text!r}: must be a whole number >= 1")
-    return int(value)
+        return max(1, math.ceil(usable_cores() * value / 100 - 1e-9))
+    if value != int(value):
+        raise UsageError(f"bad -j/--jobs value {text!r}: must be a whole number")
+    if sign:
+        return max(1, usable_cores() + int(value) * (1 if sign == "+" else -1))
+    return MAX_JOBS if value == 0 else int(value)
+
+
+_TIME_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_timeout(text: str | None) -> tuple[float | None, float | None]:
+    """``--timeout``: (seconds, None) or (None, percent of the median run time).
+
+    >>> parse_timeout("1.5"), parse_timeout("2m"), parse_timeout("200%")
+    ((1.5, None), (120.0, None), (None, 200.0))
+    """
+    if text is None:
+        return None, None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([smhd%]?)\s*", text, re.I)
+    value = float(m.group(1)) if m else math.nan
+    if not m or not (value > 0 and math.isfinite(value)):
+        raise UsageError(
+            f"bad --timeout {text!r}: must be a positive number of seconds (suffix s, m, h "
+            "or d for the unit) or a percentage N% of the median run time"
+        )
+    unit = m.group(2).lower()
+    if unit == "%":
+        return None, value
+    return value * _TIME_UNITS[unit], None
+
+
+def choose_shell(given: str | None) -> str:
+    """The shell for the jobs: ``--shell``, else $CONVEYOR_SHELL, else $PARALLEL_SHELL,
+    else /bin/sh. A name without '/' is looked up in PATH.
+
+    >>> choose_shell("/bin/sh")
+    '/bin/sh'
+    """
+    import shutil
+
+    shell = given or os.environ.get("CONVEYOR_SHELL") or os.environ.get("PARALLEL_SHELL")
+    if not shell:
+        return "/bin/sh"
+    source = "--shell" if given else "$CONVEYOR_SHELL/$PARALLEL_SHELL"
+    found = shell if "/" in shell else shutil.which(shell)
+    if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise UsageError(f"bad {source} {shell!r}: not an executable file")
+    name = os.path.basename(found)
+    if name in ("fish", "csh", "tcsh", "rc", "nu", "xonsh", "pwsh"):
+        raise UsageError(
+            f"bad {source} {shell!r}: jobs need a POSIX shell (sh, dash, bash, ksh, zsh); "
+            "values reach them as arguments of the shell's positional parameters"
+        )
+    return found
+
+
+def _check_multi(ns: argparse.Namespace, groups: Sequence[Group]) -> None:
+    """-X/-m: the combinations they cannot be used in, named."""
+    flag = f"-{ns.multi}"
+    for other, given in (
+        ("-n/-N", ns.max_args is not None),
+        ("--colsep", ns.colsep is not None),
+        ("--csv", ns.csv),
+        ("--header", ns.header is not None),
+        ("--link", ns.link),
+    ):
+        if given:
+            raise UsageError(
+                f"{flag} and {other}: {flag} puts as many inputs into a job as fit, so each "
+                "job has a varying number of arguments; use one of them"
+            )
+    if not ns.command or ns.command == ["--"]:
+        raise UsageError(f"{flag} needs a COMMAND (the inputs are its arguments)")
+    text = " ".join(ns.command)
+    positional = re.search(r"\{-?[1-9][0-9]*(?:\.|//|/\.|/)?\}", text)
+    if positional:
+        raise UsageError(
+            f"{flag} and {positional.group(0)}: with {flag} a job has as many arguments as "
+            "fit, so only {} (and {.} {/} {//} {/.} {#} {%}) can be used"
+        )
 
 
 @dataclass(frozen=True)
@@ -387,17 +531,55 @@ class RunConfig:
     quote: bool
     joblog: str | None
     resume: str  # "new", "resume" or "resume-failed"
+    # Issue 13 (each with a default, so that callers building a RunConfig by hand and
+    # other branches adding fields keep working).
+    timeout_percent: float | None = None  # --timeout N%: of the median successful run
+    shell: str = "/bin/sh"
+    multi: str | None = None  # -X or -m
+    resources: Resources = field(
+        default_factory=Resources
+    )  # --load, --memfree, --termseq, --results
+
+
+def _negative_values(parser: argparse.ArgumentParser, head: list[str]) -> list[str]:
+    """Attach a negative value to its option (``--halt -1`` -> ``--halt=-1``, ``-j -2``):
+    argparse would take ``-1`` for an option, as ``-0`` is one. Only the options before
+    COMMAND are looked at."""
+    takes_value = {
+        s
+        for action in parser._actions
+        if action.option_strings and action.nargs is None and action.const is None
+        for s in action.option_strings
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(head):
+        word = head[i]
+        if not word.startswith("-") or word == "--":
+            out.extend(head[i:])
+            break
+        if word in takes_value and i + 1 < len(head):
+            value = head[i + 1]
+            if re.fullmatch(r"-[0-9.]+%?", value):
+                out.append(f"{word}={value}" if word.startswith("--") else word + value)
+            else:
+                out.extend((word, value))
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 def parse_run_args(argv: Sequence[str]) -> RunConfig:
     """Parse ``conveyor run``'s arguments; raise :class:`UsageError` if they are bad."""
     head, groups = split_argv(argv)
-    ns = run_parser().parse_args(head)
+    parser = run_parser()
+    ns = parser.parse_args(_negative_values(parser, head))
     command = list(ns.command)
     if command and command[0] == "--":
         command.pop(0)
-    if ns.timeout is not None and not (ns.timeout > 0 and math.isfinite(ns.timeout)):
-        raise UsageError(f"bad --timeout {ns.timeout}: must be a positive number of seconds")
+    timeout, timeout_percent = parse_timeout(ns.timeout)
     if ns.retries < 0:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
@@ -413,12 +595,20 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
                     f"-u/--ungroup and {flag}: ungrouped output is written as it comes, "
                     "so it can be neither ordered, tagged nor line-buffered"
                 )
+    if ns.results is not None and (ns.ungroup or ns.line_buffer):
+        flag = "-u/--ungroup" if ns.ungroup else "--line-buffer"
+        raise UsageError(
+            f"--results and {flag}: --results saves each job's whole output, which "
+            f"{flag} writes as it comes"
+        )
     if ns.header is not None and ns.header != ":":
         raise UsageError(f"bad --header {ns.header!r}: only ':' (the first line) is supported")
     if ns.csv and ns.colsep is not None:
         raise UsageError("--csv and --colsep: choose one (--csv splits at commas)")
     if ns.max_args is not None and ns.max_args < 0:
         raise UsageError(f"bad -n/-N {ns.max_args}: must be 0 or more")
+    if ns.multi is not None:
+        _check_multi(ns, groups)
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     groups = [Group("file", path=path) for path in ns.arg_file] + groups
@@ -426,7 +616,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         command=command,
         groups=groups,
         jobs=parse_jobs(ns.jobs),
-        timeout=ns.timeout,
+        timeout=timeout,
         retries=ns.retries,
         halt=parse_halt(ns.halt),
         keep_order=ns.keep_order,
@@ -448,4 +638,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         quote=ns.quote,
         joblog=ns.joblog,
         resume="resume" if ns.resume else "resume-failed" if ns.resume_failed else "new",
+        timeout_percent=timeout_percent,
+        shell=choose_shell(ns.shell),
+        multi=ns.multi,
+        resources=parse_resources(ns),
     )

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -150,7 +150,9 @@ def _pidfd(pid: int) -> int:
         return -1  # not Linux >= 5.3: fall back to polling the leader
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], env: dict[str, str] | None = None, executable: str | None = None
+) -> subprocess.Popen[bytes]:
     """Start ``argv`` (``/bin/sh -c SCRIPT sh VALUES...``) in a new session, stdin from
     /dev/null, stdout and stderr to pipes; nothing else is inherited (``close_fds``).
 
@@ -161,6 +163,8 @@ def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     """
     return subprocess.Popen(
         argv,
+        executable=executable,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -168,17 +172,34 @@ def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
+TermSeq = Sequence[tuple[int, int]]  # (signal, milliseconds to wait after it)
+DEFAULT_TERMSEQ: TermSeq = ((signal.SIGTERM, int(GRACE * 1000)), (signal.SIGKILL, 0))
+RECHECK = 0.1  # seconds between re-evaluations of a timeout given as a function
+
+
 def run_command(
-    argv: list[str], *, timeout: float | None, stop: StopSignal, sink: Sink | None = None
+    argv: list[str],
+    *,
+    timeout: float | Callable[[], float | None] | None,
+    stop: StopSignal,
+    sink: Sink | None = None,
+    env: dict[str, str] | None = None,
+    executable: str | None = None,
+    termseq: TermSeq = DEFAULT_TERMSEQ,
+    kill: StopSignal | None = None,
 ) -> Completed:
-    """Run ``argv`` (a shell with its script and values) in a new session and wait for it.
+    """Run ``argv`` (a shell with its script and values, or a program) in a new session
+    and wait for it.
 
     Output goes to ``sink(1 or 2, data)`` as it arrives, or, with no sink, is returned
-    in :class:`Completed`. stdin is ``/dev/null``.
+    in :class:`Completed`. stdin is ``/dev/null``. ``timeout`` may be a function,
+    re-evaluated every ``RECHECK`` seconds (``--timeout N%``: the median changes).
+    ``kill`` is this job's own stop request (``--memfree``), reported as ``stopped``.
+    A stop or a timeout sends ``termseq``'s signals to the group, waiting after each.
     """
     start = time.time()
     t0 = time.monotonic()
-    proc = _spawn(argv)
+    proc = _spawn(argv, env, executable)
     assert proc.stdout is not None and proc.stderr is not None
     pid = proc.pid
     guardian.started(pid)
@@ -189,34 +210,50 @@ def run_command(
     for fd in streams:
         poller.register(fd, select.POLLIN)
     poller.register(stop.fileno(), select.POLLIN)
+    if kill is not None:
+        poller.register(kill.fileno(), select.POLLIN)
     if pidfd >= 0:
         poller.register(pidfd, select.POLLIN)
     exited = False
     received = 0
     returncode: int | None = None
     timed_out = stopped = False
-    deadline = t0 + timeout if timeout is not None else None
-    kill_at: float | None = None
+    dynamic = callable(timeout)
+    deadline: float | None = None
+    kill_at: float | None = None  # when the next signal of termseq is due
     abandon_at: float | None = None
+    steps = list(termseq)
     try:
         while streams or not exited:
             now = time.monotonic()
+            if callable(timeout):
+                limit = timeout()
+                deadline = t0 + limit if limit is not None else None
+            elif timeout is not None:
+                deadline = t0 + timeout
             if kill_at is None and abandon_at is None:  # no signal sent yet
-                if stop.is_set():
+                if stop.is_set() or (kill is not None and kill.is_set()):
                     stopped = True
                 elif deadline is not None and now >= deadline:
                     timed_out = True
                 if stopped or timed_out:
-                    _killpg(pid, signal.SIGTERM)
-                    kill_at = now + GRACE
-            elif kill_at is not None and now >= kill_at:
-                _killpg(pid, signal.SIGKILL)
-                kill_at, abandon_at = None, now + GRACE
+                    kill_at = now
+            if kill_at is not None and now >= kill_at:
+                sig, pause_ms = steps.pop(0) if steps else (signal.SIGKILL, 0)
+                _killpg(pid, sig)
+                if sig == signal.SIGKILL or not steps:
+                    if sig != signal.SIGKILL:
+                        _killpg(pid, signal.SIGKILL)
+                    kill_at, abandon_at = None, now + max(GRACE, pause_ms / 1000)
+                else:
+                    kill_at = now + pause_ms / 1000
             elif abandon_at is not None and now >= abandon_at:
                 break  # only processes that left the group hold the pipes
             wake = [t for t in (kill_at, abandon_at) if t is not None]
             if deadline is not None and not (timed_out or stopped):
                 wake.append(deadline)
+            if dynamic and not (timed_out or stopped):
+                wake.append(now + RECHECK)
             wait_ms = None if not wake else max(0, int((min(wake) - now) * 1000) + 1)
             if not streams and pidfd < 0:  # no pidfd: poll the leader, 50 ms at most
                 returncode = proc.poll()
@@ -240,7 +277,7 @@ def run_command(
                 elif fd == pidfd:
                     exited = True
                     poller.unregister(fd)
-                else:  # the stop pipe: handled at the top of the loop
+                else:  # a stop pipe: handled at the top of the loop
                     poller.unregister(fd)
     finally:
         # Guarantee: the leader is reaped only here (without pidfd: in the loop, which

@@ -46,6 +46,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import math
@@ -70,6 +71,8 @@ from conveyor.cli.limits import too_long
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
+from conveyor.cli.resources import ResourceMonitor
+from conveyor.cli.results import Results
 from conveyor.cli.templates import (
     TagString,
     Template,
@@ -221,23 +224,32 @@ class _Job:
     order: int
     slot: int
     argv: list[str]
+    executable: str | None = None  # set: argv is the program's own, no shell
 
 
 class JobCannotRun(CliError):
     """A job whose command line cannot be built or executed (named in the message)."""
 
 
-def _job_argv(template: Template, seq: int, args: tuple[str, ...], slot: int) -> list[str]:
-    """What job ``seq`` executes; :class:`JobCannotRun` if its value cannot be substituted
-    or its command line is over the system's limit."""
+def _job_argv(
+    template: Template, seq: int, args: tuple[str, ...], slot: int
+) -> tuple[list[str], str | None]:
+    """What job ``seq`` executes: (argv, None) for the shell, or (the program's argv,
+    its path) when the shell is not needed (``Template.direct_argv``);
+    :class:`JobCannotRun` if its value cannot be substituted or its command line is
+    over the system's limit."""
     try:
-        argv = template.argv(args, seq, slot)
+        direct = template.direct_argv(args, seq, slot)
+        if direct is not None:
+            argv, executable = direct, template.executable
+        else:
+            argv, executable = template.argv(args, seq, slot), None
     except UnsafeValue as e:
         reason = str(e)
     else:
         problem = too_long(argv)
         if problem is None:
-            return argv
+            return argv, executable
         reason = f"command line too long: {problem}"
     shown = " ".join(args)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -261,6 +273,15 @@ class _Runner:
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
         self.halted_by: int | None = None  # the status of the job that made --halt stop
+        # Set in every job: GNU parallel's $PARALLEL_PID (+ $PARALLEL_SEQ and
+        # $PARALLEL_JOBSLOT per job, see _attempts).
+        self.base_env = dict(os.environ, PARALLEL_PID=str(os.getpid()))
+        self.monitor: ResourceMonitor | None = None
+        if config.resources.memfree is not None or config.resources.load is not None:
+            self.monitor = ResourceMonitor(config.resources, self.no_new)
+        self._run_times: list[float] = []  # of the jobs that succeeded, sorted (--timeout N%)
+        self.running = 0  # jobs running now (for the --halt soon notice)
+        self.results: Results | None = None
         self.errors: list[BaseException] = []
         self.progress: Any = None
         around: Callable[[], AbstractContextManager[object]] | None = None
@@ -358,14 +379,16 @@ class _Runner:
     def _worker(self, source: _JobSource, slot: int) -> None:
         """One job slot: take the next job, run it, repeat (an executor thread)."""
         try:
-            while (item := source.take()) is not None:
+            while (self.monitor is None or self.monitor.wait_until_ok()) and (
+                item := source.take()
+            ) is not None:
                 order, seq, args = item
                 try:
-                    argv = _job_argv(self.template, seq, args, slot)
+                    argv, executable = _job_argv(self.template, seq, args, slot)
                 except JobCannotRun as e:
                     self._cannot_run(_Job(seq, args, order, slot, []), e)
                     continue
-                self._run_job(_Job(seq, args, order, slot, argv))
+                self._run_job(_Job(seq, args, order, slot, argv, executable))
         except BaseException as e:  # e.g. reading stdin failed
             self._fail(e)
 
@@ -389,13 +412,30 @@ class _Runner:
 
     def _run_job(self, job: _Job) -> None:
         finished = False
+        with self._lock:
+            self.running += 1
         try:
             result, attempts = self._attempts(job)
             if result is not None and not result.stopped:
-                self._account(result.returncode == 0, _job_status(result))
+                notice = self._account(result.returncode == 0, _job_status(result), job)
                 if self.joblog is not None:
                     self._record(job, result, attempts)
-                self.output.finish(job.order, self._chunks(job, result))
+                if self.results is not None:  # saved instead of printed, as GNU's
+                    shown = self.template.display(job.args, job.seq, job.slot)
+                    status = _job_status(result)
+                    row = self.results.save(job.seq, job.args, shown, result, status)
+                    chunks: list[Chunk] = [(1, row)] if row else []
+                else:
+                    chunks = self._chunks(job, result)
+                if result.timed_out:
+                    shown = self.template.display(job.args, job.seq, job.slot)
+                    notice = (
+                        "conveyor run: Warning: This job was killed because it timed out:\n"
+                        f"conveyor run: Warning: {shown}\n{notice or ''}"
+                    )
+                if notice:
+                    chunks.append((2, os.fsencode(notice)))
+                self.output.finish(job.order, chunks)
                 finished = True
         except OSError as e:
             if e.errno != errno.E2BIG:
@@ -411,11 +451,17 @@ class _Runner:
             # would wait forever.
             if not finished:
                 self.output.finish(job.order, [])
+            with self._lock:
+                self.running -= 1
 
     def _attempts(self, job: _Job) -> tuple[Completed | None, int]:
         result: Completed | None = None
         attempts = 0
         first_start, t0 = time.time(), time.monotonic()
+        env = dict(self.base_env, PARALLEL_SEQ=str(job.seq), PARALLEL_JOBSLOT=str(job.slot))
+        timeout: float | Callable[[], float | None] | None = self.config.timeout
+        if self.config.timeout_percent is not None:
+            timeout = self._relative_timeout
         while not self.stop.is_set():  # no (re)start once a stop was requested
             attempts += 1
             sink = (
@@ -424,9 +470,30 @@ class _Runner:
                 else None
             )
             raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
-            result = run_command(
-                job.argv, timeout=self.config.timeout, stop=self.stop, sink=sink or raw
-            )
+            kill = self.monitor.job_started(job.seq) if self.monitor is not None else None
+            try:
+                result = run_command(
+                    job.argv,
+                    timeout=timeout,
+                    stop=self.stop,
+                    sink=sink or raw,
+                    env=env,
+                    executable=job.executable,
+                    termseq=self.config.resources.termseq,
+                    kill=kill,
+                )
+            finally:
+                if self.monitor is not None:
+                    self.monitor.job_ended(job.seq)
+            if kill is not None:
+                kill.close()
+                if kill.is_set() and not self.stop.is_set():
+                    # --memfree killed it to free memory: run it again when there is
+                    # enough (not a retry: it did not fail)
+                    attempts -= 1
+                    if not self.monitor or not self.monitor.wait_until_ok():
+                        break
+                    continue
             if attempts == 1:
                 first_start = result.start
             if sink is not None:
@@ -440,9 +507,23 @@ class _Runner:
             ):
                 break
         if result is not None:  # the job's row spans all its attempts
+            if result.returncode == 0 and not result.stopped:
+                with self._lock:
+                    bisect.insort(self._run_times, result.duration)
             result.duration = time.monotonic() - t0
             result.start = first_start
         return result, attempts
+
+    def _relative_timeout(self) -> float | None:
+        """--timeout N%: N% of the median run time of the jobs that succeeded so far
+        (no limit before the first succeeded)."""
+        times = self._run_times
+        if not times:
+            return None
+        n = len(times)
+        median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+        assert self.config.timeout_percent is not None
+        return median * self.config.timeout_percent / 100
 
     def _tag(self, job: _Job) -> bytes:
         if not self.config.tag:
@@ -477,7 +558,9 @@ class _Runner:
             return min(100, math.ceil(100 * self.failed / self.total))
         return min(self.failed, EXIT_FAILED_CAP)
 
-    def _account(self, ok: bool, status: int) -> None:
+    def _account(self, ok: bool, status: int, job: _Job | None = None) -> str | None:
+        """Count a finished job and decide --halt; returns the notice to print on
+        stderr when this job made --halt stop (GNU parallel's wording)."""
         halt = self.config.halt
         with self._lock:  # counters and the halt decision: one thread at a time
             if ok:
@@ -487,19 +570,27 @@ class _Runner:
             if self.progress is not None:
                 self.progress.update(1)
             if halt.when == "never":
-                return
+                return None
             count = {
                 "fail": self.failed,
                 "success": self.succeeded,
                 "done": self.failed + self.succeeded,
             }[halt.what]
             if count < halt.threshold(self.total) or self.halted_by is not None:
-                return
+                return None
             self.halted_by = status
         if halt.when == "now":
             self._halt_now()
         else:
             self._halt_soon()
+        notice = ""
+        if job is not None:
+            shown = self.template.display(job.args, job.seq, job.slot)
+            notice = f"conveyor run: This job {'succeeded' if ok else 'failed'}:\n{shown}\n"
+        if halt.when == "soon":
+            others = max(0, self.running - 1)
+            notice += f"conveyor run: Starting no more jobs. Waiting for {others} jobs to finish.\n"
+        return notice
 
     def _record(self, job: _Job, result: Completed, attempts: int) -> None:
         from conveyor.cli.joblog import JobRow, input_text
@@ -583,7 +674,9 @@ def run(config: RunConfig) -> int:
     per_job = splitter is not None or config.max_args is not None
     groups = None if per_job else len(config.groups) or 1
     if not config.header:  # else once the header is read
-        template = compile_template(config.command, groups=groups, quote=config.quote)
+        template = compile_template(
+            config.command, groups=groups, quote=config.quote, shell=config.shell
+        )
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
     materialize = config.shuf or config.eta or config.halt.percent is not None
@@ -601,7 +694,7 @@ def run(config: RunConfig) -> int:
     if config.header:
         names = splitter(inputs.header) if splitter is not None else inputs.header
         command = name_columns(config.command, names)
-        template = compile_template(command, groups=groups, quote=config.quote)
+        template = compile_template(command, groups=groups, quote=config.quote, shell=config.shell)
     if splitter is not None:
         inputs.jobs = map(splitter, inputs.jobs)
     if config.max_args is not None:
@@ -618,6 +711,14 @@ def run(config: RunConfig) -> int:
         if total is not None and not config.dry_run:
             jobs = _checked(template, jobs, config.jobs)
         if config.dry_run:
+            if template.unknown:
+                braces = " ".join(dict.fromkeys(template.unknown))
+                print(
+                    f"conveyor run: note: {braces} in COMMAND is no replacement string and "
+                    "stays as text (as in GNU parallel); known: {} {.} {/} {//} {/.} {#} {%} "
+                    "{n}",
+                    file=sys.stderr,
+                )
             out = sys.stdout.buffer
             for order, (seq, args) in enumerate(jobs):
                 slot = order % config.jobs + 1
@@ -625,6 +726,8 @@ def run(config: RunConfig) -> int:
             out.flush()
             return 0
         runner = _Runner(config, template, total, joblog)
+        if config.resources.results is not None:
+            runner.results = Results(config.resources.results, names)
         if config.tagstring is not None:
             runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
@@ -634,6 +737,10 @@ def run(config: RunConfig) -> int:
             return EXIT_ERROR
         finally:
             runner.stop.close()
+            if runner.monitor is not None:
+                runner.monitor.close()
+            if runner.results is not None:
+                runner.results.close()
         if runner.errors:
             e = runner.errors[0]
             print(f"conveyor run: error: {type(e).__name__}: {e}", file=sys.stderr)
