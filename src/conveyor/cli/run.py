@@ -68,6 +68,7 @@ from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Inputs, batched, column_splitter, csv_splitter, open_inputs
 from conveyor.cli.limits import too_long
+from conveyor.cli.multi import MultiTemplate, batches, flatten, per_job_limit
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
@@ -85,6 +86,8 @@ if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
 
 __all__ = ["main", "run"]
+
+AnyTemplate = Template | MultiTemplate
 
 EXIT_FAILED_CAP = 101
 EXIT_ERROR = 255
@@ -232,7 +235,7 @@ class JobCannotRun(CliError):
 
 
 def _job_argv(
-    template: Template, seq: int, args: tuple[str, ...], slot: int
+    template: AnyTemplate, seq: int, args: tuple[str, ...], slot: int
 ) -> tuple[list[str], str | None]:
     """What job ``seq`` executes: (argv, None) for the shell, or (the program's argv,
     its path) when the shell is not needed (``Template.direct_argv``);
@@ -260,7 +263,11 @@ class _Runner:
     """One ``conveyor run``: the state shared by the main and the executor threads."""
 
     def __init__(
-        self, config: RunConfig, template: Template, total: int | None, joblog: JobLog | None
+        self,
+        config: RunConfig,
+        template: AnyTemplate,
+        total: int | None,
+        joblog: JobLog | None,
     ) -> None:
         self.config = config
         self.template = template
@@ -275,7 +282,8 @@ class _Runner:
         self.halted_by: int | None = None  # the status of the job that made --halt stop
         # Set in every job: GNU parallel's $PARALLEL_PID (+ $PARALLEL_SEQ and
         # $PARALLEL_JOBSLOT per job, see _attempts).
-        self.base_env = dict(os.environ, PARALLEL_PID=str(os.getpid()))
+        # Built in run(), after guardian.start() put the run id into os.environ.
+        self.base_env: dict[str, str] = {}
         self.monitor: ResourceMonitor | None = None
         if config.resources.memfree is not None or config.resources.load is not None:
             self.monitor = ResourceMonitor(config.resources, self.no_new)
@@ -325,6 +333,7 @@ class _Runner:
         # that the Python-level handler runs. Not Thread.join(): on Python 3.11 an
         # interrupted join() marks the thread as ended.
         guardian.start()  # before any job exists: see the race noted in guardian.py
+        self.base_env = dict(os.environ, PARALLEL_PID=str(os.getpid()))
         done_read, done_write = os.pipe()
         wakeup = _SignalWakeup()
 
@@ -651,7 +660,7 @@ def _job_list(
 
 
 def _checked(
-    template: Template, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
+    template: AnyTemplate, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
 ) -> Iterator[tuple[int, tuple[str, ...]]]:
     """Inputs known in advance: every job's command line is built once (with the
     widest slot number) before any job starts, so a job that could not run stops the
@@ -673,7 +682,12 @@ def run(config: RunConfig) -> int:
     )
     per_job = splitter is not None or config.max_args is not None
     groups = None if per_job else len(config.groups) or 1
-    if not config.header:  # else once the header is read
+    template: AnyTemplate
+    if config.multi is not None:
+        template = MultiTemplate(
+            config.command, mode=config.multi, quote=config.quote, shell=config.shell
+        )
+    elif not config.header:  # else once the header is read
         template = compile_template(
             config.command, groups=groups, quote=config.quote, shell=config.shell
         )
@@ -697,6 +711,15 @@ def run(config: RunConfig) -> int:
         template = compile_template(command, groups=groups, quote=config.quote, shell=config.shell)
     if splitter is not None:
         inputs.jobs = map(splitter, inputs.jobs)
+    if isinstance(template, MultiTemplate):  # -X / -m: as many inputs a job as fit
+        values = flatten(inputs.jobs)
+        if inputs.total is not None:
+            listed = list(values)
+            limit = per_job_limit(len(listed), config.jobs)
+            formed = list(batches(iter(listed), template, limit))
+            inputs.jobs, inputs.total = iter(formed), len(formed)
+        else:
+            inputs.jobs = batches(values, template)
     if config.max_args is not None:
         inputs.jobs = batched(inputs.jobs, config.max_args)
         if inputs.total is not None and config.max_args:
