@@ -56,13 +56,15 @@ replacement strings (GNU parallel's):
   {%}   job slot (1 .. -j)
   {n} {n.} {n/} {n//} {n/.}   the same for the argument from input group n
   With no replacement string in COMMAND, the arguments are appended.
-  Any other {word} is an error; write \\{word\\} or '{ word }' for literal braces.
+  Any other {word} stays as it is (awk '{print $1}', {a,b}), as in GNU parallel;
+  --dry-run notes each on stderr, to catch a typo.
 
 quoting (exactly):
-  COMMAND's words are joined with spaces and run by /bin/sh -c, so shell syntax in
-  COMMAND works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
+  COMMAND's words are joined with spaces and run by the shell (--shell; default
+  $CONVEYOR_SHELL, else $PARALLEL_SHELL, else /bin/sh), so shell syntax in COMMAND
+  works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
   Inputs are never spliced into that shell code: each job runs
-  /bin/sh -c SCRIPT sh VALUE... and every replacement string refers to its value,
+  SHELL -c SCRIPT sh VALUE... and every replacement string refers to its value,
   which the shell does not parse. So an input reaches the command literally, as one
   word or part of the word it stands in, wherever it stands: plain, '...', "...",
   $(...), backquotes, ${x:-...}, here-documents. Spaces, quotes, ; $ ` * and newlines
@@ -73,8 +75,17 @@ quoting (exactly):
   {} in a quoted here-document (<<'EOF') is refused. Commands that run their
   argument as code (eval {}, sh -c {}) do run it, as with GNU parallel.
   --dry-run and the job log show each command as equivalent shell text.
-  -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
+  -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell;
+  {} with several values (input groups, -n) gives one word per value, as GNU's -q.
   With no COMMAND, each input is itself a shell command, unquoted.
+
+skipping the shell:
+  When COMMAND is plain words (letters, digits, _-./:,+@%= and replacement strings
+  outside quotes) or -q is given, and its program is not a shell builtin (true and
+  false excepted) nor an exported bash function, and is found in PATH, each job
+  execs the program directly with the argv the shell would have built (x{}y on two
+  values: two words). Output, exit status and environment are the same, but for
+  what a shell itself sets (bash: SHLVL, _). Anything else runs under the shell.
 
 command line limits:
   A job whose command line would exceed the system's limit (ARG_MAX for all
@@ -117,11 +128,21 @@ as it ends, so even a SIGKILLed run loses no written row):
   --resume-failed an existing log is emptied first.
 
 processes:
-  Every job runs in its own process group (new session), stdin from /dev/null.
-  --timeout, --halt now and Ctrl-C (or SIGTERM/SIGHUP to conveyor) kill a job's
-  whole group with SIGTERM, then SIGKILL after 1 s. A job ends when its output is
-  closed and its shell has exited; a process it left in the background with its
-  output redirected elsewhere is not killed, as in a shell.
+  Every job runs in its own process group (new session), stdin from /dev/null, with
+  $PARALLEL_SEQ ({#}), $PARALLEL_JOBSLOT ({%}) and $PARALLEL_PID (conveyor's pid)
+  set, as GNU parallel does.
+  --timeout, --halt now, --memfree and Ctrl-C (or SIGTERM/SIGHUP to conveyor) stop a
+  job's whole group by --termseq (default TERM,200,TERM,100,TERM,50,KILL,25: a signal,
+  then milliseconds to wait). A job ends when its output is closed and its shell has
+  exited; a process it left in the background with its output redirected elsewhere is
+  not killed, as in a shell. A job killed by --timeout gets GNU parallel's warning on
+  stderr ("This job was killed because it timed out"), and the job that makes --halt
+  stop gets its notice ("This job failed:" + the command).
+
+semaphore (conveyor sem):
+  conveyor sem -j 4 --id NAME COMMAND  starts COMMAND in the background as soon as one
+  of NAME's 4 slots is free (waits for one); conveyor sem --wait --id NAME  waits
+  until every command started under NAME has ended. See conveyor sem --help.
 
 differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them):
   "{}" and '{}': GNU splices each input, shell-quoted, into the command text, so
@@ -129,11 +150,24 @@ differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them)
     (a b); conveyor passes inputs out of band, so both print a  b: a value is never
     shell code, wherever {} stands (see quoting).
   --retries N: a failed job runs up to N more times (N+1 in all); GNU runs a job at
-    most N times in all.
+    most N times in all (and 0 means forever). Kept: it is what retries=N means in
+    conveyor's Python API, and one word has one meaning in conveyor.
   --colsep REGEX is a Python regular expression (GNU: Perl's), and one character is
     taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
-  An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
-    text. Write \\{word\\} or '{ word }' for literal braces.
+  --shell: the default is /bin/sh (after $CONVEYOR_SHELL, $PARALLEL_SHELL); GNU uses
+    the shell that started it, else $SHELL: the same command line should not behave
+    differently from a script and from a terminal. Use --shell bash for bash syntax.
+  -j -N below 1: conveyor runs 1 job, as GNU's manual says; GNU 20221122 exits 255.
+  -j0 means min(1024, open-file limit / 4) slots (GNU measures its limits instead,
+    which takes seconds).
+  --load compares the 1-minute load average (GNU: the number of running processes).
+  --memfree never kills the only running job (it could never finish otherwise), and
+    reruns a killed job without counting it against --retries.
+  --results also writes 'exitcode' in each job's directory, and names the values "",
+    "." and ".." \\_empty, \\_. and \\_.. (GNU writes those into parent directories).
+  -X/-m read all inputs (also stdin) before the first job, to spread them evenly.
+  SIGHUP to conveyor (kill -HUP $PARALLEL_PID) stops the run as Ctrl-C does, killing
+    running jobs; GNU lets them finish. One way to stop, for every signal.
 
 examples:
   conveyor run gzip ::: *.log                       # gzip each file, -j = cores
@@ -151,6 +185,15 @@ examples:
   conveyor run --resume --joblog jobs.db ./fetch.sh {} :::: urls.txt   # after a crash
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
   conveyor run --dry-run mv {} {.}.bak ::: a.txt b.txt   # print, run nothing
+  conveyor run -X -j1 rm -f {} ::: *.tmp             # as many files a command as fit
+  conveyor run -m -j1 tar czf logs.tgz ::: *.log       # {} = all of them
+  conveyor run --results out/ ./test.sh ::: a b       # out/1/a/{stdout,stderr,seq,exitcode}
+  conveyor run --results runs.csv ./bench {} ::: 1 2  # one table (also .tsv, .json)
+  conveyor run --timeout 300% --termseq INT,2000,KILL,25 ./job ::: *.in
+  conveyor run --load 80% --memfree 2G ./build {} ::: targets/*
+  conveyor run --shell bash '[[ {} == *.gz ]] && zcat {} || cat {}' ::: *
+  conveyor run -j0 'curl -s {} >/dev/null' :::: urls.txt   # as many at once as possible
+  conveyor sem -j 2 --id dl wget URL; conveyor sem --wait --id dl
 """
 
 

@@ -693,7 +693,12 @@ def run(config: RunConfig) -> int:
         )
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
-    materialize = config.shuf or config.eta or config.halt.percent is not None
+    materialize = (
+        config.shuf
+        or config.eta
+        or config.halt.percent is not None
+        or config.multi is not None  # -X/-m spread all inputs evenly over the slots
+    )
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
     inputs = open_inputs(
