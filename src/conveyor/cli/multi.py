@@ -56,6 +56,7 @@ class MultiTemplate:
         self.unknown = base.unknown
         self.executable = base.executable
         self.shell = shell
+        self.exports_seq = True
         self._base = base
 
     def for_size(self, n: int) -> Template:

@@ -282,8 +282,6 @@ class _Runner:
         self.halted_by: int | None = None  # the status of the job that made --halt stop
         # Set in every job: GNU parallel's $PARALLEL_PID (+ $PARALLEL_SEQ and
         # $PARALLEL_JOBSLOT per job, see _attempts).
-        # Built in run(), after guardian.start() put the run id into os.environ.
-        self.base_env: dict[str, str] = {}
         self.monitor: ResourceMonitor | None = None
         if config.resources.memfree is not None or config.resources.load is not None:
             self.monitor = ResourceMonitor(config.resources, self.no_new)
@@ -333,7 +331,10 @@ class _Runner:
         # that the Python-level handler runs. Not Thread.join(): on Python 3.11 an
         # interrupted join() marks the thread as ended.
         guardian.start()  # before any job exists: see the race noted in guardian.py
-        self.base_env = dict(os.environ, PARALLEL_PID=str(os.getpid()))
+        # $PARALLEL_PID for every job, as GNU parallel (restored at the end, for
+        # callers of main() in-process); $PARALLEL_SEQ/$PARALLEL_JOBSLOT: see _attempts.
+        pid_before = os.environ.get("PARALLEL_PID")
+        os.environ["PARALLEL_PID"] = str(os.getpid())
         done_read, done_write = os.pipe()
         wakeup = _SignalWakeup()
 
@@ -354,6 +355,10 @@ class _Runner:
             _uninterrupted(lambda: wakeup.wait_readable(done_read))
             raise
         finally:
+            if pid_before is None:
+                os.environ.pop("PARALLEL_PID", None)
+            else:
+                os.environ["PARALLEL_PID"] = pid_before
             wakeup.close()
             os.close(done_read)
             os.close(done_write)
@@ -467,7 +472,11 @@ class _Runner:
         result: Completed | None = None
         attempts = 0
         first_start, t0 = time.time(), time.monotonic()
-        env = dict(self.base_env, PARALLEL_SEQ=str(job.seq), PARALLEL_JOBSLOT=str(job.slot))
+        # The shell's script exports $PARALLEL_SEQ and $PARALLEL_JOBSLOT from its
+        # arguments; a program exec'ed directly gets them in its environment.
+        env: dict[str, str] | None = None
+        if job.executable is not None or not self.template.exports_seq:
+            env = dict(os.environ, PARALLEL_SEQ=str(job.seq), PARALLEL_JOBSLOT=str(job.slot))
         timeout: float | Callable[[], float | None] | None = self.config.timeout
         if self.config.timeout_percent is not None:
             timeout = self._relative_timeout
