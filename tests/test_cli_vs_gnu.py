@@ -12,6 +12,7 @@ parallel's start-up dominates), so the table is kept to the behaviours users rel
 
 from __future__ import annotations
 
+import csv
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -342,3 +343,42 @@ def test_joblog_command_prints_gnu_parallels_layout(tmp_path: Path) -> None:
     # The fields GNU's layout formats: start with 3 decimals, runtime padded to 10.
     first = ours.stdout.splitlines()[1].split("\t")
     assert len(first[2].split(".")[1]) == 3 and len(first[3]) == 10
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "exitcode"  # conveyor's addition
+    }
+
+
+@pytest.mark.parametrize(
+    "results",
+    ["out", "out/", "res_{}/", "res_{}"],
+)
+def test_results_layout_is_gnu_parallels(tmp_path: Path, results: str) -> None:
+    assert GNU is not None
+    args = ["--results", results, "echo {1}{2}; echo e{} >&2", ":::", "a", "b c/d", ":::", "x"]
+    if "{}" in results:
+        args = ["--results", results, "echo {}; echo e{} >&2", ":::", "a", "b c"]
+    trees = []
+    for name, argv in (("gnu", [GNU, "--will-cite"]), ("ours", [*CLI, "run"])):
+        directory = tmp_path / name
+        directory.mkdir()
+        done = subprocess.run([*argv, *args], cwd=directory, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b""  # saved, not printed
+        trees.append(_tree(directory))
+    assert trees[0] == trees[1]
+
+
+def test_results_table_is_gnu_parallels(tmp_path: Path) -> None:
+    assert GNU is not None
+    tables = []
+    for _name, argv in (("gnu", [GNU, "--will-cite"]), ("ours", [*CLI, "run"])):
+        args = ["-k", "-j1", "--results", "-.csv", "echo {}; echo e >&2; exit {#}", ":::", "a"]
+        done = subprocess.run([*argv, *args, 'b,"c'], capture_output=True, timeout=60, text=True)
+        rows = [row[:2] + row[4:] for row in csv.reader(done.stdout.splitlines(keepends=True))]
+        tables.append((done.returncode, rows))
+    assert tables[0] == tables[1]

@@ -585,7 +585,8 @@ class RunConfig:
 
 
 def _negative_values(parser: argparse.ArgumentParser, head: list[str]) -> list[str]:
-    """Attach a negative value to its option (``--halt -1`` -> ``--halt=-1``, ``-j -2``):
+    """Attach a value starting with '-' to its option (``--halt -1`` -> ``--halt=-1``,
+    ``-j -2``, ``--results -.csv``):
     argparse would take ``-1`` for an option, as ``-0`` is one. Only the options before
     COMMAND are looked at."""
     takes_value = {
@@ -603,7 +604,7 @@ def _negative_values(parser: argparse.ArgumentParser, head: list[str]) -> list[s
             break
         if word in takes_value and i + 1 < len(head):
             value = head[i + 1]
-            if re.fullmatch(r"-[0-9.]+%?", value):
+            if re.match(r"-[0-9.]", value):  # -1, -50%, -.csv
                 out.append(f"{word}={value}" if word.startswith("--") else word + value)
             else:
                 out.extend((word, value))
