@@ -4,12 +4,13 @@ Data flow for one job (this runs on an executor thread; one call per attempt)::
 
     executor thread                                  the job's process group
     ---------------                                  -----------------------
-    Popen(sh -c SCRIPT sh VALUES..., new session) ------------> sh (group leader) + its children
+    Popen(sh -c SCRIPT sh ... or PROGRAM ARGS..., new session) --> leader + its children
     poll() on:  stdout pipe  <---------------------- writes
                 stderr pipe  <---------------------- writes
                 pidfd        <---------------------- leader exits
                 stop pipe    <-- StopSignal.set() from any thread (halt now, Ctrl-C)
-                + timeout    --> killpg(TERM), after GRACE killpg(KILL)
+                kill pipe    <-- this job only (--memfree)
+                + timeout    --> killpg(each signal of --termseq, waiting after each)
     output chunks --> sink(stream, bytes)   (or kept in a Captured, returned whole)
 
 Guarantees, and where they are kept:
@@ -18,9 +19,10 @@ Guarantees, and where they are kept:
   ``communicate()``). Reaping happens only at the end (``proc.wait()`` in ``finally``),
   so the leader's pid -- which is the group id -- cannot be reused while we may still
   signal the group: ``killpg`` never hits a stranger.
-* A timeout or a stop request kills the whole process group: SIGTERM, then SIGKILL
-  after ``GRACE`` seconds. Children that escaped the group (``setsid``) cannot be killed;
-  their pipes are abandoned ``GRACE`` seconds after the SIGKILL so the runner still ends.
+* A timeout or a stop request stops the whole process group by the signal sequence
+  (``termseq``: a signal, then milliseconds to wait, ...; SIGKILL at the end).
+  Children that escaped the group (``setsid``) cannot be killed; their pipes are
+  abandoned ``GRACE`` seconds after the SIGKILL so the runner still ends.
 * The stop pipe is never drained once written, so every job blocked in ``poll`` sees
   it, and a job started after the stop sees it at its first ``poll``.
 """

@@ -23,13 +23,17 @@ of CPU a job more (one executor task per job, ~0.35 ms parent CPU a job, against
 now; the child ``sh`` itself costs ~0.6 ms). Spawning dominates what is left, so an
 event loop would not be faster. Measured against ``xargs -P`` on 2 cores with 1,000
 ``true`` jobs (``benchmarks/bench_cli.py``), the whole run including the interpreter's
-start-up takes 0.9-1.1x xargs' time on a quiet machine (up to ~1.4x under load), and
-4.3-4.6x less than GNU parallel's. Every job runs under ``/bin/sh -c``: exec'ing
-simple commands directly saves nothing measurable (one exec either way: ``sh`` with its
-builtin ``true``, or ``/usr/bin/true``) and is not equivalent for builtins such as
-``echo``. A job's values travel as arguments of that shell, never inside its script
-(``templates``), and its argument vector is checked against the system's limits before
-it is spawned (``limits``): before any job starts when the inputs are known.
+start-up takes 0.9-1.2x xargs' time (the spread is the machine's load), and 4-6x less
+than GNU parallel's. A COMMAND of plain words whose program is not a shell builtin is
+exec'ed directly (``Template.direct_argv``: the argv the shell would have built), which
+saves the shell's own exec; builtins (``true`` too) stay in the shell, where they need
+no exec at all (spawned one after another, ``sh -c true`` measured ~0.74 ms a job,
+coreutils' ``true`` ~0.91 ms: it loads libc and the locale). A job's values travel as
+arguments of that shell, never inside its script (``templates``), and its argument
+vector is checked against the system's limits before it is spawned (``limits``): before
+any job starts when the inputs are known. The script also exports ``$PARALLEL_SEQ`` and
+``$PARALLEL_JOBSLOT`` from its arguments (a new environment per job measured ~40 us of
+the runner's CPU a job); a program exec'ed directly gets them in its environment.
 
 Guarantees, and where they are kept:
 
@@ -37,7 +41,7 @@ Guarantees, and where they are kept:
   job at a time (``_dispatch``).
 * Each job is taken once, orders have no gaps, --delay spaces starts (``_JobSource``).
 * ``--halt now`` and Ctrl-C set the StopSignal, which every running job polls on, so
-  each kills its own process group; no new job starts once ``no_new`` is set (checked
+  each stops its own process group (by ``--termseq``); no new job starts once ``no_new`` is set (checked
   by ``_JobSource.take`` and again by the job before every attempt).
 * Signals are handled in the main thread, which holds none of our locks (it only waits
   for the dispatcher), so an interrupt can never leave a lock held.
