@@ -41,8 +41,9 @@ Guarantees, and where they are kept:
   job at a time (``_dispatch``).
 * Each job is taken once, orders have no gaps, --delay spaces starts (``_JobSource``).
 * ``--halt now`` and Ctrl-C set the StopSignal, which every running job polls on, so
-  each stops its own process group (by ``--termseq``); no new job starts once ``no_new`` is set (checked
-  by ``_JobSource.take`` and again by the job before every attempt).
+  each stops its own process group (by ``--termseq``); no new job starts once
+  ``no_new`` is set (checked by ``_JobSource.take`` and again by the job before every
+  attempt).
 * Signals are handled in the main thread, which holds none of our locks (it only waits
   for the dispatcher), so an interrupt can never leave a lock held.
 * Counters and the halt decision change only under ``self._lock``.
