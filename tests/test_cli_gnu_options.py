@@ -291,6 +291,9 @@ def test_sem_foreground_status_and_errors(tmp_path: Path) -> None:
     env = dict(os.environ, CONVEYOR_SEM_DIR=str(tmp_path / "sem"))
     done = subprocess.run([*CLI, "sem", "--fg", "--id", "f", "exit 5"], env=env)
     assert done.returncode == 5
+    name = tmp_path / "a b; c"
+    done = subprocess.run([*CLI, "sem", "--fg", "-q", "--id", "f", "touch", str(name)], env=env)
+    assert (done.returncode, name.exists()) == (0, True)
     for args, message in (
         (["--id", "a/b", "true"], "--id"),
         (["--wait", "--id", "x", "true"], "--wait and COMMAND"),

@@ -10,9 +10,9 @@ no fixed number of arguments).
 How many fit: the command line the job would execute must stay within ``ARG_MAX``
 (arguments + environment) and, for the shell's script, one argument's limit
 (``MAX_ARG_STRLEN``, 128 KiB on Linux); a batch is filled while a conservative
-estimate of its size fits. As GNU parallel does, when the inputs are known in advance
-they are spread evenly over the job slots: with ``-j N``, no batch has more than
-``ceil(inputs / N)``.
+estimate of its size fits. As GNU parallel does, the inputs are spread evenly over the
+job slots: with ``-j N``, no batch has more than ``ceil(inputs / N)`` (``conveyor run``
+reads all inputs, also stdin, before the first job, to know their number).
 
 >>> t = MultiTemplate(["echo x{}y"], mode="X")
 >>> t.display(("a", "b c"), seq=1, slot=1)

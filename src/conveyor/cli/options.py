@@ -289,9 +289,9 @@ def run_parser() -> ErrorRaisingParser:
         action="store_const",
         const="X",
         help="as many inputs per job as the command line can take, each word holding "
-        "{} repeated per input (context replace: 'x{}y' on a b -> xay xby); with -j > 1 "
-        "and inputs known in advance, spread evenly over the job slots. "
-        "E.g. conveyor run -X rm -f {} ::: *.tmp",
+        "{} repeated per input (context replace: 'x{}y' on a b -> xay xby), spread "
+        "evenly over the -j slots (all inputs, also stdin, are read first); with no {} "
+        "they are appended. E.g. conveyor run -X rm -f {} ::: *.tmp",
     )
     per_job.add_argument(
         "-m",

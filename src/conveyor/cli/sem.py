@@ -19,7 +19,8 @@ No lock can be left stale: the kernel releases it when the last holder exits.
 ``--wait`` takes (and releases) every slot file of NAME in turn.
 
 Differences from GNU parallel's sem: the default --id is ``default`` (GNU: one per
-terminal); COMMAND's output is not buffered (it goes where conveyor sem's goes).
+terminal); COMMAND's output is not buffered (it goes where conveyor sem's goes). As in GNU
+parallel, COMMAND's words are joined into shell code; ``-q`` keeps each one word.
 
 >>> slot_dir("x").name
 'x'
@@ -31,6 +32,7 @@ import argparse
 import fcntl
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -65,11 +67,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="conveyor sem",
         usage="conveyor sem [-j N] [--id NAME] [--fg] COMMAND ... | conveyor sem --wait "
         "[--id NAME]",
-        description=__doc__.split("How it works")[0].split("::", 1)[0].strip() if __doc__ else None,
+        description="A counting semaphore for shell scripts, like GNU parallel's sem: start "
+        "COMMAND (shell code, run by --shell) in the background as soon as one of NAME's -j "
+        "slots is free, or with --wait, wait until every command started under NAME has "
+        "ended. A slot is held as long as its command runs, even if conveyor sem was "
+        "killed; slots are files in $CONVEYOR_SEM_DIR/NAME (default "
+        "$XDG_RUNTIME_DIR/conveyor-sem or ~/.cache/conveyor/sem).",
         epilog="examples:\n"
-        '  for f in *.wav; do conveyor sem -j 2 --id enc lame {} "$f"; done\n'
+        '  for f in *.wav; do conveyor sem -j 2 --id enc -q lame "$f"; done\n'
         "  conveyor sem --wait --id enc\n"
-        "  conveyor sem --fg --id db ./migrate.sh   # a mutex (-j 1)",
+        "  conveyor sem --fg --id db ./migrate.sh   # a mutex (-j 1), in the foreground",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -87,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shell", metavar="PATH", help="the shell for COMMAND (as conveyor run's --shell)"
+    )
+    p.add_argument(
+        "-q",
+        "--quote",
+        action="store_true",
+        help="COMMAND's words are literal (each one word, no shell syntax), e.g. file names",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     return p
@@ -158,7 +171,7 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_ERROR
     try:
         proc = subprocess.Popen(
-            [shell, "-c", " ".join(command)],
+            [shell, "-c", shlex.join(command) if ns.quote else " ".join(command)],
             pass_fds=(fd,),  # the slot is held as long as COMMAND runs
             start_new_session=not ns.fg,
             stdin=None if ns.fg else subprocess.DEVNULL,
