@@ -16,7 +16,7 @@ import pytest
 
 from conveyor.cli.options import MAX_JOBS, UsageError, parse_jobs, parse_run_args, usable_cores
 
-from cli_helpers import CLI, kill_tree, run, run_cli, wait_for
+from cli_helpers import CLI, alive, kill_tree, run, run_cli, wait_for
 
 # -- -j ------------------------------------------------------------------------------------
 
@@ -152,8 +152,8 @@ def test_memfree_kills_the_youngest_job_and_runs_it_again(tmp_path: Path) -> Non
         pids = [int(p.read_text().split()[0]) for p in work.glob("started.*")]
         meminfo.write_text("MemAvailable: 102400 kB\n")  # 100 MiB: below half of 1G
         # One job (the younger) is killed and waits for memory; the older is left alone.
-        wait_for(lambda: any(not _alive_pid(pid) for pid in pids), what="a job to be killed")
-        assert sum(_alive_pid(pid) for pid in pids) == 1
+        wait_for(lambda: any(not alive(pid) for pid in pids), what="a job to be killed")
+        assert sum(alive(pid) for pid in pids) == 1
         meminfo.write_text("MemAvailable: 8388608 kB\n")
         wait_for(
             lambda: sum(len(p.read_text().split()) for p in work.glob("started.*")) == 3,
@@ -165,18 +165,6 @@ def test_memfree_kills_the_youngest_job_and_runs_it_again(tmp_path: Path) -> Non
         assert counts == [1, 2]
     finally:
         kill_tree(proc)
-
-
-def _alive_pid(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize(
