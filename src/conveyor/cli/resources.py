@@ -228,7 +228,7 @@ class ResourceMonitor:
         return kill
 
     def job_ended(self, seq: int) -> None:
-        """Unregister a job (its attempt ended)."""
+        """Unregister a job (its attempt ended); its kill signal may be closed after."""
         with self._lock:
             self._running.pop(seq, None)
 
@@ -237,13 +237,12 @@ class ResourceMonitor:
         while not self._closed.wait(CHECK_INTERVAL):
             if available_memory() >= self.resources.memfree / 2:
                 continue
-            with self._lock:
+            with self._lock:  # set under the lock: job_ended() then closes it after
                 if len(self._running) < 2:
                     continue
                 seq = next(reversed(self._running))
-                kill = self._running.pop(seq)
+                self._running.pop(seq).set()
                 self.killed += 1
-            kill.set()
 
     def close(self) -> None:
         """Stop the watcher (at the end of the run)."""
