@@ -355,13 +355,16 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "results",
-    ["out", "out/", "res_{}/", "res_{}"],
+    ["out", "out/", "res_{}/", "res_{}", "header"],
 )
 def test_results_layout_is_gnu_parallels(tmp_path: Path, results: str) -> None:
     assert GNU is not None
     args = ["--results", results, "echo {1}{2}; echo e{} >&2", ":::", "a", "b c/d", ":::", "x"]
     if "{}" in results:
         args = ["--results", results, "echo {}; echo e{} >&2", ":::", "a", "b c"]
+    if results == "header":  # the groups' names instead of their numbers
+        args = ["--header", ":", "--results", "foo", "echo {a} {b}", ":::", "a", "I", "II"]
+        args += [":::", "b", "III"]
     trees = []
     for name, argv in (("gnu", [GNU, "--will-cite"]), ("ours", [*CLI, "run"])):
         directory = tmp_path / name
