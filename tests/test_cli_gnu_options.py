@@ -224,6 +224,14 @@ def test_results_tables(tmp_path: Path) -> None:
     assert [(x["Seq"], x["Exitval"], x["V"]) for x in records] == [(1, 0, ["0"]), (2, 2, ["2"])]
 
 
+def test_results_table_keeps_order_with_k(tmp_path: Path) -> None:
+    # Job 1 ends last; with -k its row is still first, after the header.
+    r = run("-k", "-j2", "--results", "t.tsv", "sleep {}", ":::", "0.5", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "t.tsv").read_text().splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["Seq", "1", "2"]
+
+
 # -- -X / -m ----------------------------------------------------------------------------------
 
 

@@ -78,9 +78,16 @@ def _status(result: Completed) -> tuple[int, int]:
 class Results:
     """Where --results saves each job (called from the executor threads)."""
 
-    def __init__(self, name: str, names: Sequence[str] = ()) -> None:
+    def __init__(self, name: str, names: Sequence[str] = (), keep_order: bool = False) -> None:
         self.name = name
         self.names = list(names)  # --header's group names
+        # -k: rows in job order (a table file holds back later rows; on stdout the
+        # runner's output keeps the order, and the header goes with job 0's row).
+        self.keep_order = keep_order
+        self._header = ""  # the table's header row, once known (CSV/TSV)
+        self._header_out = False
+        self._next = 0  # -k, table file: the next order to write
+        self._held: dict[int, str | None] = {}  # -k, table file: rows waiting their turn
         self._lock = threading.Lock()
         self._table: IO[str] | None = None
         self.to_stdout = False
@@ -99,7 +106,13 @@ class Results:
             Path(name).mkdir(parents=True, exist_ok=True)
 
     def save(
-        self, seq: int, args: Sequence[str], command: str, result: Completed, status: int
+        self,
+        seq: int,
+        args: Sequence[str],
+        command: str,
+        result: Completed,
+        status: int,
+        order: int = 0,
     ) -> bytes:
         """Save one finished job; returns what to print instead of its output (the
         table row with ``-.csv``, else nothing)."""
@@ -123,7 +136,33 @@ class Results:
                 Path(target + ".err").write_bytes(err)
                 Path(target + ".seq").write_text(str(seq))
             return b""
-        return self._row(seq, args, command, result, out, err)
+        return self._row(seq, args, command, result, out, err, order)
+
+    def skip(self, order: int) -> None:
+        """A job that was taken but saved nothing (killed, never ran): with -k, later
+        rows of a table file must not wait for it."""
+        if self._table is not None and self.keep_order:
+            with self._lock:
+                if order >= self._next and order not in self._held:
+                    self._held[order] = None
+                    self._flush()
+
+    def _flush(self) -> None:
+        """Write the held rows that are next in order (under the lock)."""
+        assert self._table is not None
+        while self._next in self._held:
+            text = self._held.pop(self._next)
+            self._next += 1
+            if text is not None:
+                self._write(text)
+
+    def _write(self, text: str) -> None:
+        assert self._table is not None
+        if not self._header_out and self._header:
+            self._header_out = True
+            text = self._header + text
+        self._table.write(text)
+        self._table.flush()
 
     @staticmethod
     def _files(directory: Path, seq: int, out: bytes, err: bytes, status: int) -> None:
@@ -141,6 +180,7 @@ class Results:
         result: Completed,
         out: bytes,
         err: bytes,
+        order: int,
     ) -> bytes:
         exitval, signum = _status(result)
         stdout, stderr = os.fsdecode(out), os.fsdecode(err)
@@ -165,16 +205,21 @@ class Results:
                 text = json.dumps(record, ensure_ascii=False) + "\n"
             else:
                 sep = "," if self.kind == "csv" else "\t"
-                if not self._columns:
-                    self._columns = len(args)
+                if not self._header:
                     header = [*_HEADER, "Command"]
                     header += [f"V{i}" for i in range(1, len(args) + 1)]
-                    text = table_row([*header, "Stdout", "Stderr"], sep) + "\n"
-                text += table_row([*fields, *args, stdout, stderr], sep) + "\n"
+                    self._header = table_row([*header, "Stdout", "Stderr"], sep) + "\n"
+                text = table_row([*fields, *args, stdout, stderr], sep) + "\n"
             if self._table is not None:
-                self._table.write(text)
-                self._table.flush()
+                if self.keep_order:
+                    self._held[order] = text
+                    self._flush()
+                else:
+                    self._write(text)
                 return b""
+            if self._header and not self._header_out and (order == 0 or not self.keep_order):
+                self._header_out = True
+                text = self._header + text
         return os.fsencode(text)
 
     def close(self) -> None:

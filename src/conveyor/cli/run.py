@@ -415,6 +415,8 @@ class _Runner:
         """A job that could not be started fails with status 255 and a message; the
         others go on (inputs known in advance are checked before any job starts)."""
         try:
+            if self.results is not None:
+                self.results.skip(job.order)
             self.output.finish(job.order, [(2, f"conveyor run: error: {error}\n".encode())])
             self._account(False, EXIT_ERROR)
             if self.joblog is not None:
@@ -430,7 +432,7 @@ class _Runner:
         self._halt_now()
 
     def _run_job(self, job: _Job) -> None:
-        finished = False
+        finished = saved = False
         with self._lock:
             self.running += 1
         try:
@@ -442,7 +444,8 @@ class _Runner:
                 if self.results is not None:  # saved instead of printed, as GNU's
                     shown = self.template.display(job.args, job.seq, job.slot)
                     status = _job_status(result)
-                    row = self.results.save(job.seq, job.args, shown, result, status)
+                    row = self.results.save(job.seq, job.args, shown, result, status, job.order)
+                    saved = True
                     chunks: list[Chunk] = [(1, row)] if row else []
                 else:
                     chunks = self._chunks(job, result)
@@ -470,6 +473,8 @@ class _Runner:
             # would wait forever.
             if not finished:
                 self.output.finish(job.order, [])
+            if self.results is not None and not saved:
+                self.results.skip(job.order)
             with self._lock:
                 self.running -= 1
 
@@ -769,7 +774,7 @@ def run(config: RunConfig) -> int:
             return 0
         runner = _Runner(config, template, total, joblog)
         if config.resources.results is not None:
-            runner.results = Results(config.resources.results, names)
+            runner.results = Results(config.resources.results, names, config.keep_order)
         if config.tagstring is not None:
             runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
