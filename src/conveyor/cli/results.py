@@ -14,7 +14,8 @@ r"""``conveyor run --results NAME``: save every job's output, in GNU parallel's 
 * ``NAME.csv`` / ``.tsv`` / ``.json``: one table: a header row, then one row per job --
   Seq, Host (``:``), Starttime, JobRuntime, Send, Receive, Exitval, Signal, Command,
   V1..Vn, Stdout, Stderr (JSON: one object a line, the values as a list ``V``).
-  ``-.csv`` (etc.) writes the table to stdout.
+  ``-.csv`` (etc.) writes the table to stdout. Rows are in completion order, or in job
+  order with ``-k`` (a row waits in memory until the rows before it are written).
 
 As with GNU parallel, the jobs' output is saved instead of printed (only the table goes
 to stdout with ``-.csv``).
