@@ -66,7 +66,7 @@ def test_jobs_option_sets_the_slots(jobs: str | None, expected: int) -> None:
     assert {int(line.split()[1]) for line in r.stdout.splitlines()} == set(range(1, expected + 1))
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "abc", "0%", "1.5"])
+@pytest.mark.parametrize("value", ["abc", "0%", "1.5", "+-1", "-5%"])
 def test_bad_jobs_value(value: str) -> None:
     r = run("-j", value, "echo", ":::", "a")
     assert r.returncode == 255

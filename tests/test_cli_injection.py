@@ -207,3 +207,75 @@ def test_quoted_here_document_is_refused(delimiter: str) -> None:
     assert r.returncode == 255
     assert "quoted here-document" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- the direct-exec path: a COMMAND of plain words runs without the shell --------------------
+
+ARGV_PRINTER = "#!/bin/sh\nprintf '%s\\0' \"$@\"\n"
+DIRECT = "{program} x{{}}y {{}} -{{.}}- {{/}} {{#}}"
+
+
+def _argv_printer(directory: Path) -> Path:
+    program = directory / "print-argv"
+    program.write_text(ARGV_PRINTER)
+    program.chmod(0o755)
+    return program
+
+
+def _shell_words(value: str, seq: int) -> list[str]:
+    """What the shell builds for DIRECT: word splitting only at value boundaries."""
+    from conveyor.cli.templates import transform
+
+    return [f"x{value}y", value, f"-{transform('.', value)}-", transform("/", value), str(seq)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=values)
+def test_direct_exec_builds_the_shells_argv(value: str) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        program = _argv_printer(Path(directory))
+        template = compile_template([DIRECT.format(program=program)], groups=1)
+        assert template.executable == str(program)
+        direct = template.direct_argv((value,), seq=7, slot=1)
+        assert direct == [str(program), *_shell_words(value, 7)]
+        # The same argv as the shell builds from the script (run it to see).
+        shell_argv = template.argv((value,), seq=7, slot=1)
+        got = _outputs(shell_argv, Path(directory))
+        assert got == [os.fsencode(w) for w in _shell_words(value, 7)]
+        assert list(Path(directory).iterdir()) == [program]
+
+
+def test_cli_direct_exec_passes_hostile_values_literally(tmp_path: Path) -> None:
+    program = _argv_printer(tmp_path)
+    inputs = tmp_path / "inputs"
+    hostile = [*HOSTILE, "a b  c", "ünïcödé", "x\ny", ""]
+    inputs.write_bytes(b"\0".join(os.fsencode(v) for v in hostile) + b"\0")
+    work = tmp_path / "work"
+    work.mkdir()
+    r = run("-k", "-j1", "-0", DIRECT.format(program=program), "::::", str(inputs), cwd=work)
+    assert r.returncode == 0, r.stderr
+    got = os.fsencode(r.stdout).split(b"\0")[:-1]
+    expected = [os.fsencode(w) for i, v in enumerate(hostile, 1) for w in _shell_words(v, i)]
+    assert got == expected
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command, direct",
+    [
+        ("ls -l {}", True),
+        ("ls {} > out", False),
+        ("ls '{}'", False),
+        ("ls $HOME {}", False),
+        ("echo {}", False),  # a builtin: the shell's own echo
+        ("true {}", False),  # a builtin (faster than exec'ing coreutils' true)
+        ("A=1 ls {}", False),  # an assignment
+        ("ls ~ {}", False),  # tilde expansion
+        ("ls *.txt {}", False),  # a glob
+        ("ls {a,b} {}", False),  # brace expansion (bash)
+        ("no-such-program-here {}", False),  # the shell reports it
+    ],
+)
+def test_which_commands_skip_the_shell(command: str, direct: bool) -> None:
+    template = compile_template([command], groups=1)
+    assert (template.direct_argv(("v",), seq=1, slot=1) is not None) == direct

@@ -59,7 +59,7 @@ def test_version_is_the_installed_package_metadata() -> None:
 
 def test_main_function_returns_the_exit_code(capsys: object) -> None:
     assert main(["run", "--dry-run", "echo", ":::", "x"]) == 0
-    assert main(["run", "-j", "0", "echo"]) == 255
+    assert main(["run", "-j", "abc", "echo"]) == 255
 
 
 def test_console_script_is_the_same_program() -> None:

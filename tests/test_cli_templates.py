@@ -148,13 +148,26 @@ def test_literal_braces_with_space_or_backslash() -> None:
     assert r.stdout == "hi!\n{x}\n"
 
 
+def test_unknown_braces_stay_text_as_in_gnu_parallel() -> None:
+    # awk and sed one-liners, bash brace expansion: GNU parallel leaves {word} alone.
+    r = run("-k", "echo {} | awk '{print $1}'; echo {a,b} {0} {foo}", ":::", "x y")
+    assert (r.returncode, r.stdout) == (0, "x\n{a,b} {0} {foo}\n"), r.stderr
+    r = run("--shell", "bash", "-k", "echo {a,b}", ":::", "x")
+    assert (r.returncode, r.stdout) == (0, "a b x\n"), r.stderr
+
+
+def test_dry_run_notes_unknown_braces() -> None:
+    r = run("--dry-run", "echo {fo} {}", ":::", "a")
+    assert (r.returncode, r.stdout) == (0, "echo {fo} a\n")
+    assert "{fo} in COMMAND is no replacement string" in r.stderr
+    assert "note" not in run("--dry-run", "echo {}", ":::", "a").stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["echo {foo}", ":::", "a"], "unknown replacement string '{foo}'"),
         (["echo {3}", ":::", "a", ":::", "b"], "refers to input group 3, but there are only 2"),
         (["echo {2}"], "refers to input group 2, but there is only 1 input group"),
-        (["echo {0}", ":::", "a"], "unknown replacement string '{0}'"),
         (["echo 'oops {}", ":::", "a"], "unterminated ' quote"),
     ],
 )

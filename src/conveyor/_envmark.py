@@ -47,6 +47,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 # (the guardian runs this file with ``python -I -S``: it must import only what is built in)
 __all__ = ["VARIABLE", "ItemTokens", "guard", "kill_marked", "new_token"]
@@ -177,6 +178,7 @@ def guard(variable: str, token: str, fd: int = 0) -> None:
         data = os.read(fd, 65536)
         if not data:
             break
+        time.sleep(0.02)  # let lines gather: waking a blocked reader costs the runner (guardian.py)
         *lines, rest = (rest + data).split(b"\n")
         for line in lines:
             if line[:1] == b"+":

@@ -26,7 +26,7 @@ def _top_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-V", "--version", action="store_true", help="print conveyor's version and exit"
     )
-    sub = parser.add_subparsers(dest="subcommand", metavar="{run,joblog,demo}")
+    sub = parser.add_subparsers(dest="subcommand", metavar="{run,joblog,sem,demo}")
     sub.add_parser(
         "run",
         add_help=False,
@@ -36,6 +36,11 @@ def _top_parser() -> argparse.ArgumentParser:
         "joblog",
         add_help=False,
         help="print a --joblog file in GNU parallel's tab-separated layout",
+    )
+    sub.add_parser(
+        "sem",
+        add_help=False,
+        help="start a command when a slot of a named semaphore is free (GNU sem-like)",
     )
     sub.add_parser(
         "demo",
@@ -58,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from conveyor.cli.joblog import main as joblog_main
 
             return joblog_main(args[1:])
+        if args and args[0] == "sem":
+            from conveyor.cli.sem import main as sem_main
+
+            return sem_main(args[1:])
         if args and args[0] == "demo":
             from conveyor.cli.demo import main as demo_main
 

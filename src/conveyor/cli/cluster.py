@@ -47,14 +47,26 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from conveyor.cli.errors import CliError
-from conveyor.cli.process import Captured, Completed, Sink, StopSignal, run_command
+from conveyor.cli.process import (
+    DEFAULT_TERMSEQ,
+    Captured,
+    Completed,
+    Sink,
+    StopSignal,
+    TermSeq,
+    run_command,
+)
 
 __all__ = ["STOP_WAIT", "ClusterError", "ClusterRunner", "run_remote"]
 
 #: seconds the runner waits for stopped remote jobs to answer before cancelling their tasks
 STOP_WAIT = 10.0
+
+#: the variables of a job's environment that go with it to the worker
+_JOB_VARIABLES = ("PARALLEL_SEQ", "PARALLEL_JOBSLOT", "PARALLEL_PID")
 
 #: seconds between a remote job's checks that the run still wants it (one request each)
 _WATCH_HORIZON = 1.0
@@ -65,7 +77,11 @@ class ClusterError(CliError):
 
 
 def run_remote(
-    argv: list[str], timeout: float | None, stop_name: str
+    argv: list[str],
+    timeout: float | None,
+    stop_name: str,
+    env: dict[str, str] | None = None,
+    termseq: TermSeq = DEFAULT_TERMSEQ,
 ) -> tuple[int, bool, bool, bytes, bytes, float, float, int, str]:
     """One attempt of one job, inside a Dask worker: run ``argv`` with ``run_command``.
 
@@ -106,7 +122,13 @@ def run_remote(
         watcher = threading.Thread(target=watch, name="conveyor-run-remote-stop", daemon=True)
         watcher.start()
     try:
-        result = run_command(argv, timeout=timeout, stop=stop)
+        result = run_command(
+            argv,
+            timeout=timeout,
+            stop=stop,
+            env=dict(os.environ, **env) if env else None,
+            termseq=termseq,
+        )
     finally:
         finished.set()
         if watcher is not None:
@@ -178,20 +200,32 @@ class ClusterRunner:
         self,
         argv: list[str],
         *,
-        timeout: float | None,
+        timeout: float | Callable[[], float | None] | None,
         stop: StopSignal,
         sink: Sink | None = None,
         stdin: object = None,
+        env: dict[str, str] | None = None,
+        executable: str | None = None,
+        termseq: TermSeq = DEFAULT_TERMSEQ,
+        kill: StopSignal | None = None,
     ) -> Completed:
         """Run one attempt of a job on the cluster and wait for it (a slot thread).
 
-        ``sink`` must be None: output arrives whole when the remote job ends (the options
-        that write output as it comes are refused with ``--cluster``).
+        The arguments are :func:`~conveyor.cli.process.run_command`'s. ``sink``, ``stdin`` and
+        ``kill`` must be None: output arrives whole when the remote job ends, and the options
+        that need the others (``--line-buffer``, ``-u``, ``--pipe``, ``--memfree``) are refused
+        with ``--cluster``. A ``timeout`` given as a function (``--timeout N%``) is read when
+        the job is sent. Of ``env`` only the job's own variables go (the worker keeps its
+        environment), and a program run without a shell is found on the worker's PATH.
         """
-        assert sink is None, "--cluster output arrives whole"
-        assert stdin is None, "--pipe is refused with --cluster"
+        assert sink is None and stdin is None and kill is None, "refused with --cluster"
+        del executable  # a path on this machine: the worker looks argv[0] up itself
+        own = {k: v for k, v in (env or {}).items() if k in _JOB_VARIABLES}
+        limit = timeout() if callable(timeout) else timeout
         submitted = time.time()
-        future = self._client.submit(run_remote, argv, timeout, self._stop_name, pure=False)
+        future = self._client.submit(
+            run_remote, argv, limit, self._stop_name, own, tuple(termseq), pure=False
+        )
         done = _DonePipe()
         future.add_done_callback(done.wake)
         try:

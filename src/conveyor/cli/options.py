@@ -7,12 +7,13 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Group, split_argv
-from conveyor.cli.pipe import PipeSpec, add_pipe_options, glue_negative_block, pipe_options
+from conveyor.cli.pipe import PipeSpec, add_pipe_options, pipe_options
+from conveyor.cli.resources import Resources, add_resource_options, parse_resources
 
 __all__ = ["Halt", "RunConfig", "UsageError", "parse_run_args", "run_parser", "usable_cores"]
 
@@ -56,13 +57,15 @@ replacement strings (GNU parallel's):
   {%}   job slot (1 .. -j)
   {n} {n.} {n/} {n//} {n/.}   the same for the argument from input group n
   With no replacement string in COMMAND, the arguments are appended.
-  Any other {word} is an error; write \\{word\\} or '{ word }' for literal braces.
+  Any other {word} stays as it is (awk '{print $1}', {a,b}), as in GNU parallel;
+  --dry-run notes each on stderr, to catch a typo.
 
 quoting (exactly):
-  COMMAND's words are joined with spaces and run by /bin/sh -c, so shell syntax in
-  COMMAND works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
+  COMMAND's words are joined with spaces and run by the shell (--shell; default
+  $CONVEYOR_SHELL, else $PARALLEL_SHELL, else /bin/sh), so shell syntax in COMMAND
+  works (quote it for your own shell: conveyor run 'gzip -c {} > {}.gz').
   Inputs are never spliced into that shell code: each job runs
-  /bin/sh -c SCRIPT sh VALUE... and every replacement string refers to its value,
+  SHELL -c SCRIPT sh VALUE... and every replacement string refers to its value,
   which the shell does not parse. So an input reaches the command literally, as one
   word or part of the word it stands in, wherever it stands: plain, '...', "...",
   $(...), backquotes, ${x:-...}, here-documents. Spaces, quotes, ; $ ` * and newlines
@@ -73,8 +76,17 @@ quoting (exactly):
   {} in a quoted here-document (<<'EOF') is refused. Commands that run their
   argument as code (eval {}, sh -c {}) do run it, as with GNU parallel.
   --dry-run and the job log show each command as equivalent shell text.
-  -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell.
+  -q/--quote also quotes COMMAND's own words: it then runs as a plain argv, no shell;
+  {} with several values (input groups, -n) gives one word per value, as GNU's -q.
   With no COMMAND, each input is itself a shell command, unquoted.
+
+skipping the shell:
+  When COMMAND is plain words (letters, digits, _-./:,+@%= and replacement strings
+  outside quotes) or -q is given, and its program is not a shell builtin (true and
+  false excepted) nor an exported bash function, and is found in PATH, each job
+  execs the program directly with the argv the shell would have built (x{}y on two
+  values: two words). Output, exit status and environment are the same, but for
+  what a shell itself sets (bash: SHLVL, _). Anything else runs under the shell.
 
 command line limits:
   A job whose command line would exceed the system's limit (ARG_MAX for all
@@ -117,11 +129,21 @@ as it ends, so even a SIGKILLed run loses no written row):
   --resume-failed an existing log is emptied first.
 
 processes:
-  Every job runs in its own process group (new session), stdin from /dev/null.
-  --timeout, --halt now and Ctrl-C (or SIGTERM/SIGHUP to conveyor) kill a job's
-  whole group with SIGTERM, then SIGKILL after 1 s. A job ends when its output is
-  closed and its shell has exited; a process it left in the background with its
-  output redirected elsewhere is not killed, as in a shell.
+  Every job runs in its own process group (new session), stdin from /dev/null, with
+  $PARALLEL_SEQ ({#}), $PARALLEL_JOBSLOT ({%}) and $PARALLEL_PID (conveyor's pid)
+  set, as GNU parallel does.
+  --timeout, --halt now, --memfree and Ctrl-C (or SIGTERM/SIGHUP to conveyor) stop a
+  job's whole group by --termseq (default TERM,200,TERM,100,TERM,50,KILL,25: a signal,
+  then milliseconds to wait). A job ends when its output is closed and its shell has
+  exited; a process it left in the background with its output redirected elsewhere is
+  not killed, as in a shell. A job killed by --timeout gets GNU parallel's warning on
+  stderr ("This job was killed because it timed out"), and the job that makes --halt
+  stop gets its notice ("This job failed:" + the command).
+
+semaphore (conveyor sem):
+  conveyor sem -j 4 --id NAME COMMAND  starts COMMAND in the background as soon as one
+  of NAME's 4 slots is free (waits for one); conveyor sem --wait --id NAME  waits
+  until every command started under NAME has ended. See conveyor sem --help.
 
 differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them):
   "{}" and '{}': GNU splices each input, shell-quoted, into the command text, so
@@ -129,11 +151,24 @@ differences from GNU parallel (deliberate; tests/test_cli_vs_gnu.py checks them)
     (a b); conveyor passes inputs out of band, so both print a  b: a value is never
     shell code, wherever {} stands (see quoting).
   --retries N: a failed job runs up to N more times (N+1 in all); GNU runs a job at
-    most N times in all.
+    most N times in all (and 0 means forever). Kept: it is what retries=N means in
+    conveyor's Python API, and one word has one meaning in conveyor.
   --colsep REGEX is a Python regular expression (GNU: Perl's), and one character is
     taken literally: --colsep '|' splits at '|' (GNU splits between all characters).
-  An unknown {word} (a typo of a replacement string) is an error; GNU leaves it as
-    text. Write \\{word\\} or '{ word }' for literal braces.
+  --shell: the default is /bin/sh (after $CONVEYOR_SHELL, $PARALLEL_SHELL); GNU uses
+    the shell that started it, else $SHELL: the same command line should not behave
+    differently from a script and from a terminal. Use --shell bash for bash syntax.
+  -j -N below 1: conveyor runs 1 job, as GNU's manual says; GNU 20221122 exits 255.
+  -j0 means min(1024, open-file limit / 4) slots (GNU measures its limits instead,
+    which takes seconds).
+  --load compares the 1-minute load average (GNU: the number of running processes).
+  --memfree never kills the only running job (it could never finish otherwise), and
+    reruns a killed job without counting it against --retries.
+  --results also writes 'exitcode' in each job's directory, and names the values "",
+    "." and ".." \\_empty, \\_. and \\_.. (GNU writes those into parent directories).
+  -X/-m read all inputs (also stdin) before the first job, to spread them evenly.
+  SIGHUP to conveyor (kill -HUP $PARALLEL_PID) stops the run as Ctrl-C does, killing
+    running jobs; GNU lets them finish. One way to stop, for every signal.
   --pipe, --pipe-part: see "blocks of data on stdin" above for what differs.
 
 examples:
@@ -153,6 +188,15 @@ examples:
   conveyor run --halt now,success=1 'ping -c1 {} >/dev/null && echo {}' ::: h1 h2 h3
   conveyor run --dry-run mv {} {.}.bak ::: a.txt b.txt   # print, run nothing
   conveyor run --cluster tcp://10.0.0.5:8786 --joblog j.db ./sim.sh {} ::: 1 2 3
+  conveyor run -X -j1 rm -f {} ::: *.tmp             # as many files a command as fit
+  conveyor run -m -j1 tar czf logs.tgz ::: *.log       # {} = all of them
+  conveyor run --results out/ ./test.sh ::: a b       # out/1/a/{stdout,stderr,seq,exitcode}
+  conveyor run --results runs.csv ./bench {} ::: 1 2  # one table (also .tsv, .json)
+  conveyor run --timeout 300% --termseq INT,2000,KILL,25 ./job ::: *.in
+  conveyor run --load 80% --memfree 2G ./build {} ::: targets/*
+  conveyor run --shell bash '[[ {} == *.gz ]] && zcat {} || cat {}' ::: *
+  conveyor run -j0 'curl -s {} >/dev/null' :::: urls.txt   # as many at once as possible
+  conveyor sem -j 2 --id dl wget URL; conveyor sem --wait --id dl
 
 --cluster ADDRESS (a Dask scheduler: tcp://HOST:PORT, or tls://HOST:PORT with the TLS
 files in Dask's configuration, e.g. DASK_DISTRIBUTED__COMM__TLS__CA_FILE):
@@ -178,25 +222,31 @@ def run_parser() -> ErrorRaisingParser:
     a(
         "-j",
         "--jobs",
-        metavar="N|N%",
-        help="run N jobs at once, or N%% of the usable cores "
-        f"(default: the usable cores, {usable_cores()} here; with --cluster: the cluster's "
-        "worker threads)",
+        metavar="N|+N|-N|N%|0",
+        help="run N jobs at once; +N/-N: the usable cores plus/minus N; N%%: that share "
+        "of them, rounded up; 0: as many as possible "
+        f"({MAX_JOBS} here) "
+        f"(default: the usable cores, {usable_cores()} here; with --cluster: the "
+        "cluster's worker threads). E.g. -j 50%%, -j +2, -j0",
     )
     a(
         "--timeout",
-        metavar="SECONDS",
-        type=float,
-        help="kill a job (its whole process group) that runs longer; it counts as failed",
+        metavar="SECONDS|N%",
+        help="kill a job (its whole process group, see --termseq) that runs longer; it "
+        "counts as failed. A suffix s, m, h or d gives the unit; N%% is relative to the "
+        "median run time of the jobs that succeeded so far (none before the first). "
+        "E.g. --timeout 1m, --timeout 300%%",
     )
     a(
         "--retries",
         metavar="N",
         type=int,
         default=0,
-        help="run a failed job again, up to N more times",
+        help="run a failed job again, up to N more times (N+1 runs in all; GNU "
+        "parallel: N in all, see below)",
     )
     a("--halt", metavar="SPEC", default="never", help="stop early, see below")
+    add_resource_options(p)
     a("-k", "--keep-order", action="store_true", help="print output in input order")
     a("--tag", action="store_true", help="prefix each output line with the input and a TAB")
     a(
@@ -246,6 +296,24 @@ def run_parser() -> ErrorRaisingParser:
     )
     per_job = p.add_mutually_exclusive_group()
     per_job.add_argument(
+        "-X",
+        dest="multi",
+        action="store_const",
+        const="X",
+        help="as many inputs per job as the command line can take, each word holding "
+        "{} repeated per input (context replace: 'x{}y' on a b -> xay xby), spread "
+        "evenly over the -j slots (all inputs, also stdin, are read first); with no {} "
+        "they are appended. E.g. conveyor run -X rm -f {} ::: *.tmp",
+    )
+    per_job.add_argument(
+        "-m",
+        dest="multi",
+        action="store_const",
+        const="m",
+        help="like -X, but {} is replaced by all the inputs as separate words ('x{}y' on "
+        "a b -> xa by). E.g. conveyor run -m -j1 tar czf all.tgz ::: *.log",
+    )
+    per_job.add_argument(
         "-n",
         "--max-args",
         metavar="N",
@@ -292,6 +360,14 @@ def run_parser() -> ErrorRaisingParser:
         "--quote",
         action="store_true",
         help="quote COMMAND's words too: run it as a plain argv without shell syntax",
+    )
+    a(
+        "--shell",
+        metavar="PATH",
+        default=None,
+        help="the POSIX shell that runs COMMAND (sh, dash, bash, ksh, zsh; default: "
+        "$CONVEYOR_SHELL, else $PARALLEL_SHELL, else /bin/sh). E.g. --shell bash "
+        "'[[ {} == *.gz ]] && echo {}'",
     )
     a("--joblog", metavar="FILE", help="record every finished job in this SQLite file")
     a(
@@ -342,8 +418,16 @@ _HALT = re.compile(r"(now|soon),(fail|success|done)=([0-9]+(?:\.[0-9]+)?)(%?)\Z"
 def parse_halt(spec: str) -> Halt:
     """Parse ``never``, ``now,fail=1``, ``soon,done=30%`` (and GNU's 0/1/2 shorthands)."""
     spec = spec.strip().lower()
-    legacy = {"0": "never", "1": "soon,fail=1", "2": "now,fail=1"}
+    legacy = {
+        "0": "never",
+        "1": "soon,fail=1",
+        "2": "now,fail=1",
+        "-1": "soon,success=1",
+        "-2": "now,success=1",
+    }
     spec = legacy.get(spec, spec)
+    if re.fullmatch(r"[0-9]+(?:\.[0-9]+)?%", spec):  # GNU: 1-99% is soon,fail=1-99%
+        spec = f"soon,fail={spec}"
     if spec == "never":
         return Halt()
     m = _HALT.match(spec)
@@ -363,19 +447,122 @@ def parse_halt(spec: str) -> Halt:
     return Halt(when, what, int(number))
 
 
+def _max_jobs() -> int:
+    """``-j0``: as many jobs as possible. Each running job holds 3 file descriptors
+    (two pipes and a pidfd) and a thread, so the limit is a quarter of the soft
+    RLIMIT_NOFILE, at most 1024 (GNU parallel measures how many processes and files it
+    can open, which takes seconds)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY or soft <= 0:
+            soft = 4096
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(1, min(1024, (soft - 32) // 4))
+
+
+MAX_JOBS = _max_jobs()
+
+
 def parse_jobs(text: str) -> int:
-    """``N`` or ``N%`` of the usable cores -> a number of jobs >= 1."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)(%?)\s*", text)
+    """``N``, ``+N``/``-N`` (cores plus/minus N), ``N%`` of the usable cores (rounded up,
+    as GNU parallel) or ``0`` (as many as possible) -> a number of jobs >= 1.
+
+    >>> parse_jobs("3"), parse_jobs("0") == MAX_JOBS
+    (3, True)
+    >>> parse_jobs("+1") == usable_cores() + 1, parse_jobs("-1000")
+    (True, 1)
+    """
+    m = re.fullmatch(r"\s*([-+]?)([0-9]+(?:\.[0-9]+)?)(%?)\s*", text)
     if not m:
-        raise UsageError(f"bad -j/--jobs value {text!r}: expected a number N or N%")
-    value = float(m.group(1))
-    if m.group(2):
-        if value <= 0:
+        raise UsageError(f"bad -j/--jobs value {text!r}: expected N, +N, -N, N% or 0")
+    sign, value, percent = m.group(1), float(m.group(2)), m.group(3)
+    if percent:
+        if sign or value <= 0:
             raise UsageError(f"bad -j/--jobs value {text!r}: must be more than 0%")
-        return max(1, int(usable_cores() * value / 100))
-    if value != int(value) or value < 1:
-        raise UsageError(f"bad -j/--jobs value {text!r}: must be a whole number >= 1")
-    return int(value)
+        return max(1, math.ceil(usable_cores() * value / 100 - 1e-9))
+    if value != int(value):
+        raise UsageError(f"bad -j/--jobs value {text!r}: must be a whole number")
+    if sign:
+        return max(1, usable_cores() + int(value) * (1 if sign == "+" else -1))
+    return MAX_JOBS if value == 0 else int(value)
+
+
+_TIME_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_timeout(text: str | None) -> tuple[float | None, float | None]:
+    """``--timeout``: (seconds, None) or (None, percent of the median run time).
+
+    >>> parse_timeout("1.5"), parse_timeout("2m"), parse_timeout("200%")
+    ((1.5, None), (120.0, None), (None, 200.0))
+    """
+    if text is None:
+        return None, None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*([smhd%]?)\s*", text, re.I)
+    value = float(m.group(1)) if m else math.nan
+    if not m or not (value > 0 and math.isfinite(value)):
+        raise UsageError(
+            f"bad --timeout {text!r}: must be a positive number of seconds (suffix s, m, h "
+            "or d for the unit) or a percentage N% of the median run time"
+        )
+    unit = m.group(2).lower()
+    if unit == "%":
+        return None, value
+    return value * _TIME_UNITS[unit], None
+
+
+def choose_shell(given: str | None) -> str:
+    """The shell for the jobs: ``--shell``, else $CONVEYOR_SHELL, else $PARALLEL_SHELL,
+    else /bin/sh. A name without '/' is looked up in PATH.
+
+    >>> choose_shell("/bin/sh")
+    '/bin/sh'
+    """
+    import shutil
+
+    shell = given or os.environ.get("CONVEYOR_SHELL") or os.environ.get("PARALLEL_SHELL")
+    if not shell:
+        return "/bin/sh"
+    source = "--shell" if given else "$CONVEYOR_SHELL/$PARALLEL_SHELL"
+    found = shell if "/" in shell else shutil.which(shell)
+    if found is None or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        raise UsageError(f"bad {source} {shell!r}: not an executable file")
+    name = os.path.basename(found)
+    if name in ("fish", "csh", "tcsh", "rc", "nu", "xonsh", "pwsh"):
+        raise UsageError(
+            f"bad {source} {shell!r}: jobs need a POSIX shell (sh, dash, bash, ksh, zsh); "
+            "values reach them as arguments of the shell's positional parameters"
+        )
+    return found
+
+
+def _check_multi(ns: argparse.Namespace, groups: Sequence[Group]) -> None:
+    """-X/-m: the combinations they cannot be used in, named."""
+    flag = f"-{ns.multi}"
+    for other, given in (
+        ("-n/-N", ns.max_args is not None),
+        ("--colsep", ns.colsep is not None),
+        ("--csv", ns.csv),
+        ("--header", ns.header is not None),
+        ("--link", ns.link),
+    ):
+        if given:
+            raise UsageError(
+                f"{flag} and {other}: {flag} puts as many inputs into a job as fit, so each "
+                "job has a varying number of arguments; use one of them"
+            )
+    if not ns.command or ns.command == ["--"]:
+        raise UsageError(f"{flag} needs a COMMAND (the inputs are its arguments)")
+    text = " ".join(ns.command)
+    positional = re.search(r"\{-?[1-9][0-9]*(?:\.|//|/\.|/)?\}", text)
+    if positional:
+        raise UsageError(
+            f"{flag} and {positional.group(0)}: with {flag} a job has as many arguments as "
+            "fit, so only {} (and {.} {/} {//} {/.} {#} {%}) can be used"
+        )
 
 
 @dataclass(frozen=True)
@@ -410,23 +597,56 @@ class RunConfig:
     cluster: str | None = None  # --cluster: a Dask scheduler's address
     jobs_given: bool = True  # whether -j was given (else --cluster sizes it)
     pipe: PipeSpec | None = None  # --pipe / --pipe-part
+    # Issue 13 (each with a default, so that callers building a RunConfig by hand and
+    # other branches adding fields keep working).
+    timeout_percent: float | None = None  # --timeout N%: of the median successful run
+    shell: str = "/bin/sh"
+    multi: str | None = None  # -X or -m
+    resources: Resources = field(
+        default_factory=Resources
+    )  # --load, --memfree, --termseq, --results
+
+
+def _negative_values(parser: argparse.ArgumentParser, head: list[str]) -> list[str]:
+    """Attach a value starting with '-' to its option (``--halt -1`` -> ``--halt=-1``,
+    ``-j -2``, ``--results -.csv``):
+    argparse would take ``-1`` for an option, as ``-0`` is one. Only the options before
+    COMMAND are looked at."""
+    takes_value = {
+        s
+        for action in parser._actions
+        if action.option_strings and action.nargs is None and action.const is None
+        for s in action.option_strings
+    }
+    out: list[str] = []
+    i = 0
+    while i < len(head):
+        word = head[i]
+        if not word.startswith("-") or word == "--":
+            out.extend(head[i:])
+            break
+        if word in takes_value and i + 1 < len(head):
+            value = head[i + 1]
+            if re.match(r"-[0-9.]", value):  # -1, -50%, -.csv
+                out.append(f"{word}={value}" if word.startswith("--") else word + value)
+            else:
+                out.extend((word, value))
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
 
 
 def parse_run_args(argv: Sequence[str]) -> RunConfig:
     """Parse ``conveyor run``'s arguments; raise :class:`UsageError` if they are bad."""
     head, groups = split_argv(argv)
-    try:
-        ns = run_parser().parse_args(head)
-    except UsageError as e:
-        # '--block -1': argparse takes -1 for an option (there is -0), so say --block=-1
-        if "--block" not in str(e):
-            raise
-        ns = run_parser().parse_args(glue_negative_block(head))
+    parser = run_parser()
+    ns = parser.parse_args(_negative_values(parser, head))
     command = list(ns.command)
     if command and command[0] == "--":
         command.pop(0)
-    if ns.timeout is not None and not (ns.timeout > 0 and math.isfinite(ns.timeout)):
-        raise UsageError(f"bad --timeout {ns.timeout}: must be a positive number of seconds")
+    timeout, timeout_percent = parse_timeout(ns.timeout)
     if ns.retries < 0:
         raise UsageError(f"bad --retries {ns.retries}: must be 0 or more")
     if not (ns.delay >= 0 and math.isfinite(ns.delay)):
@@ -442,6 +662,12 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
                     f"-u/--ungroup and {flag}: ungrouped output is written as it comes, "
                     "so it can be neither ordered, tagged nor line-buffered"
                 )
+    if ns.results is not None and (ns.ungroup or ns.line_buffer):
+        flag = "-u/--ungroup" if ns.ungroup else "--line-buffer"
+        raise UsageError(
+            f"--results and {flag}: --results saves each job's whole output, which "
+            f"{flag} writes as it comes"
+        )
     if ns.header is not None and ns.header != ":":
         raise UsageError(f"bad --header {ns.header!r}: only ':' (the first line) is supported")
     if ns.csv and ns.colsep is not None:
@@ -456,6 +682,14 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
                 )
         if not ns.cluster.strip():
             raise UsageError("bad --cluster '': expected a scheduler address (tcp://HOST:PORT)")
+        for flag, given in (("--load", ns.load), ("--memfree", ns.memfree)):
+            if given is not None:
+                raise UsageError(
+                    f"--cluster and {flag}: {flag} measures this machine, and the jobs run on "
+                    "the cluster's"
+                )
+    if ns.multi is not None:
+        _check_multi(ns, groups)
     if (ns.resume or ns.resume_failed) and not ns.joblog:
         raise UsageError("--resume and --resume-failed need --joblog FILE")
     try:
@@ -467,7 +701,7 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         command=command,
         groups=groups,
         jobs=parse_jobs(str(usable_cores()) if ns.jobs is None else ns.jobs),
-        timeout=ns.timeout,
+        timeout=timeout,
         retries=ns.retries,
         halt=parse_halt(ns.halt),
         keep_order=ns.keep_order,
@@ -492,4 +726,8 @@ def parse_run_args(argv: Sequence[str]) -> RunConfig:
         cluster=ns.cluster,
         jobs_given=ns.jobs is not None,
         pipe=pipe,
+        timeout_percent=timeout_percent,
+        shell=choose_shell(ns.shell),
+        multi=ns.multi,
+        resources=parse_resources(ns),
     )

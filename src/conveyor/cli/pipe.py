@@ -584,6 +584,7 @@ def _unsupported_with_pipe(ns: argparse.Namespace) -> list[str]:
         ("-0/--null", ns.null),
         # --cluster runs jobs on Dask workers, which get no stdin
         ("--cluster", ns.cluster is not None),
+        ("-X/-m", getattr(ns, "multi", None) is not None),
     ]
     if not ns.pipe_part:  # --pipe-part knows its blocks in advance
         given += [("--shuf", ns.shuf), ("--eta", ns.eta), ("--halt N%", "%" in ns.halt)]

@@ -23,13 +23,17 @@ of CPU a job more (one executor task per job, ~0.35 ms parent CPU a job, against
 now; the child ``sh`` itself costs ~0.6 ms). Spawning dominates what is left, so an
 event loop would not be faster. Measured against ``xargs -P`` on 2 cores with 1,000
 ``true`` jobs (``benchmarks/bench_cli.py``), the whole run including the interpreter's
-start-up takes 0.9-1.1x xargs' time on a quiet machine (up to ~1.4x under load), and
-4.3-4.6x less than GNU parallel's. Every job runs under ``/bin/sh -c``: exec'ing
-simple commands directly saves nothing measurable (one exec either way: ``sh`` with its
-builtin ``true``, or ``/usr/bin/true``) and is not equivalent for builtins such as
-``echo``. A job's values travel as arguments of that shell, never inside its script
-(``templates``), and its argument vector is checked against the system's limits before
-it is spawned (``limits``): before any job starts when the inputs are known.
+start-up takes 0.9-1.2x xargs' time (the spread is the machine's load), and 4-6x less
+than GNU parallel's. A COMMAND of plain words whose program is not a shell builtin is
+exec'ed directly (``Template.direct_argv``: the argv the shell would have built), which
+saves the shell's own exec; builtins (``true`` too) stay in the shell, where they need
+no exec at all (spawned one after another, ``sh -c true`` measured ~0.74 ms a job,
+coreutils' ``true`` ~0.91 ms: it loads libc and the locale). A job's values travel as
+arguments of that shell, never inside its script (``templates``), and its argument
+vector is checked against the system's limits before it is spawned (``limits``): before
+any job starts when the inputs are known. The script also exports ``$PARALLEL_SEQ`` and
+``$PARALLEL_JOBSLOT`` from its arguments (a new environment per job measured ~40 us of
+the runner's CPU a job); a program exec'ed directly gets them in its environment.
 
 Guarantees, and where they are kept:
 
@@ -37,8 +41,9 @@ Guarantees, and where they are kept:
   job at a time (``_dispatch``).
 * Each job is taken once, orders have no gaps, --delay spaces starts (``_JobSource``).
 * ``--halt now`` and Ctrl-C set the StopSignal, which every running job polls on, so
-  each kills its own process group; no new job starts once ``no_new`` is set (checked
-  by ``_JobSource.take`` and again by the job before every attempt).
+  each stops its own process group (by ``--termseq``); no new job starts once
+  ``no_new`` is set (checked by ``_JobSource.take`` and again by the job before every
+  attempt).
 * Signals are handled in the main thread, which holds none of our locks (it only waits
   for the dispatcher), so an interrupt can never leave a lock held.
 * Counters and the halt decision change only under ``self._lock``.
@@ -46,6 +51,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import errno
 import functools
@@ -68,10 +74,13 @@ from conveyor.cli import guardian
 from conveyor.cli.errors import CliError
 from conveyor.cli.inputs import Inputs, batched, column_splitter, csv_splitter, open_inputs
 from conveyor.cli.limits import too_long
+from conveyor.cli.multi import MultiTemplate, batches, flatten, per_job_limit
 from conveyor.cli.options import RunConfig, UsageError, parse_run_args
 from conveyor.cli.output import Chunk, LineSink, Output, tag_pieces
 from conveyor.cli.pipe import pipe_inputs, stdin_of
 from conveyor.cli.process import Captured, Completed, StopSignal, run_command
+from conveyor.cli.resources import ResourceMonitor
+from conveyor.cli.results import Results
 from conveyor.cli.templates import (
     TagString,
     Template,
@@ -85,6 +94,8 @@ if TYPE_CHECKING:
     from conveyor.cli.joblog import JobLog
 
 __all__ = ["main", "run"]
+
+AnyTemplate = Template | MultiTemplate
 
 EXIT_FAILED_CAP = 101
 EXIT_ERROR = 255
@@ -224,23 +235,32 @@ class _Job:
     order: int
     slot: int
     argv: list[str]
+    executable: str | None = None  # set: argv is the program's own, no shell
 
 
 class JobCannotRun(CliError):
     """A job whose command line cannot be built or executed (named in the message)."""
 
 
-def _job_argv(template: Template, seq: int, args: tuple[str, ...], slot: int) -> list[str]:
-    """What job ``seq`` executes; :class:`JobCannotRun` if its value cannot be substituted
-    or its command line is over the system's limit."""
+def _job_argv(
+    template: AnyTemplate, seq: int, args: tuple[str, ...], slot: int
+) -> tuple[list[str], str | None]:
+    """What job ``seq`` executes: (argv, None) for the shell, or (the program's argv,
+    its path) when the shell is not needed (``Template.direct_argv``);
+    :class:`JobCannotRun` if its value cannot be substituted or its command line is
+    over the system's limit."""
     try:
-        argv = template.argv(args, seq, slot)
+        direct = template.direct_argv(args, seq, slot)
+        if direct is not None:
+            argv, executable = direct, template.executable
+        else:
+            argv, executable = template.argv(args, seq, slot), None
     except UnsafeValue as e:
         reason = str(e)
     else:
         problem = too_long(argv)
         if problem is None:
-            return argv
+            return argv, executable
         reason = f"command line too long: {problem}"
     shown = " ".join(args)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -253,7 +273,7 @@ class _Runner:
     def __init__(
         self,
         config: RunConfig,
-        template: Template,
+        template: AnyTemplate,
         total: int | None,
         joblog: JobLog | None,
         cluster: ClusterRunner | None = None,
@@ -271,6 +291,14 @@ class _Runner:
         self._lock = threading.Lock()
         self.succeeded = self.failed = 0
         self.halted_by: int | None = None  # the status of the job that made --halt stop
+        # Set in every job: GNU parallel's $PARALLEL_PID (+ $PARALLEL_SEQ and
+        # $PARALLEL_JOBSLOT per job, see _attempts).
+        self.monitor: ResourceMonitor | None = None
+        if config.resources.memfree is not None or config.resources.load is not None:
+            self.monitor = ResourceMonitor(config.resources, self.no_new)
+        self._run_times: list[float] = []  # of the jobs that succeeded, sorted (--timeout N%)
+        self.running = 0  # jobs running now (for the --halt soon notice)
+        self.results: Results | None = None
         self.errors: list[BaseException] = []
         self.progress: Any = None
         around: Callable[[], AbstractContextManager[object]] | None = None
@@ -314,6 +342,10 @@ class _Runner:
         # that the Python-level handler runs. Not Thread.join(): on Python 3.11 an
         # interrupted join() marks the thread as ended.
         guardian.start()  # before any job exists: see the race noted in guardian.py
+        # $PARALLEL_PID for every job, as GNU parallel (restored at the end, for
+        # callers of main() in-process); $PARALLEL_SEQ/$PARALLEL_JOBSLOT: see _attempts.
+        pid_before = os.environ.get("PARALLEL_PID")
+        os.environ["PARALLEL_PID"] = str(os.getpid())
         done_read, done_write = os.pipe()
         wakeup = _SignalWakeup()
 
@@ -334,6 +366,10 @@ class _Runner:
             _uninterrupted(lambda: wakeup.wait_readable(done_read))
             raise
         finally:
+            if pid_before is None:
+                os.environ.pop("PARALLEL_PID", None)
+            else:
+                os.environ["PARALLEL_PID"] = pid_before
             wakeup.close()
             os.close(done_read)
             os.close(done_write)
@@ -370,14 +406,16 @@ class _Runner:
     def _worker(self, source: _JobSource, slot: int) -> None:
         """One job slot: take the next job, run it, repeat (an executor thread)."""
         try:
-            while (item := source.take()) is not None:
+            while (self.monitor is None or self.monitor.wait_until_ok()) and (
+                item := source.take()
+            ) is not None:
                 order, seq, args = item
                 try:
-                    argv = _job_argv(self.template, seq, args, slot)
+                    argv, executable = _job_argv(self.template, seq, args, slot)
                 except JobCannotRun as e:
                     self._cannot_run(_Job(seq, args, order, slot, []), e)
                     continue
-                self._run_job(_Job(seq, args, order, slot, argv))
+                self._run_job(_Job(seq, args, order, slot, argv, executable))
         except BaseException as e:  # e.g. reading stdin failed
             self._fail(e)
 
@@ -385,6 +423,8 @@ class _Runner:
         """A job that could not be started fails with status 255 and a message; the
         others go on (inputs known in advance are checked before any job starts)."""
         try:
+            if self.results is not None:
+                self.results.skip(job.order)
             self.output.finish(job.order, [(2, f"conveyor run: error: {error}\n".encode())])
             self._account(False, EXIT_ERROR)
             if self.joblog is not None:
@@ -400,14 +440,32 @@ class _Runner:
         self._halt_now()
 
     def _run_job(self, job: _Job) -> None:
-        finished = False
+        finished = saved = False
+        with self._lock:
+            self.running += 1
         try:
             result, attempts = self._attempts(job)
             if result is not None and not result.stopped:
-                self._account(result.returncode == 0, _job_status(result))
+                notice = self._account(result.returncode == 0, _job_status(result), job)
                 if self.joblog is not None:
                     self._record(job, result, attempts)
-                self.output.finish(job.order, self._chunks(job, result))
+                if self.results is not None:  # saved instead of printed, as GNU's
+                    shown = self.template.display(job.args, job.seq, job.slot)
+                    status = _job_status(result)
+                    row = self.results.save(job.seq, job.args, shown, result, status, job.order)
+                    saved = True
+                    chunks: list[Chunk] = [(1, row)] if row else []
+                else:
+                    chunks = self._chunks(job, result)
+                if result.timed_out:
+                    shown = self.template.display(job.args, job.seq, job.slot)
+                    notice = (
+                        "conveyor run: Warning: This job was killed because it timed out:\n"
+                        f"conveyor run: Warning: {shown}\n{notice or ''}"
+                    )
+                if notice:
+                    chunks.append((2, os.fsencode(notice)))
+                self.output.finish(job.order, chunks)
                 finished = True
         except OSError as e:
             if e.errno != errno.E2BIG:
@@ -423,11 +481,23 @@ class _Runner:
             # would wait forever.
             if not finished:
                 self.output.finish(job.order, [])
+            if self.results is not None and not saved:
+                self.results.skip(job.order)
+            with self._lock:
+                self.running -= 1
 
     def _attempts(self, job: _Job) -> tuple[Completed | None, int]:
         result: Completed | None = None
         attempts = 0
         first_start, t0 = time.time(), time.monotonic()
+        # The shell's script exports $PARALLEL_SEQ and $PARALLEL_JOBSLOT from its
+        # arguments; a program exec'ed directly gets them in its environment.
+        env: dict[str, str] | None = None
+        if job.executable is not None or not self.template.exports_seq:
+            env = dict(os.environ, PARALLEL_SEQ=str(job.seq), PARALLEL_JOBSLOT=str(job.slot))
+        timeout: float | Callable[[], float | None] | None = self.config.timeout
+        if self.config.timeout_percent is not None:
+            timeout = self._relative_timeout
         while not self.stop.is_set():  # no (re)start once a stop was requested
             attempts += 1
             sink = (
@@ -436,13 +506,31 @@ class _Runner:
                 else None
             )
             raw = functools.partial(self.output.emit, job.order) if self.config.ungroup else None
-            result = self.execute(
-                job.argv,
-                timeout=self.config.timeout,
-                stop=self.stop,
-                sink=sink or raw,
-                stdin=stdin_of(job.args),  # --pipe: the job's block
-            )
+            kill = self.monitor.job_started(job.seq) if self.monitor is not None else None
+            try:
+                result = self.execute(
+                    job.argv,
+                    timeout=timeout,
+                    stop=self.stop,
+                    sink=sink or raw,
+                    env=env,
+                    executable=job.executable,
+                    termseq=self.config.resources.termseq,
+                    kill=kill,
+                    stdin=stdin_of(job.args),  # --pipe: the job's block
+                )
+            finally:
+                if self.monitor is not None:
+                    self.monitor.job_ended(job.seq)
+            if kill is not None:
+                kill.close()
+                if kill.is_set() and not self.stop.is_set():
+                    # --memfree killed it to free memory: run it again when there is
+                    # enough (not a retry: it did not fail)
+                    attempts -= 1
+                    if not self.monitor or not self.monitor.wait_until_ok():
+                        break
+                    continue
             if attempts == 1:
                 first_start = result.start
             if sink is not None:
@@ -456,9 +544,23 @@ class _Runner:
             ):
                 break
         if result is not None:  # the job's row spans all its attempts
+            if result.returncode == 0 and not result.stopped:
+                with self._lock:
+                    bisect.insort(self._run_times, result.duration)
             result.duration = time.monotonic() - t0
             result.start = first_start
         return result, attempts
+
+    def _relative_timeout(self) -> float | None:
+        """--timeout N%: N% of the median run time of the jobs that succeeded so far
+        (no limit before the first succeeded)."""
+        times = self._run_times
+        if not times:
+            return None
+        n = len(times)
+        median = times[n // 2] if n % 2 else (times[n // 2 - 1] + times[n // 2]) / 2
+        assert self.config.timeout_percent is not None
+        return median * self.config.timeout_percent / 100
 
     def _tag(self, job: _Job) -> bytes:
         if not self.config.tag:
@@ -493,7 +595,9 @@ class _Runner:
             return min(100, math.ceil(100 * self.failed / self.total))
         return min(self.failed, EXIT_FAILED_CAP)
 
-    def _account(self, ok: bool, status: int) -> None:
+    def _account(self, ok: bool, status: int, job: _Job | None = None) -> str | None:
+        """Count a finished job and decide --halt; returns the notice to print on
+        stderr when this job made --halt stop (GNU parallel's wording)."""
         halt = self.config.halt
         with self._lock:  # counters and the halt decision: one thread at a time
             if ok:
@@ -503,19 +607,27 @@ class _Runner:
             if self.progress is not None:
                 self.progress.update(1)
             if halt.when == "never":
-                return
+                return None
             count = {
                 "fail": self.failed,
                 "success": self.succeeded,
                 "done": self.failed + self.succeeded,
             }[halt.what]
             if count < halt.threshold(self.total) or self.halted_by is not None:
-                return
+                return None
             self.halted_by = status
         if halt.when == "now":
             self._halt_now()
         else:
             self._halt_soon()
+        notice = ""
+        if job is not None:
+            shown = self.template.display(job.args, job.seq, job.slot)
+            notice = f"conveyor run: This job {'succeeded' if ok else 'failed'}:\n{shown}\n"
+        if halt.when == "soon":
+            others = max(0, self.running - 1)
+            notice += f"conveyor run: Starting no more jobs. Waiting for {others} jobs to finish.\n"
+        return notice
 
     def _record(self, job: _Job, result: Completed, attempts: int) -> None:
         from conveyor.cli.joblog import JobRow, input_text
@@ -577,7 +689,7 @@ def _job_list(
 
 
 def _checked(
-    template: Template, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
+    template: AnyTemplate, jobs: Iterator[tuple[int, tuple[str, ...]]], slots: int
 ) -> Iterator[tuple[int, tuple[str, ...]]]:
     """Inputs known in advance: every job's command line is built once (with the
     widest slot number) before any job starts, so a job that could not run stops the
@@ -599,14 +711,27 @@ def run(config: RunConfig) -> int:
     )
     per_job = splitter is not None or config.max_args is not None
     groups = None if per_job else len(config.groups) or 1
-    if not config.header:  # else once the header is read
-        template = compile_template(config.command, groups=groups, quote=config.quote)
+    template: AnyTemplate
+    if config.multi is not None:
+        template = MultiTemplate(
+            config.command, mode=config.multi, quote=config.quote, shell=config.shell
+        )
+    elif not config.header:  # else once the header is read
+        template = compile_template(
+            config.command, groups=groups, quote=config.quote, shell=config.shell
+        )
     # Input files are read before the joblog is opened (and, for a new run, emptied),
     # so that an unreadable input cannot destroy an old log.
-    materialize = config.shuf or config.eta or config.halt.percent is not None
+    materialize = (
+        config.shuf
+        or config.eta
+        or config.halt.percent is not None
+        or config.multi is not None  # -X/-m spread all inputs evenly over the slots
+    )
     if not config.groups and sys.stdin is not None and sys.stdin.isatty():
         print("conveyor run: reading inputs from the terminal (end with Ctrl-D)", file=sys.stderr)
     if config.pipe is not None:  # blocks of stdin or of -a FILE, not arguments
+        assert isinstance(template, Template)  # -X/-m is refused with --pipe
         inputs = pipe_inputs(
             config.pipe, template.fields, [g.path for g in config.groups], config.jobs
         )
@@ -623,9 +748,18 @@ def run(config: RunConfig) -> int:
     if config.header:
         names = splitter(inputs.header) if splitter is not None else inputs.header
         command = name_columns(config.command, names)
-        template = compile_template(command, groups=groups, quote=config.quote)
+        template = compile_template(command, groups=groups, quote=config.quote, shell=config.shell)
     if splitter is not None:
         inputs.jobs = map(splitter, inputs.jobs)
+    if isinstance(template, MultiTemplate):  # -X / -m: as many inputs a job as fit
+        values = flatten(inputs.jobs)
+        if inputs.total is not None:
+            listed = list(values)
+            limit = per_job_limit(len(listed), config.jobs)
+            formed = list(batches(iter(listed), template, limit))
+            inputs.jobs, inputs.total = iter(formed), len(formed)
+        else:
+            inputs.jobs = batches(values, template)
     if config.max_args is not None:
         inputs.jobs = batched(inputs.jobs, config.max_args)
         if inputs.total is not None and config.max_args:
@@ -651,7 +785,7 @@ def run(config: RunConfig) -> int:
 def _run_jobs(
     config: RunConfig,
     inputs: Inputs,
-    template: Template,
+    template: AnyTemplate,
     names: Sequence[str],
     cluster: ClusterRunner | None,
 ) -> int:
@@ -666,6 +800,14 @@ def _run_jobs(
         if total is not None and not config.dry_run:
             jobs = _checked(template, jobs, config.jobs)
         if config.dry_run:
+            if template.unknown:
+                braces = " ".join(dict.fromkeys(template.unknown))
+                print(
+                    f"conveyor run: note: {braces} in COMMAND is no replacement string and "
+                    "stays as text (as in GNU parallel); known: {} {.} {/} {//} {/.} {#} {%} "
+                    "{n}",
+                    file=sys.stderr,
+                )
             out = sys.stdout.buffer
             for order, (seq, args) in enumerate(jobs):
                 slot = order % config.jobs + 1
@@ -673,6 +815,8 @@ def _run_jobs(
             out.flush()
             return 0
         runner = _Runner(config, template, total, joblog, cluster)
+        if config.resources.results is not None:
+            runner.results = Results(config.resources.results, names, config.keep_order)
         if config.tagstring is not None:
             runner.tagstring = TagString(name_columns([config.tagstring], names)[0])
         try:
@@ -682,6 +826,10 @@ def _run_jobs(
             return EXIT_ERROR
         finally:
             runner.stop.close()
+            if runner.monitor is not None:
+                runner.monitor.close()
+            if runner.results is not None:
+                runner.results.close()
         if runner.errors:
             e = runner.errors[0]
             print(f"conveyor run: error: {type(e).__name__}: {e}", file=sys.stderr)
