@@ -160,12 +160,12 @@ def test_the_queue_keeps_order_and_holds_retries_until_their_time() -> None:
     a, b, late = unit(), unit(), unit(not_before=10.0)
     queue.add([a, late, b], now=0.0)
     assert list(queue.ready) == [a, b]
-    assert queue.has_held and queue.next_due() == 10.0
+    assert queue.has_backoff and queue.next_due() == 10.0
     queue.release_due(9.9)
     assert list(queue.ready) == [a, b]
     queue.release_due(10.0)
     assert list(queue.ready) == [a, b, late]
-    assert not queue.has_held and queue.next_due() is None
+    assert not queue.has_backoff and queue.next_due() is None
 
 
 def test_held_retries_come_out_in_time_order_and_ties_in_arrival_order() -> None:
