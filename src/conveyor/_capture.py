@@ -76,7 +76,7 @@ def _install() -> None:
         _active += 1
         if _installed is None:
             routers = (_Router(sys.stdout, "stdout"), _Router(sys.stderr, "stderr"))
-            sys.stdout, sys.stderr = routers  # type: ignore[assignment]
+            sys.stdout, sys.stderr = routers  # type: ignore[assignment,unused-ignore]
             _installed = routers
 
 

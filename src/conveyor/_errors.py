@@ -246,7 +246,7 @@ class Failure:
             ...     print("reading", x)
             ...     return int(x)
             >>> conveyor.map(noisy, ["x"], on_error="return", capture_output=True)[0].stdout
-            'reading x\n'
+            'reading x\\n'
         """
         from ._capture import output_of
 

@@ -53,7 +53,7 @@ from .._cpus import usable_cpus
 from .._errors import PoolClosed, WorkerCrashed, attach_remote_traceback
 from .._serialize import dumps_callable
 from .._work import Unit, errors_of, outcomes_of
-from .base import Backend
+from .base import Backend, fail_units
 from .queue import JobTicket, WorkQueue
 
 __all__ = ["ExecutorBackend"]
@@ -125,7 +125,7 @@ class ExecutorBackend(Backend):
                 raise PoolClosed("cannot submit to a pool that was shut down")
             self._queue.add(units, time.monotonic())
             sendable = self._take_sendable()
-            held = self._queue.has_held
+            held = self._queue.has_backoff
         own = {id(unit) for unit in units}
         error = None
         for unit in sendable:
@@ -133,7 +133,7 @@ class ExecutorBackend(Backend):
                 self._send(unit, raise_unsendable=id(unit) in own and unit.eager)
             except Exception as exc:  # the others still go out
                 error = error or exc
-        if held:
+        if held:  # a retry waits in its backoff: the dispatcher wakes for it
             self._events.put(_WAKE)
         if error is not None:
             raise error
@@ -153,7 +153,7 @@ class ExecutorBackend(Backend):
         with self._lock:
             self._closing = True
             dropped = self._queue.take_all() if cancel_pending else []
-        _fail(dropped, PoolClosed("the pool was shut down before the task started"))
+        fail_units(dropped, PoolClosed("the pool was shut down before the task started"))
         self._events.put(_WAKE)
         if wait and threading.current_thread() is not self._dispatcher:
             self._dispatcher.join()
@@ -167,8 +167,8 @@ class ExecutorBackend(Backend):
         for _, future in running:
             if future is not None:
                 future.cancel()
-        _fail(dropped, PoolClosed("the pool was terminated before the task started"))
-        _fail([unit for unit, _ in running], PoolClosed("the pool was terminated"))
+        fail_units(dropped, PoolClosed("the pool was terminated before the task started"))
+        fail_units([unit for unit, _ in running], PoolClosed("the pool was terminated"))
         self._events.put(_STOP)
 
     @property
@@ -198,8 +198,9 @@ class ExecutorBackend(Backend):
             call: tuple[Any, ...] = (
                 (run_unit, self._function_ref(unit.fn)) if self._by_value else (run_loaded, unit.fn)
             )
+            runner, fn = call
             future = self.executor.submit(
-                *call, unit.mode, unit.items, unit.timeout, self._init_ref
+                runner, fn, unit.mode, unit.items, unit.timeout, self._init_ref
             )
         except Exception as exc:  # an unpicklable item, or the executor is shut down/broken
             self._forget(unit)
@@ -214,7 +215,8 @@ class ExecutorBackend(Backend):
         if not known:  # cancelled or terminated while we submitted it
             future.cancel()
             return
-        future.add_done_callback(lambda done, key=unit.id: self._events.put((key, done)))
+        key = unit.id
+        future.add_done_callback(lambda done: self._events.put((key, done)))
 
     def _forget(self, unit: Unit) -> None:
         with self._lock:
@@ -247,7 +249,7 @@ class ExecutorBackend(Backend):
                 dropped = self._queue.take_all()
                 running = [unit for unit, _ in self._running.values()]
                 self._running.clear()
-            _fail(dropped + running, exc)
+            fail_units(dropped + running, exc)
 
     def _dispatch_once(self) -> bool:
         with self._lock:
@@ -303,8 +305,3 @@ def _as_crash(exc: BaseException) -> BaseException:
     )
     crash.__cause__ = exc
     return crash
-
-
-def _fail(units: list[Unit], error: BaseException) -> None:
-    for unit in units:
-        unit.sink.deliver(unit, 0, errors_of(len(unit.items), error), 0.0)
