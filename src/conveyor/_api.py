@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 
 from ._errors import PoolClosed
 from ._options import Deadline, JobOptions, check_backend, check_deadline, check_workers
@@ -65,8 +65,9 @@ def _default_pool(
 def _run(
     fn: Callable[..., Any], iterable: Iterable[Any], call: _Call, options: JobOptions
 ) -> Generator[list[Any], None, None]:
-    """Batches of results of one call, on a default pool or a pool of its own."""
-    if call.initializer is None:
+    """Batches of results of one call, on a default pool or a pool of its own (with an
+    initializer, or on the caller's executor: no default pool keeps either alive)."""
+    if call.initializer is None and not isinstance(call.backend, Executor):
         pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
         try:
             job = pool._job(fn, iterable, options)
@@ -94,7 +95,7 @@ class _Call:
     def __init__(
         self,
         workers: int | None,
-        backend: str,
+        backend: str | Executor,
         start_method: str | None,
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
@@ -124,7 +125,7 @@ def map(
     iterable: Iterable[T],
     *,
     workers: int | None = None,
-    backend: str = "auto",
+    backend: str | Executor = "auto",
     ordered: bool = True,
     chunksize: int | str = "auto",
     task_timeout: float | None = None,
@@ -137,6 +138,7 @@ def map(
     start_method: str | None = None,
     explain: bool = False,
     stats: MapStats | None = None,
+    capture_output: bool = False,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> list[R]:
@@ -181,7 +183,7 @@ def starmap(
     iterable: Iterable[Iterable[Any]],
     *,
     workers: int | None = None,
-    backend: str = "auto",
+    backend: str | Executor = "auto",
     ordered: bool = True,
     chunksize: int | str = "auto",
     task_timeout: float | None = None,
@@ -194,6 +196,7 @@ def starmap(
     start_method: str | None = None,
     explain: bool = False,
     stats: MapStats | None = None,
+    capture_output: bool = False,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> list[R]:
@@ -214,7 +217,7 @@ def imap(
     iterable: Iterable[T],
     *,
     workers: int | None = None,
-    backend: str = "auto",
+    backend: str | Executor = "auto",
     chunksize: int | str = "auto",
     task_timeout: float | None = None,
     timeout: float | None = None,
@@ -226,6 +229,7 @@ def imap(
     start_method: str | None = None,
     explain: bool = False,
     stats: MapStats | None = None,
+    capture_output: bool = False,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> Iterator[R]:
@@ -254,7 +258,7 @@ def imap_unordered(
     iterable: Iterable[T],
     *,
     workers: int | None = None,
-    backend: str = "auto",
+    backend: str | Executor = "auto",
     chunksize: int | str = "auto",
     task_timeout: float | None = None,
     timeout: float | None = None,
@@ -266,6 +270,7 @@ def imap_unordered(
     start_method: str | None = None,
     explain: bool = False,
     stats: MapStats | None = None,
+    capture_output: bool = False,
     checkpoint: Any = None,
     cluster: Any = None,
 ) -> Iterator[R]:

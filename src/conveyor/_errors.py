@@ -236,6 +236,29 @@ class Failure:
         """Raise the stored exception (with its remote traceback chained)."""
         raise self.exception
 
+    @property
+    def stdout(self) -> str:
+        """What the item printed to ``sys.stdout`` (with ``capture_output=True``; else '').
+
+        Example::
+
+            >>> def noisy(x):
+            ...     print("reading", x)
+            ...     return int(x)
+            >>> conveyor.map(noisy, ["x"], on_error="return", capture_output=True)[0].stdout
+            'reading x\\n'
+        """
+        from ._capture import output_of
+
+        return output_of(self.exception)[0]
+
+    @property
+    def stderr(self) -> str:
+        """What the item wrote to ``sys.stderr`` (with ``capture_output=True``; else '')."""
+        from ._capture import output_of
+
+        return output_of(self.exception)[1]
+
 
 def missed_deadline(what: str, timeout: float) -> FuturesTimeout:
     """The TimeoutError for a call that ran past its ``timeout=`` (a deadline for the call).

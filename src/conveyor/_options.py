@@ -51,12 +51,25 @@ def check_workers(workers: Any) -> int | None:
 
 
 def check_backend(backend: Any) -> str:
-    """``backend`` must be one of :data:`BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(
-            f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
-        )
-    return str(backend)
+    """``backend`` must be one of :data:`BACKENDS` or a ``concurrent.futures.Executor``
+    (then ``"executor"``: see conveyor.backends.executor).
+
+    Example::
+
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> check_backend("thread"), check_backend(ThreadPoolExecutor(1))
+        ('thread', 'executor')
+    """
+    from concurrent.futures import Executor
+
+    if isinstance(backend, Executor):
+        return "executor"
+    if isinstance(backend, str) and backend in BACKENDS:
+        return backend
+    raise ValueError(
+        f"backend must be one of {', '.join(map(repr, BACKENDS))} or a "
+        f"concurrent.futures.Executor, got {backend!r}"
+    )
 
 
 def check_cluster(backend: str, cluster: Any, security: Any) -> None:
@@ -185,6 +198,7 @@ class JobOptions:
     """
 
     __slots__ = (
+        "capture_output",
         "chunksize",
         "explain",
         "mode",
@@ -207,6 +221,7 @@ class JobOptions:
     progress: bool | dict[str, Any]
     explain: bool
     stats: MapStats | None
+    capture_output: bool
 
     def __init__(
         self,
@@ -221,6 +236,7 @@ class JobOptions:
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
     ):
         check_options(
             chunksize=chunksize,
@@ -248,6 +264,9 @@ class JobOptions:
         set_field(self, "progress", progress)
         set_field(self, "explain", explain)
         set_field(self, "stats", stats)
+        if not isinstance(capture_output, bool):
+            raise TypeError(f"capture_output must be True or False, got {capture_output!r}")
+        set_field(self, "capture_output", capture_output)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"JobOptions is frozen: make another with .replace({name}=...)")

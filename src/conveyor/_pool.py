@@ -161,8 +161,11 @@ class Pool(AsyncPoolMethods, Executor):
     ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"``,
     ``"auto"`` or ``"dask"`` (a Dask cluster: ``cluster=`` an address, a ``distributed.Client``
     or None for a LocalCluster on 127.0.0.1 that the pool owns; ``security=`` a
-    ``distributed.Security`` for TLS). ``workers=None`` means the CPUs this process may use
-    (for threads: that plus 4, at most 32). ``max_tasks_per_worker`` and
+    ``distributed.Security`` for TLS), or any ``concurrent.futures.Executor`` (mpi4py's,
+    loky's, one you already have: conveyor's maps, retries and ``on_error`` run on its
+    ``submit``, with the guarantees listed in ``conveyor.backends.executor``).
+    ``workers=None`` means the CPUs this process may use (for threads: that plus 4, at most
+    32; for an executor: its own ``_max_workers`` where it has one). ``max_tasks_per_worker`` and
     ``max_memory_per_worker`` (bytes of resident memory) replace a worker process after it ran
     that many tasks or grew that big.
 
@@ -179,7 +182,7 @@ class Pool(AsyncPoolMethods, Executor):
     def __init__(
         self,
         workers: int | None = None,
-        backend: str = "process",
+        backend: str | Executor = "process",
         start_method: str | None = None,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
@@ -188,6 +191,7 @@ class Pool(AsyncPoolMethods, Executor):
         cluster: Any = None,
         security: Any = None,
     ):
+        executor = backend if isinstance(backend, Executor) else None
         backend = check_backend(backend)
         check_cluster(backend, cluster, security)
         workers = check_workers(workers)
@@ -216,6 +220,7 @@ class Pool(AsyncPoolMethods, Executor):
             max_memory_per_worker=max_memory_per_worker,
             cluster=cluster,
             security=security,
+            executor=executor,
         )
         self._closed = False
         self._lock = threading.Lock()
@@ -433,6 +438,7 @@ class Pool(AsyncPoolMethods, Executor):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """Lazily yield ``fn(x)`` for each ``x``, in input order; takes input as it goes.
@@ -464,6 +470,7 @@ class Pool(AsyncPoolMethods, Executor):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """Like :meth:`imap`, but yields results as they finish.
@@ -491,6 +498,7 @@ class Pool(AsyncPoolMethods, Executor):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> list[R]:
         """``[fn(*args) for args in iterable]`` on the pool's workers, as a list (as
@@ -528,6 +536,8 @@ class Pool(AsyncPoolMethods, Executor):
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
         _check_iterable(iterable)
+        if options.capture_output:
+            fn = _captured(fn)
         if self._router is not None:
             return self._router.job(fn, iterable, options)
         return MapJob(self._backend, fn, iterable, options, item_times=self._item_times)
@@ -690,6 +700,7 @@ class _PoolOptions(AsyncOptionsMethods):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap`` with this view's task_timeout and retries."""
@@ -703,6 +714,7 @@ class _PoolOptions(AsyncOptionsMethods):
             progress=progress,
             explain=explain,
             stats=stats,
+            capture_output=capture_output,
             checkpoint=checkpoint,
             **self._limits,
         )
@@ -718,6 +730,7 @@ class _PoolOptions(AsyncOptionsMethods):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> Iterator[R]:
         """``Pool.imap_unordered`` with this view's task_timeout and retries."""
@@ -731,6 +744,7 @@ class _PoolOptions(AsyncOptionsMethods):
             progress=progress,
             explain=explain,
             stats=stats,
+            capture_output=capture_output,
             checkpoint=checkpoint,
             **self._limits,
         )
@@ -747,6 +761,7 @@ class _PoolOptions(AsyncOptionsMethods):
         progress: bool | dict[str, Any] = False,
         explain: bool = False,
         stats: MapStats | None = None,
+        capture_output: bool = False,
         checkpoint: Any = None,
     ) -> list[R]:
         """``Pool.starmap`` with this view's task_timeout and retries."""
@@ -760,6 +775,7 @@ class _PoolOptions(AsyncOptionsMethods):
             progress=progress,
             explain=explain,
             stats=stats,
+            capture_output=capture_output,
             checkpoint=checkpoint,
             **self._limits,
         )
@@ -827,7 +843,23 @@ def _make_backend(
     max_memory_per_worker: int | None = None,
     cluster: Any = None,
     security: Any = None,
+    executor: Executor | None = None,
 ) -> Backend:
+    if name == "executor":
+        for option, value in (
+            ("start_method", start_method),
+            ("max_tasks_per_worker", max_tasks_per_worker),
+            ("max_memory_per_worker", max_memory_per_worker),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{option}={value!r} is for the process backend; with an executor as the "
+                    "backend, its workers are the executor's (set their limits when making it)"
+                )
+        from .backends.executor import ExecutorBackend
+
+        assert executor is not None
+        return ExecutorBackend(executor, workers, initializer=initializer, initargs=initargs)
     if name == "thread":
         from .backends.thread import ThreadBackend
 
@@ -870,6 +902,19 @@ def _make_backend(
             initargs=initargs,
         )
     raise AssertionError(f"no backend {name!r}: check_backend lets only BACKENDS through")
+
+
+def _captured(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with each item's output captured (``capture_output=True``, see _capture.py)."""
+    from ._capture import CapturedCall
+    from ._coroutines import is_async_function
+
+    if is_async_function(fn):
+        raise TypeError(
+            "capture_output=True is for plain functions: the coroutines of an async def "
+            "function share their thread, so their output cannot be told apart"
+        )
+    return CapturedCall(fn)
 
 
 def _shutdown_quietly(backend: Backend) -> None:

@@ -51,7 +51,7 @@ from ..process.parent import hard_deadline_grace
 from ..process.worker import _picklable_error
 from ..thread import _raise_in_thread
 
-__all__ = ["TaskResult", "run_unit"]
+__all__ = ["TaskResult", "ensure_initialized", "load_function", "run_loaded", "run_unit"]
 
 #: (values, {position: (exception, traceback text)}, run seconds, address of a stuck worker)
 TaskResult = tuple[list[Any], dict[int, tuple[BaseException, str]], float, "str | None"]
@@ -142,11 +142,28 @@ def run_unit(
         >>> values, errors, stuck
         ([1, 2], {}, None)
     """
+    return run_loaded(load_function(*fn_ref), mode, items, timeout, init_ref)
+
+
+def run_loaded(
+    fn: Callable[..., Any],
+    mode: int,
+    items: list[Any],
+    timeout: float | None,
+    init_ref: tuple[str, bytes] | None = None,
+) -> TaskResult:
+    """:func:`run_unit` for a function at hand (an executor in this process: no pickling, so a
+    closure's side effects reach the caller, as on the thread backend).
+
+    Example::
+
+        >>> run_loaded(abs, 1, [-3], None)[:2]
+        ([3], {})
+    """
     failure = ensure_initialized(init_ref)
     if failure is not None:
         error = WorkerInitError(failure)
         return [None] * len(items), {i: (error, "") for i in range(len(items))}, 0.0, None
-    fn = load_function(*fn_ref)
     started = time.perf_counter()
     stuck = False
     if timeout is None:
