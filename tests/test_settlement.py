@@ -292,21 +292,21 @@ def record() -> WorkerRecord:
 
 def test_a_worker_goes_through_its_states_and_its_holdings_follow() -> None:
     worker = record()
-    assert worker.state is State.STARTING and worker.held_units() == []
+    assert worker.state is State.STARTING and worker.assigned_units() == []
     worker.ready(now=1.0)
     assert worker.state is State.IDLE and worker.said_ready
     first, second = [unit(2)], [unit(1)]
     worker.reserve(first)
-    assert worker.state is State.BUSY and worker.held_units() == first
+    assert worker.state is State.BUSY and worker.assigned_units() == first
     worker.begin(first, [False], seq=1, stream=False)
     worker.reserve_ahead(second)
-    assert worker.held_units() == first + second
+    assert worker.assigned_units() == first + second
     worker.send_ahead(second, [False], seq=2)
     # the batch ends and the one sent ahead begins in one transition: never empty between
     assert worker.finish() == first
-    assert worker.state is State.BUSY and worker.held_units() == second and worker.seq == 2
+    assert worker.state is State.BUSY and worker.assigned_units() == second and worker.seq == 2
     assert worker.finish() == second
-    assert worker.state is State.IDLE and worker.held_units() == [] and worker.tasks_run == 3
+    assert worker.state is State.IDLE and worker.assigned_units() == [] and worker.tasks_run == 3
     worker.retire()
     assert worker.state is State.RETIRING
     worker.die()
@@ -322,7 +322,7 @@ def test_a_reservation_that_came_to_nothing_hands_over_to_the_one_ahead() -> Non
     worker.unreserve(ahead=False)  # nothing of ``first`` was sent
     assert worker.state is State.BUSY and worker.batch is second and worker.ahead is None
     worker.unreserve(ahead=False)  # nor of ``second``
-    assert worker.state is State.IDLE and worker.held_units() == []
+    assert worker.state is State.IDLE and worker.assigned_units() == []
 
 
 def test_a_dead_worker_keeps_its_holdings_until_they_are_taken() -> None:
@@ -333,6 +333,6 @@ def test_a_dead_worker_keeps_its_holdings_until_they_are_taken() -> None:
     worker.begin(batch, [False], seq=1, stream=False)
     worker.reserve_ahead(ahead)
     worker.die()
-    assert worker.held_units() == batch + ahead  # interrupt() still finds them
+    assert worker.assigned_units() == batch + ahead  # interrupt() still finds them
     assert worker.take_holdings() == (batch, ahead)
-    assert worker.held_units() == []
+    assert worker.assigned_units() == []

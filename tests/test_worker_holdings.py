@@ -82,7 +82,7 @@ def test_a_running_unit_is_always_held_or_queued_when_the_lock_is_free(scenario:
         if not backend._lock.acquire(blocking=False):
             return  # held (by the dispatcher itself, or by a reader): nobody can look now
         try:
-            held = {u.id for w in backend._workers.values() for u in w.held_units()}
+            held = {u.id for w in backend._workers.values() for u in w.assigned_units()}
             held.update(u.id for u in backend._queue.ready)
         finally:
             backend._lock.release()

@@ -462,7 +462,7 @@ class ProcessBackend(Backend):
     def _drained(self) -> bool:
         with self._lock:
             queued = bool(self._queue) or bool(self._queue.jobs)
-        return not queued and all(not w.held_units() for w in self._workers.values())
+        return not queued and all(not w.assigned_units() for w in self._workers.values())
 
     # ----------------------------------------------------------------- sending work
 
@@ -492,7 +492,7 @@ class ProcessBackend(Backend):
                 continue  # timed work waits for an idle worker: its deadline starts on sending
             quota = None
             if self._max_tasks:
-                held = sum(len(u.items) for u in worker.held_units())
+                held = sum(len(u.items) for u in worker.assigned_units())
                 quota = self._max_tasks - worker.tasks_run - held
                 if quota <= 0:
                     continue

@@ -103,29 +103,29 @@ class _Alarm:
         self.armed = False
         self.fired = False
         self.timeout = 0.0
-        self.held = 0  # > 0 while the main thread writes to the pipe (a log record)
-        self.deferred = False  # the alarm came while held: raise when released
+        self.paused = 0  # > 0 while the main thread writes to the pipe (a log record)
+        self.deferred = False  # the alarm came while paused: raise when resumed
         if self.available:
             signal.signal(signal.SIGALRM, self._fire)
 
     def _fire(self, signum: int, frame: Any) -> None:
         if self.armed:
-            if self.held:
-                # Raising now could tear a message in half: the release raises instead.
+            if self.paused:
+                # Raising now could tear a message in half: resume() raises instead.
                 self.deferred = True
                 return
             self.armed = False
             self.fired = True
             raise TaskTimeout(f"task ran past its timeout of {self.timeout:g} s", self.timeout)
 
-    def hold(self) -> None:
-        """Hold off the TaskTimeout (main thread only; handlers run there, so no race)."""
-        self.held += 1
+    def pause(self) -> None:
+        """Hold back the TaskTimeout (main thread only; handlers run there, so no race)."""
+        self.paused += 1
 
-    def release(self) -> None:
-        """End a :meth:`hold`; a TaskTimeout that came meanwhile is raised now."""
-        self.held -= 1
-        if not self.held and self.deferred:
+    def resume(self) -> None:
+        """End a :meth:`pause`; a TaskTimeout that came meanwhile is raised now."""
+        self.paused -= 1
+        if not self.paused and self.deferred:
             self.deferred = False
             self._fire(signal.SIGALRM, None)
 
@@ -283,14 +283,14 @@ class _Channel:
         message = encode(Log(0, record))
         main = threading.current_thread() is self._main
         if main:
-            self.alarm.hold()
+            self.alarm.pause()
         try:
             self.send_raw(message)
         except OSError:
             pass  # the parent is gone; the lifeline ends this process
         finally:
             if main:
-                self.alarm.release()
+                self.alarm.resume()
 
 
 def worker_main(

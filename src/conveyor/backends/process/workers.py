@@ -5,7 +5,7 @@ Data flow (who touches a record)::
     dispatcher thread (owner)                  other threads (interrupt, terminate, stats, ...)
     -------------------------                  ------------------------------------------------
     every transition below, under the          under the lock: read state and holdings
-    backend's lock (one critical section       (held_units), add to ``cancelled`` (interrupt);
+    backend's lock (one critical section       (assigned_units), add to ``cancelled`` (interrupt);
     per transition)                            kill() a worker that is not DEAD
     its own fields (deadline, stream           plain numbers read whole, without the lock
     position, fn_keys, holds) without it       (tasks_run, busy, failures: Pool.stats)
@@ -30,7 +30,7 @@ The lock rule (kept by every write in this module; the callers hold the lock):
 * ``state``, ``batch``, ``ahead`` and ``cancelled`` change only under the backend's lock, and a
   transition is one critical section. Another thread holding the lock therefore sees a worker
   before or after a transition, never half-way: a unit that a worker may be running is always
-  among its :meth:`WorkerRecord.held_units` (the race this rule closes: ``interrupt()`` ran
+  among its :meth:`WorkerRecord.assigned_units` (the race this rule closes: ``interrupt()`` ran
   between "the batch is done" and "the batch sent ahead begins", saw nothing, and missed a
   worker running the interrupted job's chunk; ``tests/test_worker_holdings.py``).
 * The dispatcher is the only writer of ``state``, ``batch`` and ``ahead``, so it reads them
@@ -185,14 +185,14 @@ class WorkerRecord:
 
     # ----------------------------------------------------------- reads (see the lock rule)
 
-    def held_units(self) -> list[Unit]:
+    def assigned_units(self) -> list[Unit]:
         """Every unit it holds: the running (or reserved) batch, then the one sent ahead."""
         batch, ahead = self.batch, self.ahead  # each read once (a free-threaded build)
         return (batch or []) + (ahead[0] if ahead is not None else [])
 
     def holds_work_of(self, owner: object) -> bool:
         """Whether a unit it holds belongs to ``owner`` (under the lock)."""
-        return any(u.sink.owner is owner for u in self.held_units())
+        return any(u.sink.owner is owner for u in self.assigned_units())
 
     # ----------------------------------------------- transitions (dispatcher, under the lock)
 
