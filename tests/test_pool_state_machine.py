@@ -83,6 +83,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.lock = threading.Lock()  # callbacks add futures from the pool's threads
         self.closed = False  # shut down (or terminated) for sure
         self.may_close = False  # a done-callback that shuts the pool down was added
+        self.cut_off = False  # cancel_futures or terminate cut pending work off
         self.closers: list[threading.Thread] = []
         self.errors: list[BaseException] = []  # failures seen inside callbacks and threads
         self.maps: list[_MapInThread] = []
@@ -91,6 +92,12 @@ class PoolMachine(RuleBasedStateMachine):
 
     def _track(self, future: cf.Future[Any], expected: Expected) -> None:
         with self.lock:
+            # A submit from a callback (a pool thread) can be accepted just before a
+            # shutdown(cancel_futures=True) in the main thread and tracked only after that
+            # shutdown cancelled it: once pending work was cut off, such a late future may
+            # end cancelled too (the check and the insertion are one step under the lock).
+            if self.cut_off:
+                expected.cancel_ok = True
             self.futures[future] = expected
 
     def _submit(self, kind: str, value: int, from_callback: bool = False) -> None:
@@ -125,6 +132,7 @@ class PoolMachine(RuleBasedStateMachine):
     def _cut_off_pending(self) -> None:
         """cancel_futures or terminate: what has not finished may end cancelled or PoolClosed."""
         with self.lock:
+            self.cut_off = True
             for future, expected in self.futures.items():
                 if not future.done():
                     expected.cancel_ok = True
