@@ -96,7 +96,7 @@ _FIELD = re.compile(r"\{(?:([#%])|(-?[1-9][0-9]*)?(\.|//|/\.|/)?)\}")
 _CANDIDATE = re.compile(r"\{[^\s{}'\"\\$`;|&<>()]*\}")
 _WORD_BREAK = frozenset(" \t\n;&|()<>")
 # What a value may be inside $((...)): a number expression without names.
-_ARITH_VALUE = re.compile(r"[0-9\s+\-*/%<>=!&|^~?:(),]*\Z")
+_ARITH_VALUE = re.compile(r"[0-9 \t\n+\-*/%<>=!&|^~?:(),]*\Z")  # ASCII blanks only: \s is Unicode
 _HEREDOC = re.compile(r"<<(-?)[ \t]*(\\?)(?:'([^']*)'|\"([^\"]*)\"|([^\s;&|<>()]+))")
 
 # Shell contexts a replacement string can stand in.
