@@ -19,6 +19,13 @@ def pytest_report_header() -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # The suite's process pools start their workers the default way, from conveyor's zygote
+    # (backends/process/zygote.py), made here while this process still has one thread; made
+    # later, after a test's thread pool, the first process pool would fall back on forkserver.
+    # (Tests that ask for forkserver or spawn, and tests/test_zygote.py, cover the others.)
+    from conveyor.backends.process import spawning
+
+    spawning.get_context(None)
     if os.environ.get("CONVEYOR_TEST_INSTALLED"):
         site = Path(sysconfig.get_path("purelib")).resolve()
         where = Path(conveyor.__file__).resolve()

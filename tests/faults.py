@@ -320,10 +320,17 @@ def forkserver_pid() -> int | None:
 
 
 def infrastructure_pids() -> set[int]:
-    """multiprocessing's fork server and resource tracker: they serve the whole session."""
+    """multiprocessing's fork server and resource tracker, conveyor's zygote: they serve the
+    whole session."""
     from multiprocessing import resource_tracker
 
-    pids = {forkserver_pid(), getattr(resource_tracker._resource_tracker, "_pid", None)}
+    from conveyor.backends.process import zygote
+
+    pids = {
+        forkserver_pid(),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+        zygote.pid(),
+    }
     return {pid for pid in pids if pid is not None}
 
 

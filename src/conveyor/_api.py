@@ -17,13 +17,14 @@ from concurrent.futures import Executor, Future
 from ._errors import PoolClosed
 from ._options import Deadline, JobOptions, check_backend, check_deadline, check_workers
 from ._pool import Pool, checkpointed
-from ._stats import MapStats
 from ._work import MODE_STAR
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, TypeVar
+
+    from ._stats import MapStats
 
     T = TypeVar("T")
     R = TypeVar("R")

@@ -73,6 +73,8 @@ PROBE_BYTES = 16 << 20
 #: one per item as the chosen backend will
 PROBE_ITEMS_TIMED = 16
 PROBE_SECONDS = 0.005
+#: a first item that took this long and mostly waited is known to wait (rule 1): no more probing
+WAITING_EVIDENCE = 0.0005
 INLINE_SAVING = 0.025
 #: what sending one item to a process and its result back costs the caller's side (pickling,
 #: unpickling, the dispatcher), measured on the 2-core development machine: 100,000 x*x took
@@ -213,6 +215,10 @@ def probe(fn: Callable[..., Any], mode: int, items: list[Any]) -> tuple[int, Out
     values, errors = run_items(fn, mode, items[:1])
     wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
     done = 1
+    if wall >= WAITING_EVIDENCE and cpu < CPU_BOUND_SHARE * wall:
+        # It waits (rule 1) and the clocks are sure of it: probing on would only run one by
+        # one items that threads overlap (ten 1 ms sleeps took 14 ms here before this).
+        return done, (values, errors), Measurement(wall, cpu)
     if wall < PROBE_SECONDS:
         # Tiny: time runs of the next items, in growing batches, and take the fastest rate of a
         # batch: the first item's cold start (caches, lazy imports) and each batch's fixed cost

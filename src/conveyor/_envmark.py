@@ -65,9 +65,8 @@ def new_token() -> str:
         >>> len(new_token().split(".")) == 2
         True
     """
-    import secrets
-
-    return f"{os.getpid()}.{secrets.token_hex(8)}"
+    # os.urandom, not secrets: the same bytes, without its hmac/hashlib imports (~4 ms)
+    return f"{os.getpid()}.{os.urandom(8).hex()}"
 
 
 class ItemTokens:

@@ -46,7 +46,7 @@ from ._errors import Failure, Unsendable, missed_deadline, traceback_text
 from ._options import JobOptions
 from ._progress import Progress
 from ._retry import RetryPolicy
-from ._stats import MapStats
+from ._tally import Tally
 from ._work import Loader, Outcomes, Span, Unit
 from .backends.base import Backend
 
@@ -54,6 +54,8 @@ from .backends.base import Backend
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from ._stats import MapStats
 
 __all__ = ["MapJob"]
 
@@ -129,7 +131,7 @@ class MapJob:
         self.backend = backend
         self.options = options
         #: counts and times of this call (filled here, in the thread that drives the job)
-        self.stats = options.stats if options.stats is not None else MapStats()
+        self.stats: MapStats | Tally = options.stats if options.stats is not None else Tally()
         self.fn = fn
         self.mode = options.mode
         self.ordered = ordered = options.ordered

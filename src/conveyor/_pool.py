@@ -52,7 +52,6 @@ from ._options import (
     engine_limits,
 )
 from ._retry import RetryPolicy
-from ._stats import MapStats, PoolStats
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.base import Backend, copied_bytes
 from .backends.queue import FOLLOW_UP
@@ -63,6 +62,7 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, ParamSpec, TypeVar
 
     from ._auto import Router
+    from ._stats import MapStats, PoolStats
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -167,7 +167,10 @@ class Pool(AsyncPoolMethods, Executor):
     ``workers=None`` means the CPUs this process may use (for threads: that plus 4, at most
     32; for an executor: its own ``_max_workers`` where it has one). ``max_tasks_per_worker`` and
     ``max_memory_per_worker`` (bytes of resident memory) replace a worker process after it ran
-    that many tasks or grew that big.
+    that many tasks or grew that big. ``start_method``: how worker processes start; ``None``
+    (default) is ``"zygote"`` on Linux while it can be made (a fork of this process taken while
+    it has one thread, from which every worker forks: see ``conveyor.backends.process.zygote``),
+    else ``"forkserver"``, and ``"spawn"`` where there is no fork.
 
     Example::
 
@@ -572,6 +575,8 @@ class Pool(AsyncPoolMethods, Executor):
             >>> stats.tasks, len(stats.workers), stats.restarts["timeout"]
             (10, 2, 0)
         """
+        from ._stats import PoolStats
+
         return PoolStats.merged([b.stats() for b in self._all_backends()])
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

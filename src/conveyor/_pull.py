@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import sys
 from collections.abc import Sequence
 
@@ -99,7 +98,7 @@ if _readv is not None:  # CPython only: the buffer protocol through its C API
     ctypes.pythonapi.PyBuffer_Release.restype = None
 #: whether this system has ``process_vm_readv`` at all (a worker still has to :func:`probe`)
 AVAILABLE = _readv is not None
-_PROBE = secrets.token_bytes(32)
+_PROBE = os.urandom(32)  # (not secrets: its hmac/hashlib imports cost ~4 ms at start-up)
 
 
 def address_of(buffer: memoryview) -> int:

@@ -9,7 +9,6 @@ import weakref
 from collections.abc import Sequence
 
 from .._chunking import TARGET_SECONDS
-from .._stats import PoolStats
 from .._work import Unit, errors_of
 from .queue import JobTicket
 
@@ -17,6 +16,8 @@ from .queue import JobTicket
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from .._stats import PoolStats
 
 __all__ = ["Backend", "copied_bytes", "fail_units", "rough_size"]
 
@@ -115,6 +116,8 @@ class Backend(abc.ABC):
 
     def stats(self) -> PoolStats:
         """Its workers' figures (see conveyor.Pool.stats); none for a backend without workers."""
+        from .._stats import PoolStats
+
         return PoolStats.merged([])
 
     @property

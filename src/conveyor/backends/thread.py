@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .._errors import PoolClosed, TaskTimeout, WorkerInitError
-from .._stats import RESTART_CAUSES, PoolStats, WorkerStats
+from .._tally import RESTART_CAUSES
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend, fail_units
 from .queue import JobTicket, WorkQueue
@@ -62,6 +62,8 @@ from .queue import JobTicket, WorkQueue
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from .._stats import PoolStats
 
 __all__ = ["ThreadBackend"]
 
@@ -150,6 +152,8 @@ class ThreadBackend(Backend):
 
     def stats(self) -> PoolStats:
         """Figures per live thread (see conveyor.Pool.stats); pid is this process's."""
+        from .._stats import PoolStats, WorkerStats  # dataclasses: imported when asked for
+
         now, pid = time.monotonic(), os.getpid()
         with self._cv:
             states, gone, timeouts = list(self._states), self._gone_tasks, self._timeouts

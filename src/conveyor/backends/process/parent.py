@@ -89,14 +89,14 @@ import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ... import _pull, _shm
 from ..._envmark import kill_marked
 from ..._errors import PoolClosed, WorkerCrashed, WorkerInitError
 from ..._serialize import dumps_callable
 from ..._shm import Segment
-from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
+from ..._tally import RESTART_CAUSES
 from ..._work import Loader, Outcomes, Unit, errors_of
 from ..base import Backend, copied_bytes, fail_units
 from ..queue import JobTicket, WorkQueue
@@ -121,6 +121,9 @@ from .protocol import (
 from .settlement import Lost, Settlement, settle
 from .spawning import get_context
 from .workers import State, WorkerRecord, close_handles, kill_group, launch
+
+if TYPE_CHECKING:
+    from ..._stats import PoolStats
 
 __all__ = ["ProcessBackend"]
 
@@ -157,8 +160,10 @@ class ProcessBackend(Backend):
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
     ):
-        super().__init__(workers)
+        # Before the backend is registered (super().__init__): a zygote made here is a fork of
+        # this process, in which the at-fork hooks must not meet a half-made backend.
         self._ctx = get_context(start_method)
+        super().__init__(workers)
         self.start_method = self._ctx.get_start_method()
         self._init_blob = (
             dumps_callable((initializer, initargs), "initializer") if initializer else None
@@ -336,6 +341,8 @@ class ProcessBackend(Backend):
         Another thread's view of the dispatcher's counters: each number is read whole (the
         GIL), the set of workers under the lock; a batch in flight counts when it is done.
         """
+        from ..._stats import PoolStats, WorkerStats  # dataclasses: imported when asked for
+
         now = time.monotonic()
         with self._lock:
             records = list(self._workers.values())

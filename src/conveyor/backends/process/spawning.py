@@ -16,9 +16,11 @@ With ``spawn`` and ``fork`` a worker is also started with SIGINT *blocked*: the 
 the signal mask of the thread that starts it (through ``exec`` too), so a Ctrl-C that reaches a
 new worker before it has moved into its own process group stays pending, and the worker drops it
 (see :func:`.worker.worker_main`) instead of printing a KeyboardInterrupt traceback; the
-caller's own mask is restored at once. Not with ``forkserver``: there the fork happens in the
-fork server, which every user of that start method in the program shares, and a server started
-with SIGINT blocked would make all their processes (and the programs those run) deaf to Ctrl-C.
+caller's own mask is restored at once. With the ``zygote`` (the default on Linux) SIGINT is
+ignored from the fork on (see :mod:`.zygote`). Not with ``forkserver``: there the fork happens
+in the fork server, which every user of that start method in the program shares, and a server
+started with SIGINT blocked would make all their processes (and the programs those run) deaf to
+Ctrl-C.
 A forkserver worker is therefore exposed from its fork to the first lines of ``worker_main``,
 about a millisecond; a Ctrl-C in exactly that window ends that new worker (with a traceback on
 stderr) and the pool replaces it.
@@ -42,7 +44,9 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-__all__ = ["default_start_method", "get_context", "start_worker"]
+from . import zygote
+
+__all__ = ["default_start_method", "get_context", "start_methods", "start_worker"]
 
 _WORKER_MODULE = "conveyor.backends.process.worker"
 _local = threading.local()
@@ -61,35 +65,72 @@ def _preparation_data(name: str) -> dict[str, Any]:
 
 
 def default_start_method() -> str:
-    """``forkserver`` where it exists (fork is unsafe once the parent has threads), else ``spawn``.
+    """``zygote`` where it can be made, else ``forkserver`` where it exists, else ``spawn``.
+
+    The zygote (see :mod:`.zygote`) is a fork server forked from this process while it has a
+    single thread: as safe as ``forkserver`` and as quick to start as ``fork``. It can be made
+    on Linux while the process has one thread (or once it runs); otherwise ``forkserver`` (fork
+    is unsafe once the parent has threads), and ``spawn`` where there is no fork at all.
 
     Example::
 
         >>> from conveyor.backends.process.spawning import default_start_method
-        >>> default_start_method() in {"forkserver", "spawn"}
+        >>> default_start_method() in {"zygote", "forkserver", "spawn"}
         True
     """
+    if zygote.birth_possible():
+        return "zygote"
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods and sys.platform != "darwin":
         return "forkserver"
     return "spawn"
 
 
-def get_context(start_method: str | None) -> BaseContext:
-    """The multiprocessing context for ``start_method``, with a clear error for a bad name."""
-    method = start_method or default_start_method()
+def start_methods() -> list[str]:
+    """The start methods a pool can be asked for here: multiprocessing's, and ``zygote``."""
     methods = multiprocessing.get_all_start_methods()
+    return [*methods, "zygote"] if zygote.available() else methods
+
+
+def get_context(start_method: str | None) -> BaseContext:
+    """The multiprocessing context for ``start_method``, with a clear error for a bad name.
+
+    ``None`` is :func:`default_start_method`. ``"zygote"`` asked for explicitly needs one to be
+    running or the process to have a single thread now; the error says so.
+    """
+    method = start_method or default_start_method()
+    methods = start_methods()
     if method not in methods:
         raise ValueError(
             f"start_method={start_method!r} is not available here; choose one of {methods}"
         )
-    ctx = multiprocessing.get_context(method)
+    ctx: BaseContext
+    if method == "zygote":
+        context = zygote.ZygoteContext()
+        if not context.ensure_zygote():
+            if start_method is None:  # a thread appeared since the check: the safe fallback
+                return get_context("forkserver" if "forkserver" in methods else "spawn")
+            raise ValueError(
+                "start_method='zygote' needs this process to have a single thread when the "
+                f"first such pool starts (it has {_thread_count()}); start the pool before "
+                "any thread, or use start_method='forkserver'"
+            )
+        ctx = context
+    else:
+        ctx = multiprocessing.get_context(method)
     with _setup_lock:
         if multiprocessing.spawn.get_preparation_data is not _preparation_data:
             multiprocessing.spawn.get_preparation_data = _preparation_data
-        if method == "forkserver":
+        if method in ("forkserver", "zygote"):  # the zygote falls back on the fork server
             _preload_worker_module(ctx)
     return ctx
+
+
+def _thread_count() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
 
 
 def _preload_worker_module(ctx: BaseContext) -> None:
@@ -110,7 +151,7 @@ def start_worker(
 ) -> BaseProcess:
     """Start a process running ``target(*args)`` without re-running the parent's main script."""
     process = ctx.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
-    masking = hasattr(signal, "pthread_sigmask") and ctx.get_start_method() != "forkserver"
+    masking = hasattr(signal, "pthread_sigmask") and ctx.get_start_method() in ("spawn", "fork")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
     _local.without_main = True
     try:

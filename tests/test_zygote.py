@@ -1,0 +1,251 @@
+"""The zygote: process pools start their workers from a fork of the caller made while it had
+one thread (backends/process/zygote.py).
+
+Each test runs a script in a fresh interpreter, because whether a zygote can be made depends on
+the whole process's history (this pytest process made its own at the session's start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import psutil
+import pytest
+
+from faults import alive, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the zygote is made on Linux only"
+)
+
+
+def run(script: str, *, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def start(script: str, **popen: Any) -> subprocess.Popen:
+    """``script`` in a fresh interpreter, running on (its stdout a text pipe)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def test_default_pool_forks_workers_from_a_zygote_and_leaves_nothing() -> None:
+    out = run(
+        """
+        import os, psutil, conveyor
+        from conveyor.backends.process import zygote
+        me = os.getpid()
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            assert pool._backend.start_method == "zygote"
+            parents = set(pool.imap(lambda _: os.getppid(), range(20)))
+            assert parents == {zygote.pid()}, (parents, zygote.pid())
+            assert zygote.pid() != me
+            print("pids", zygote.pid(), *pool._backend.worker_pids())
+        assert conveyor.map(lambda x: x * x, range(5), backend="process") == [0, 1, 4, 9, 16]
+        """
+    )
+    pids = [int(p) for p in out.stdout.split("pids")[1].split()]
+    # The zygote leaves with its parent, the workers with their pool: nothing is orphaned.
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30)
+
+
+def test_a_thread_before_the_first_pool_means_forkserver() -> None:
+    out = run(
+        """
+        import threading, conveyor
+        stop = threading.Event()
+        threading.Thread(target=stop.wait, daemon=True).start()
+        with conveyor.Pool(workers=1, backend="process") as pool:
+            print(pool._backend.start_method, pool.submit(abs, -3).result())
+        try:
+            conveyor.Pool(workers=1, backend="process", start_method="zygote")
+        except ValueError as exc:
+            print("refused:", exc)
+        stop.set()
+        """
+    )
+    assert "forkserver 3" in out.stdout
+    assert "refused: start_method='zygote' needs this process to have a single thread" in (
+        out.stdout
+    )
+
+
+def test_threads_started_later_keep_using_the_zygote() -> None:
+    """Once made, the zygote serves every later pool, whatever threads the caller has since."""
+    out = run(
+        """
+        import conveyor
+        with conveyor.Pool(workers=1, backend="process") as first:
+            with conveyor.Pool(workers=1, backend="process") as second:
+                print(first._backend.start_method, second._backend.start_method,
+                      second.submit(abs, -2).result())
+        """
+    )
+    assert "zygote zygote 2" in out.stdout
+
+
+def test_output_buffered_before_the_pool_is_not_printed_twice() -> None:
+    out = run(
+        """
+        import sys, conveyor
+        sys.stdout.write("before the pool;")   # still in the buffer: stdout is a pipe
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            assert list(pool.imap(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
+            pool.terminate_workers()
+        print("after")
+        """
+    )
+    assert out.stdout.count("before the pool;") == 1, out.stdout
+
+
+def test_a_killed_zygote_costs_its_workers_and_the_pool_goes_on() -> None:
+    run(
+        """
+        import os, signal, time, conveyor
+        from conveyor.backends.process import zygote
+
+        def slow(x):
+            time.sleep(0.05)
+            return x
+
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            assert list(pool.imap(slow, range(4))) == [0, 1, 2, 3]
+            os.kill(zygote.pid(), signal.SIGKILL)
+            # Its workers' status pipes close: the pool sees them as gone (what they ran
+            # counts as a crash, hence retries=1) and replaces them through forkserver.
+            assert list(pool.imap(slow, range(40), retries=1)) == list(range(40))
+            assert pool.submit(abs, -1).result() == 1
+        with conveyor.Pool(workers=1, backend="process") as later:
+            assert later.submit(abs, -7).result() == 7
+        """
+    )
+
+
+def test_parent_killed_takes_the_zygote_and_its_workers_along() -> None:
+    child = start(
+        """
+        import sys, time, conveyor
+        from conveyor.backends.process import zygote
+        pool = conveyor.Pool(workers=2, backend="process")
+        pool.submit(abs, 1).result()
+        print(zygote.pid(), *pool._backend.worker_pids(), flush=True)
+        time.sleep(600)
+        """
+    )
+    try:
+        assert child.stdout is not None
+        pids = [int(p) for p in child.stdout.readline().split()]
+        assert len(pids) == 3
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+        wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_forked_child_makes_its_own_zygote() -> None:
+    out = run(
+        """
+        import os, conveyor
+        from conveyor.backends.process import zygote
+        with conveyor.Pool(workers=1, backend="process") as pool:
+            pool.submit(abs, 1).result()
+            parents_zygote = zygote.pid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                assert zygote.pid() is None
+                with conveyor.Pool(workers=1, backend="process") as pool:
+                    assert pool._backend.start_method == "zygote"
+                    assert pool.submit(os.getppid).result() == zygote.pid() != parents_zygote
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        print("ok")
+        """
+    )
+    assert "ok" in out.stdout
+
+
+def test_ctrl_c_reaches_neither_the_zygote_nor_starting_workers() -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C): the caller gets its
+    KeyboardInterrupt, the zygote ignores it, and no traceback comes from any other process."""
+    child = start(
+        """
+        import time, conveyor
+        from conveyor.backends.process import zygote
+        pool = conveyor.Pool(workers=2, backend="process")
+        pool.submit(abs, 1).result()
+        print(zygote.pid(), flush=True)
+        def nap():
+            print("running", flush=True)  # the worker shares our stdout
+            time.sleep(600)
+        try:
+            pool.submit(nap).result()
+        except KeyboardInterrupt:
+            print("interrupted", zygote.pid() is not None, flush=True)
+        """,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a terminal would make
+    )
+    try:
+        assert child.stdout is not None
+        zygote_pid = int(child.stdout.readline())
+        assert child.stdout.readline().strip() == "running"
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        assert "interrupted True" in out
+        assert "Traceback" not in err, err
+        wait_until(lambda: not alive(zygote_pid), timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_workers_see_the_callers_modules_as_they_were_at_the_zygotes_birth() -> None:
+    """Modules imported before the first pool are already there in the workers (no import to
+    pay, as with fork); one imported later is imported by the worker that needs it."""
+    run(
+        """
+        import sys, conveyor
+        import json  # before the first pool
+        def has(name):
+            return name in sys.modules
+        with conveyor.Pool(workers=1, backend="process") as pool:
+            assert pool.submit(has, "json").result()
+            import csv  # after: not in the zygote, so not in its workers
+            assert not pool.submit(has, "csv").result()
+        """
+    )
+
+
+def test_no_zygote_process_outlives_the_test_session_children() -> None:
+    """This process's own zygote is one of the session's infrastructure processes."""
+    from conveyor.backends.process import zygote
+
+    if zygote.pid() is None:
+        pytest.skip("this session has no zygote (it had threads at its start)")
+    process = psutil.Process(zygote.pid())
+    assert process.ppid() == os.getpid()
+    assert process.num_threads() == 1
