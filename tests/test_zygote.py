@@ -240,6 +240,33 @@ def test_workers_see_the_callers_modules_as_they_were_at_the_zygotes_birth() -> 
     )
 
 
+def test_memory_shared_with_the_caller_does_not_count_against_max_memory_per_worker() -> None:
+    """A worker forked from the zygote maps all the caller's memory (its resident set starts
+    as big as the caller's); max_memory_per_worker counts what the worker itself gained."""
+    run(
+        """
+        import os, conveyor
+        def touched(megabytes):
+            data = bytearray(megabytes * 1024 * 1024)
+            for i in range(0, len(data), 4096):
+                data[i] = 1  # resident, not only allocated
+            return data
+        held = touched(300)  # in the caller, hence in each forked worker's page tables
+        kept = []
+        def grow(megabytes):
+            kept.append(touched(megabytes))  # the worker's own, held on to
+            return len(kept)
+        limit = 200 * 1024 * 1024
+        with conveyor.Pool(workers=1, backend="process", max_memory_per_worker=limit) as pool:
+            assert pool._backend.start_method == "zygote"
+            pids = {pool.submit(os.getpid).result() for _ in range(5)}
+            assert len(pids) == 1, pids  # never recycled for memory it did not take
+            assert pool.submit(grow, 300).result() == 1
+            assert pool.submit(os.getpid).result() not in pids  # its own 300 MB: recycled
+        """
+    )
+
+
 def test_no_zygote_process_outlives_the_test_session_children() -> None:
     """This process's own zygote is one of the session's infrastructure processes."""
     from conveyor.backends.process import zygote

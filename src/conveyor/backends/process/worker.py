@@ -192,6 +192,17 @@ def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Paylo
     return dumps_payload((safe, wire_errors), cloud=True)
 
 
+#: resident bytes this worker had when it started: forked from the zygote, it shares every page
+#: of the caller's memory as it was then, all counted in its resident set at once (a caller
+#: holding 5 GB would make every worker "5 GB big"); max_memory_per_worker counts what it gained
+_started_with = 0
+
+
+def _gained_bytes() -> int:
+    """Resident bytes this worker gained since it started (see ``_started_with``)."""
+    return max(0, _resident_bytes() - _started_with)
+
+
 def _resident_bytes() -> int:
     """This process's resident set size, in bytes (0 where it cannot be read)."""
     try:
@@ -315,7 +326,10 @@ def worker_main(
     ``log_levels``: the caller's logging levels; records our loggers let through are sent to
     the parent (see :mod:`.worker_logging`), from the initializer on.
     """
+    global _started_with
     os.environ[VARIABLE] = token
+    if report_memory:
+        _started_with = _resident_bytes()
     for fd in close_fds:
         try:
             os.close(fd)
@@ -391,7 +405,7 @@ def _serve(
             fds: list[int] = []
             unit_ids, payloads, elapsed, failed = map(list, zip(*done))
             wires = [to_wire(payload, fds) for payload in payloads]
-            rss = _resident_bytes() if report_memory else 0
+            rss = _gained_bytes() if report_memory else 0
             released = mappings.released()
             message = Done(len(fds), unit_ids, wires, elapsed, failed, rss, released)
             channel.send(message, payloads)
@@ -459,7 +473,7 @@ def _run_unit(
         finally:
             tokens.end()
         elapsed = perf_counter() - item_started
-        rss = _resident_bytes() if report_memory else 0
+        rss = _gained_bytes() if report_memory else 0
         released: list[int] = []
         if pos == last:
             items = None  # let go of the views first, so their release rides on this message
