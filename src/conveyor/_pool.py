@@ -168,10 +168,11 @@ class Pool(AsyncPoolMethods, Executor):
     32; for an executor: its own ``_max_workers`` where it has one). ``max_tasks_per_worker`` and
     ``max_memory_per_worker`` (bytes of resident memory a worker gained since it started; the
     pages it shares with this process from its fork do not count) replace a worker process
-    after it ran that many tasks or grew that big. ``start_method``: how worker processes start; ``None``
-    (default) is ``"zygote"`` on Linux while it can be made (a fork of this process taken while
-    it has one thread, from which every worker forks: see ``conveyor.backends.process.zygote``),
-    else ``"forkserver"``, and ``"spawn"`` where there is no fork.
+    after it ran that many tasks or grew that big. ``start_method``: how worker processes
+    start; ``None`` (default) is ``"zygote"`` on Linux while it can be made (a fork of this
+    process taken while it has one thread, from which every worker forks: see
+    ``conveyor.backends.process.zygote``), else ``"forkserver"``, and ``"spawn"`` where there
+    is no fork.
 
     Example::
 
