@@ -154,12 +154,21 @@ class _Zygote:
         self.alive = True
 
     def request(self, fds: list[int]) -> None:
-        """Ask for a worker; ``fds``: its data pipe's read end, status pipe's write end, rest."""
-        try:
-            socket.send_fds(self.sock, [b"F"], fds)
-        except OSError:
+        """Ask for a worker; ``fds``: its data pipe's read end, status pipe's write end, rest.
+
+        MSG_NOSIGNAL: a dead zygote is an OSError here, never a SIGPIPE (a program that set
+        SIGPIPE back to its default action would die of it).
+        """
+        socket.send_fds(self.sock, [b"F"], fds, socket.MSG_NOSIGNAL)
+
+    def died(self) -> None:
+        """It is gone (killed from outside): reap it; later workers start through forkserver."""
+        with _lock:
             self.alive = False
-            raise
+        try:
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
 
 def _ensure_zygote() -> _Zygote | None:
@@ -329,16 +338,24 @@ class _ZygotePopen(_ForkServerPopen):
             with _lock:
                 zygote.request([data_r, status_w, *self._fds])
         except OSError:
-            for fd in (data_r, data_w, status_r, status_w):
-                os.close(fd)
-            with _lock:
-                zygote.alive = False
+            os.close(status_r)
+            os.close(data_w)
+            zygote.died()
             super()._launch(process_obj)
             return
         finally:
-            if zygote.alive:
-                os.close(data_r)
-                os.close(status_w)
+            os.close(data_r)
+            os.close(status_w)
+        # The pid first: it comes once the zygote has forked, so nothing is ever written into a
+        # pipe that no process will read (the zygote may die before it forks: then EOF here).
+        try:
+            self.pid = forkserver.read_signed(status_r)
+        except (OSError, EOFError):
+            os.close(status_r)
+            os.close(data_w)
+            zygote.died()
+            super()._launch(process_obj)
+            return
         self.sentinel = status_r
         # The worker's sentinel of its parent (multiprocessing.parent_process()): our copy of
         # the data pipe's write end, kept open for as long as this Popen lives.
@@ -346,7 +363,6 @@ class _ZygotePopen(_ForkServerPopen):
         self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
         with open(data_w, "wb", closefd=True) as data:
             data.write(buf.getbuffer())
-        self.pid = forkserver.read_signed(self.sentinel)
 
 
 class _ZygoteProcess(process.BaseProcess):
