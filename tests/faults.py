@@ -324,13 +324,11 @@ def infrastructure_pids() -> set[int]:
     whole session."""
     from multiprocessing import resource_tracker
 
-    from conveyor.backends.process import zygote
+    pids = {forkserver_pid(), getattr(resource_tracker._resource_tracker, "_pid", None)}
+    if sys.platform.startswith("linux"):
+        from conveyor.backends.process import zygote
 
-    pids = {
-        forkserver_pid(),
-        getattr(resource_tracker._resource_tracker, "_pid", None),
-        zygote.pid(),
-    }
+        pids.add(zygote.pid())
     return {pid for pid in pids if pid is not None}
 
 

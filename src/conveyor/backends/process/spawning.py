@@ -44,7 +44,9 @@ from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from . import zygote
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = ["default_start_method", "get_context", "start_methods", "start_worker"]
 
@@ -78,7 +80,8 @@ def default_start_method() -> str:
         >>> default_start_method() in {"zygote", "forkserver", "spawn"}
         True
     """
-    if zygote.birth_possible():
+    zygote = _zygote()
+    if zygote is not None and zygote.birth_possible():
         return "zygote"
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods and sys.platform != "darwin":
@@ -89,7 +92,8 @@ def default_start_method() -> str:
 def start_methods() -> list[str]:
     """The start methods a pool can be asked for here: multiprocessing's, and ``zygote``."""
     methods = multiprocessing.get_all_start_methods()
-    return [*methods, "zygote"] if zygote.available() else methods
+    zygote = _zygote()
+    return [*methods, "zygote"] if zygote is not None and zygote.available() else methods
 
 
 def get_context(start_method: str | None) -> BaseContext:
@@ -105,7 +109,8 @@ def get_context(start_method: str | None) -> BaseContext:
             f"start_method={start_method!r} is not available here; choose one of {methods}"
         )
     ctx: BaseContext
-    if method == "zygote":
+    zygote = _zygote()
+    if method == "zygote" and zygote is not None:
         context = zygote.ZygoteContext()
         if not context.ensure_zygote():
             if start_method is None:  # a thread appeared since the check: the safe fallback
@@ -124,6 +129,16 @@ def get_context(start_method: str | None) -> BaseContext:
         if method in ("forkserver", "zygote"):  # the zygote falls back on the fork server
             _preload_worker_module(ctx)
     return ctx
+
+
+def _zygote() -> ModuleType | None:
+    """The zygote module where there can be one (Linux); imported only there, since it builds
+    on multiprocessing's fork-server machinery, which Windows lacks."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from . import zygote
+
+    return zygote
 
 
 def _thread_count() -> int:
