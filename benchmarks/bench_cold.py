@@ -11,6 +11,8 @@ Workloads (``python benchmarks/bench_cold.py [cold] [submit] [-r REPEATS]``):
   submit  5,000 futures submitted one by one and collected, with the pool's start and shutdown
           included (a script's real cost), in a fresh interpreter: conveyor.Pool vs
           ProcessPoolExecutor. Target: >= 3x faster.
+  imports where a cold process map's time goes: the imports each path needs, each timed in a
+          fresh interpreter (ProcessPoolExecutor's, cloudpickle's, conveyor's process path).
 
 Every contender runs once per round, rounds round-robin (the machine's drift hits all alike);
 the median over rounds is reported. Each script is written to a file and run as ``__main__``
@@ -168,6 +170,42 @@ def submit(repeats: int, directory: Path) -> None:
         print(f"{name:<22} {median[name]:>7.3f} s  {speedup:.2f}x faster than PPE (target >= 3x)")
 
 
+#: what each path imports before its first process task runs
+IMPORTS = {
+    "ProcessPoolExecutor": "import concurrent.futures.process",
+    "cloudpickle (alone)": "import cloudpickle",
+    "PPE's + cloudpickle": "import concurrent.futures.process, cloudpickle",
+    "conveyor thread path": "import conveyor._pool, conveyor.backends.thread",
+    "conveyor process path": "import conveyor._pool, conveyor.backends.process.parent",
+}
+IMPORT_SCRIPT = """\
+import time
+started = time.perf_counter()
+{statement}
+print(time.perf_counter() - started)
+"""
+
+
+def imports(repeats: int, directory: Path) -> None:
+    scripts = {
+        name: write(directory, f"imports_{name}", IMPORT_SCRIPT.format(statement=statement))
+        for name, statement in IMPORTS.items()
+    }
+    times: dict[str, list[float]] = {n: [] for n in scripts}
+    for _ in range(repeats):
+        for name, path in scripts.items():
+            times[name].append(run_script(path)[0])
+    median = {n: statistics.median(v) for n, v in times.items()}
+    print(
+        f"\n### imports: what each path imports, timed in a fresh interpreter "
+        f"(median of {repeats}; Python {sys.version.split()[0]})"
+    )
+    base = median["ProcessPoolExecutor"]
+    for name in scripts:
+        extra = (median[name] - base) * 1e3
+        print(f"{name:<24} {median[name] * 1e3:>7.1f} ms  {extra:+.1f} ms vs PPE's")
+
+
 def compile_conveyor() -> None:
     """Byte-compile conveyor's sources, as ``pip install`` does: an editable install run with
     PYTHONDONTWRITEBYTECODE (or a read-only tree) would otherwise compile every module in every
@@ -181,19 +219,20 @@ def compile_conveyor() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("workloads", nargs="*", help="cold, submit (default: both)")
+    p.add_argument("workloads", nargs="*", help="cold, submit, imports (default: all)")
     p.add_argument("-r", "--repeats", type=int, default=5)
     args = p.parse_args()
-    unknown = set(args.workloads) - {"cold", "submit"}
+    workloads = {"cold": cold, "submit": submit, "imports": imports}
+    unknown = set(args.workloads) - set(workloads)
     if unknown:
-        p.error(f"unknown workload(s) {sorted(unknown)}; choose from cold, submit")
-    args.workloads = args.workloads or ["cold", "submit"]
+        p.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(workloads)}")
+    args.workloads = args.workloads or list(workloads)
     compile_conveyor()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cores usable: {cores}")
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workloads:
-            {"cold": cold, "submit": submit}[workload](args.repeats, Path(tmp))
+            workloads[workload](args.repeats, Path(tmp))
 
 
 if __name__ == "__main__":
