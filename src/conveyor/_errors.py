@@ -8,7 +8,6 @@ the line that failed in the worker.
 
 from __future__ import annotations
 
-import signal
 import traceback
 from concurrent.futures import BrokenExecutor, CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeout
@@ -299,6 +298,8 @@ def _signal_name(exitcode: int | None) -> str | None:
     if exitcode is None or exitcode >= 0:
         return None
     try:
+        import signal  # here: start-up time counts, and few programs meet a signal death
+
         return signal.Signals(-exitcode).name
     except ValueError:
         return f"signal {-exitcode}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import time
 from collections.abc import Callable, Mapping
 
@@ -34,6 +33,29 @@ BACKENDS = ("auto", "thread", "process", "dask")
 ON_ERROR = ("raise", "return", "skip")
 
 
+def _integral(value: object) -> bool:
+    """An ``int`` (not a bool) or another ``numbers.Integral`` (numpy's, say); ``numbers`` is
+    imported only for the latter (start-up time counts)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    import numbers
+
+    return isinstance(value, numbers.Integral)
+
+
+def _real(value: object) -> bool:
+    """An ``int`` or ``float`` (not a bool) or another ``numbers.Real``."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    import numbers
+
+    return isinstance(value, numbers.Real)
+
+
 def check_callable(fn: Any, what: str = "fn") -> Callable[..., Any]:
     """Raise TypeError unless ``fn`` is callable."""
     if not callable(fn):
@@ -45,7 +67,7 @@ def check_workers(workers: Any) -> int | None:
     """``workers`` must be None or a whole number of at least 1."""
     if workers is None:
         return None
-    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+    if not _integral(workers) or workers < 1:
         raise ValueError(f"workers must be a whole number of at least 1 or None, got {workers!r}")
     return int(workers)
 
@@ -96,14 +118,12 @@ def check_options(
     ordered: Any = True,
 ) -> None:
     """Raise ValueError/TypeError naming the first bad option of a map call."""
-    if chunksize != "auto" and (
-        isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral) or chunksize < 1
-    ):
+    if chunksize != "auto" and (not _integral(chunksize) or chunksize < 1):
         raise ValueError(
             f'chunksize must be "auto" or a whole number of at least 1, got {chunksize!r}'
         )
     check_timeout(task_timeout, "task_timeout")
-    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+    if not _integral(retries) or retries < 0:
         raise ValueError(f"retries must be a whole number of at least 0, got {retries!r}")
     if on_error not in ON_ERROR:
         raise ValueError(
@@ -117,7 +137,7 @@ def check_timeout(timeout: Any, name: str = "task_timeout") -> float | None:
     """``timeout`` (the option ``name``) must be None or a positive number of seconds."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not float(timeout) > 0:
+    if not _real(timeout) or not float(timeout) > 0:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
 
@@ -146,7 +166,7 @@ def check_deadline(timeout: Any) -> float | None:
     A :class:`Deadline` is kept as it is (its clock runs from an earlier call)."""
     if timeout is None or isinstance(timeout, Deadline):
         return timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    if not _real(timeout):
         raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
     return max(0.0, float(timeout))
 
