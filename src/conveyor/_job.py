@@ -12,9 +12,12 @@ Data flow::
 
 Guarantees, and where they are kept:
 
-* **Bounded memory.** At most ``in_flight`` items are taken from the input and not yet handed to
-  the caller (:meth:`MapJob._top_up`), so ``imap`` over an infinite generator is fine, and an
-  ordered ``imap`` whose first item is slow does not buffer the rest of the input.
+* **Bounded memory.** At most a few chunks per worker are taken from the input and not yet
+  handed to the caller (:meth:`MapJob._has_room`), so ``imap`` over an infinite generator is
+  fine, and an ordered ``imap`` whose first item is slow does not buffer the rest of the input.
+  Chunks measured to run for less than a backend's ``batch_seconds`` (a small chunksize given
+  for tiny items) travel several to a message; for them the bound is up to
+  :data:`MAX_CHUNKS_PER_MESSAGE` times as many chunks, still a fixed number.
 * **Input is read in the caller's thread**, only ever by one thread, and an exception raised by
   the input iterator surfaces in the caller like any other.
 * **Leaving early is clean.** Breaking out of ``imap`` (GeneratorExit), an error with
@@ -66,6 +69,10 @@ _PENDING = object()
 #: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
 CHUNKS_PER_WORKER = 2
 ORDERED_CHUNKS_PER_WORKER = 4
+#: chunks too short to be worth a message each travel several to a message (on a backend with
+#: ``batch_seconds``): up to this many times more of them are kept in flight, to fill those
+#: messages
+MAX_CHUNKS_PER_MESSAGE = 4
 
 
 class _Raise:
@@ -278,6 +285,7 @@ class MapJob:
                 timeout=self.task_timeout,
                 estimate=self._chunker.estimate(len(items)),
                 eager=False,
+                coalesce=True,
             )
             self.backend.submit([unit], self._ticket)
 
@@ -286,6 +294,11 @@ class MapJob:
         # Until the first measurement, one single-item chunk per worker: the measurement
         # arrives after one round trip and the next chunks are sized by it.
         limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
+        batch_seconds = self.backend.batch_seconds
+        if batch_seconds > 0.0:
+            estimate = self._chunker.estimate(size)
+            if 0.0 < estimate < batch_seconds:
+                limit *= min(MAX_CHUNKS_PER_MESSAGE, int(batch_seconds / estimate))
         return not (self._unemitted + size > size * limit and self._unemitted)
 
     def _take(self, size: int) -> tuple[list[Any], bool]:
