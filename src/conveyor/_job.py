@@ -314,10 +314,12 @@ class MapJob:
                 span: Any = Span(self._sequence, index, stop)
                 return span, stop - index < size
             piece = self._sequence[index : index + size]
-            # (a range slice stays a range inline: nothing is sent, so nothing to build)
+            # A range slice stays a range: a worker process is sent three numbers instead of
+            # every item (and inline or on threads there is nothing to build). A tuple's slice
+            # becomes a list, as the items of a unit are.
             items: list[Any] = (
                 piece  # type: ignore[assignment]
-                if type(piece) is list or self._inline
+                if type(piece) is not tuple or self._inline
                 else list(piece)
             )
         else:
