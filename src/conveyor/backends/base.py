@@ -45,9 +45,8 @@ class Backend(abc.ABC):
     name: str = ""
     #: seconds of work a map's chunk is sized to (see conveyor._chunking)
     chunk_seconds: float = TARGET_SECONDS
-    #: up to how many seconds of short units (``Unit.coalesce``) one worker is sent in one
-    #: message; 0 for a backend that sends each unit by itself (see MapJob's in-flight bound)
-    batch_seconds: float = 0.0
+    #: whether it sends a worker several short units (``Unit.coalesce``) in one message
+    coalesces: bool = False
     #: whether a task is stopped in place on timeout (process) or only abandoned (thread)
     stops_timed_out_tasks: bool = False
 

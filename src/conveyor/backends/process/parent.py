@@ -104,7 +104,7 @@ from ..base import Backend, copied_bytes, fail_units
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
 from . import workers as records_module
-from .batching import COALESCE_SECONDS, is_short, pick_batch
+from .batching import is_short, pick_batch
 from .packing import Packer, release
 from .protocol import (
     PREFETCH_BYTES,
@@ -149,7 +149,7 @@ class ProcessBackend(Backend):
 
     name = "process"
     stops_timed_out_tasks = True
-    batch_seconds = COALESCE_SECONDS
+    coalesces = True
 
     def __init__(
         self,
