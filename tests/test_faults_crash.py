@@ -71,11 +71,11 @@ def test_a_crash_costs_exactly_the_culprit(how: str, chunksize: int | str) -> No
 
 
 @pytest.mark.parametrize("how", ["sigkill", "exit"])
-def test_a_crash_among_joined_chunks_costs_exactly_the_culprit(
+def test_a_crash_in_a_batch_of_several_chunks_costs_exactly_the_culprit(
     how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks of a small given chunksize, once measured to be tiny, go several to a message: the
-    # item that kills its worker there is still the only one lost, whichever chunk it was in.
+    # Chunks of a small given chunksize, once measured to be tiny, go several to a batch (one
+    # message): the item that kills its worker there is still the only one lost.
     from conveyor.backends.process import parent
 
     batches: list[int] = []
@@ -91,7 +91,7 @@ def test_a_crash_among_joined_chunks_costs_exactly_the_culprit(
     with faults.no_leftovers(), conveyor.Pool(workers=2) as pool:
         results = list(pool.imap(task, range(800), chunksize=10, on_error="return"))
 
-        assert max(batches) > 1  # chunks were joined
+        assert max(batches) > 1  # chunks did share batches
         assert [r for i, r in enumerate(results) if i != 517] == [
             i * i for i in range(800) if i != 517
         ]
