@@ -16,6 +16,7 @@ import pytest
 
 import conveyor
 from conveyor._cpus import usable_cpus
+from conveyor._job import MAX_CHUNKS_PER_MESSAGE, ORDERED_CHUNKS_PER_WORKER
 
 import faults
 import tasks
@@ -111,8 +112,10 @@ def test_imap_over_an_infinite_generator_takes_input_only_as_needed(backend: str
     for result in conveyor.imap(tasks.square, numbers(), backend=backend, workers=2, chunksize=10):
         if result >= 100 * 100:
             break
-    # bounded look-ahead: a few chunks per worker, not the whole (infinite) input
-    assert len(taken) <= 101 + 10 * 4 * 2
+    # bounded look-ahead: a few chunks per worker, not the whole (infinite) input (chunks this
+    # short go several to a message to a worker process: a few such messages per worker)
+    per_worker = ORDERED_CHUNKS_PER_WORKER * (MAX_CHUNKS_PER_MESSAGE if backend == "process" else 1)
+    assert len(taken) <= 101 + 10 * per_worker * 2
 
 
 def test_breaking_out_of_imap_leaves_the_pool_usable(pool: conveyor.Pool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,38 @@ def test_a_crash_costs_exactly_the_culprit(how: str, chunksize: int | str) -> No
         faults.wait_gone(before - after, what="dead workers")
         assert list(pool.imap(faults.square, range(100))) == [i * i for i in range(100)]
         assert len(set(list(pool.imap(faults.pid_after, [0.2] * 4, chunksize=1)))) == 2
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exit"])
+def test_a_crash_in_a_batch_of_several_chunks_costs_exactly_the_culprit(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of a small given chunksize, once measured to be tiny, go several to a batch (one
+    # message): the item that kills its worker there is still the only one lost.
+    from conveyor.backends.process import parent
+
+    batches: list[int] = []
+
+    def recording_pick_batch(*args: Any, **kwargs: Any) -> list[Any]:
+        batch = pick_batch(*args, **kwargs)
+        batches.append(len(batch))
+        return batch
+
+    pick_batch = parent.pick_batch
+    monkeypatch.setattr(parent, "pick_batch", recording_pick_batch)
+    task = functools.partial(faults.crash_on, bad=517, how=how)
+    with faults.no_leftovers(), conveyor.Pool(workers=2) as pool:
+        results = list(pool.imap(task, range(800), chunksize=10, on_error="return"))
+
+        assert max(batches) > 1  # chunks did share batches
+        assert [r for i, r in enumerate(results) if i != 517] == [
+            i * i for i in range(800) if i != 517
+        ]
+        failure = results[517]
+        assert isinstance(failure, conveyor.Failure)
+        assert isinstance(failure.exception, conveyor.WorkerCrashed)
+        assert failure.attempts == 1
+        worker_count(pool, 2)
 
 
 @pytest.mark.parametrize("how", sorted(CRASHES))

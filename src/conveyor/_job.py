@@ -12,9 +12,12 @@ Data flow::
 
 Guarantees, and where they are kept:
 
-* **Bounded memory.** At most ``in_flight`` items are taken from the input and not yet handed to
-  the caller (:meth:`MapJob._top_up`), so ``imap`` over an infinite generator is fine, and an
-  ordered ``imap`` whose first item is slow does not buffer the rest of the input.
+* **Bounded memory.** At most a few chunks per worker are taken from the input and not yet
+  handed to the caller (:meth:`MapJob._has_room`), so ``imap`` over an infinite generator is
+  fine, and an ordered ``imap`` whose first item is slow does not buffer the rest of the input.
+  Chunks measured to run for less than :data:`SHORT_CHUNK_SECONDS` (a small chunksize given
+  for tiny items) travel several to a message on the process backend; for them the bound is
+  up to :data:`MAX_CHUNKS_PER_MESSAGE` times as many chunks, still a fixed number.
 * **Input is read in the caller's thread**, only ever by one thread, and an exception raised by
   the input iterator surfaces in the caller like any other.
 * **Leaving early is clean.** Breaking out of ``imap`` (GeneratorExit), an error with
@@ -68,6 +71,15 @@ _PENDING = object()
 #: in-flight chunks per worker: enough to keep every worker busy while the caller catches up
 CHUNKS_PER_WORKER = 2
 ORDERED_CHUNKS_PER_WORKER = 4
+#: A chunk of a given chunksize expected to run for less than this is too short to be worth a
+#: message of its own (a message costs the parent and the worker some 0.1 ms): on a backend that
+#: ``coalesces`` it is marked so, and several go to a worker in one message. Chunks that
+#: conveyor sizes itself always go alone: they run longer, or were cut smaller on purpose, to
+#: spread a short map over the workers.
+SHORT_CHUNK_SECONDS = 0.0005
+#: for such short chunks the job keeps up to this many times more chunks in flight, to fill
+#: those messages
+MAX_CHUNKS_PER_MESSAGE = 4
 
 
 class _Raise:
@@ -182,6 +194,7 @@ class MapJob:
             self._chunker._cap = min(self._chunker._cap, max_chunk)
         per_worker = ORDERED_CHUNKS_PER_WORKER if ordered else CHUNKS_PER_WORKER
         self._chunks_in_flight = max(2, per_worker * backend.workers)
+        self._coalesce = backend.coalesces and self._chunker.fixed is not None
         self._unemitted = 0  # items taken from the input and not yet handed to the caller
         self._finished: dict[int, _Chunk] = {}  # ordered: finished chunks by start index
         self._emit_from = 0  # ordered: the start index of the next chunk to hand out
@@ -271,6 +284,7 @@ class MapJob:
             self.stats.chunk_sizes.add(len(items), 1)
             self._next_index += len(items)
             self._unemitted += len(items)
+            estimate = self._chunker.estimate(len(items))
             unit = Unit(
                 fn=self.fn,
                 items=items,
@@ -278,8 +292,9 @@ class MapJob:
                 sink=chunk,
                 tags=range(chunk.start, chunk.start + len(items)),
                 timeout=self.task_timeout,
-                estimate=self._chunker.estimate(len(items)),
+                estimate=estimate,
                 eager=False,
+                coalesce=self._coalesce and 0.0 < estimate < SHORT_CHUNK_SECONDS,
             )
             self.backend.submit([unit], self._ticket)
 
@@ -288,6 +303,10 @@ class MapJob:
         # Until the first measurement, one single-item chunk per worker: the measurement
         # arrives after one round trip and the next chunks are sized by it.
         limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
+        if self._coalesce:
+            estimate = self._chunker.estimate(size)
+            if 0.0 < estimate < SHORT_CHUNK_SECONDS:
+                limit *= min(MAX_CHUNKS_PER_MESSAGE, int(SHORT_CHUNK_SECONDS / estimate))
         return not (self._unemitted + size > size * limit and self._unemitted)
 
     def _take(self, size: int) -> tuple[list[Any], bool]:
@@ -303,10 +322,12 @@ class MapJob:
                 span: Any = Span(self._sequence, index, stop)
                 return span, stop - index < size
             piece = self._sequence[index : index + size]
-            # (a range slice stays a range inline: nothing is sent, so nothing to build)
+            # A range slice stays a range: a worker process is sent three numbers instead of
+            # every item (and inline or on threads there is nothing to build). A tuple's slice
+            # becomes a list, as the items of a unit are.
             items: list[Any] = (
                 piece  # type: ignore[assignment]
-                if type(piece) is list or self._inline
+                if type(piece) is not tuple or self._inline
                 else list(piece)
             )
         else:

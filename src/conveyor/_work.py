@@ -162,7 +162,8 @@ class Unit:
     item's input position there). ``not_before`` ends a retry's backoff (a monotonic time).
     ``estimate`` is the expected run time in seconds (0 = unknown); the process backend uses it,
     for units marked ``coalesce``, to decide which small units may share one message to a worker.
-    A map job's chunks are sized to their work already and are never coalesced. ``wire`` is what
+    A map job marks its chunks that a small given chunksize made too short for a message of
+    their own (conveyor's own sizes are long enough). ``wire`` is what
     the backend made of the unit to send it (the process backend's pickled form); an ``eager``
     unit is pickled by the caller's thread in ``submit``, any other by the process backend's
     dispatcher when it sends it (a map's chunks: see the process backend's module docstring).

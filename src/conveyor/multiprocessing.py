@@ -64,6 +64,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import itertools
 import queue
 import sys
 import threading
@@ -285,6 +286,14 @@ class MapResult(AsyncResult):
 _END = object()
 
 
+def _raising_failures(values: Iterator[Any]) -> Iterator[Any]:
+    """``values``, raising each Failure's exception in its place."""
+    for value in values:
+        if type(value) is Failure:
+            raise value.exception
+        yield value
+
+
 class IMapIterator(Iterator[Any]):
     """What ``imap``/``imap_unordered`` return: an iterator with ``next(timeout)``.
 
@@ -310,21 +319,18 @@ class IMapIterator(Iterator[Any]):
         self._error: BaseException | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        """A generator over the same results (the standard library's ``imap`` with
-        ``chunksize > 1`` returns one too): a batch without failures goes at C speed."""
-        return self._generate()
+        """An iterator over the same results (the standard library's ``imap`` with
+        ``chunksize > 1`` returns a generator): a batch without failures goes at C speed, its
+        results handed out by ``itertools.chain`` straight from the batch's list iterator."""
+        return itertools.chain.from_iterable(self._pieces())
 
-    def _generate(self) -> Iterator[Any]:
+    def _pieces(self) -> Iterator[Iterator[Any]]:
+        """The current batch's iterator (checked for failures when it may hold one), then each
+        next batch's: what :meth:`__iter__` chains."""
         while True:
             current = self._current
             values, flagged = current
-            if flagged:
-                for value in values:
-                    if type(value) is Failure:
-                        raise value.exception
-                    yield value
-            else:
-                yield from values
+            yield _raising_failures(values) if flagged else values
             try:
                 self._advance(current, None)
             except StopIteration:

@@ -46,6 +46,8 @@ class Backend(abc.ABC):
     name: str = ""
     #: seconds of work a map's chunk is sized to (see conveyor._chunking)
     chunk_seconds: float = TARGET_SECONDS
+    #: whether it sends a worker several short units (``Unit.coalesce``) in one message
+    coalesces: bool = False
     #: whether a task is stopped in place on timeout (process) or only abandoned (thread)
     stops_timed_out_tasks: bool = False
 

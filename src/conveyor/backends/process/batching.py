@@ -3,9 +3,10 @@
 The dispatcher pairs workers with batches (``ProcessBackend._take_batches``, under its lock);
 this module decides what one batch is. A batch is one unit, plus more small ones while their
 estimates stay under :data:`COALESCE_SECONDS` and the worker takes no more than its share of
-the queue, so a burst of ``submit`` calls costs a few messages, not one each. A unit of unknown
-run time (estimate 0) takes no others along: a burst of long tasks must spread over the
-workers, and stay cancellable until each one starts. Timed units (streamed item by item) and
+the queue, so a burst of ``submit`` calls (or of a map's chunks that a small ``chunksize`` made
+short) costs a few messages, not one each. A unit of unknown run time (estimate 0) takes no
+others along: a burst of long tasks must spread over the workers, and stay cancellable until
+each one starts. Timed units (streamed item by item) and
 untimed ones never share a batch. With ``max_tasks_per_worker`` a worker is given no more
 items than it has left (``quota``): a larger unit is split, its rest stays at the front of
 the queue.

@@ -84,10 +84,12 @@ Guarantees, and where they are kept:
 from __future__ import annotations
 
 import itertools
+import math
+import select
 import threading
 import time
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection, wait
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +152,7 @@ class ProcessBackend(Backend):
 
     name = "process"
     stops_timed_out_tasks = True
+    coalesces = True
 
     def __init__(
         self,
@@ -184,6 +187,7 @@ class ProcessBackend(Backend):
         records_module.register(self._wake_r, self._wake_w)
         # by sentinel; changed by the dispatcher only, under the lock (see workers.py)
         self._workers: dict[Any, WorkerRecord] = {}
+        self._roster = 0  # counts changes of _workers (the dispatcher's poller follows it)
         self._startup_deaths = 0
         # Pool.stats(): replacements by cause, and the items run by workers no longer here
         # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
@@ -388,22 +392,29 @@ class ProcessBackend(Backend):
             self._finish()
 
     def _dispatch_loop(self) -> None:
+        poller = _Poller()
         while True:
             if not self._assign_work():
                 return
             if self._closing and self._drained():
                 self._stop_workers()
                 return
-            ready = wait(self._waitables(), self._next_wakeup())
+            if poller.roster != self._roster:
+                poller.watch(self._wake_r, self._workers.values(), self._roster)
+            ready = poller.wait(self._next_wakeup())
             # Pipes before sentinels: a worker's last messages count before its death does.
-            for obj in ready:
-                if obj is self._wake_r:
+            # A pipe gives one message per wait: the next wait returns at once if more are
+            # there (no second poll of the pipe for the common case of one DONE).
+            dead = []
+            for worker in ready:
+                if worker is None:
                     self._drain_wakeups()
-                elif isinstance(obj, Connection):
-                    self._on_messages(self._worker_by_conn(obj))
-            for obj in ready:
-                worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
-                if worker is not None:
+                elif isinstance(worker, _Death):
+                    dead.append(worker.worker)
+                else:
+                    self._on_messages(worker, drain=False)
+            for worker in dead:
+                if self._workers.get(worker.sentinel) is worker:
                     self._on_death(worker)
             self._enforce_deadlines()
 
@@ -433,19 +444,6 @@ class ProcessBackend(Backend):
                 wasted = wasted or worker.state is State.IDLE
             if not wasted:
                 return True
-
-    def _waitables(self) -> list[Any]:
-        objs: list[Any] = [self._wake_r]
-        for worker in self._workers.values():
-            objs.append(worker.conn)
-            objs.append(worker.sentinel)
-        return objs
-
-    def _worker_by_conn(self, conn: Connection) -> WorkerRecord:
-        for worker in self._workers.values():
-            if worker.conn is conn:
-                return worker
-        raise KeyError(conn)
 
     def _next_wakeup(self) -> float | None:
         times = [w.deadline for w in self._workers.values() if w.deadline is not None]
@@ -559,10 +557,13 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------- receiving outcomes
 
-    def _on_messages(self, worker: WorkerRecord) -> None:
+    def _on_messages(self, worker: WorkerRecord, drain: bool = True) -> None:
+        """Handle the messages waiting in ``worker``'s pipe: all of them, or (``drain`` False,
+        the pipe is known to be readable) the first one."""
         conn = worker.conn
         try:
-            while conn.poll():
+            while not drain or conn.poll():
+                drain = True
                 message = decode(conn.recv_bytes())
                 segments = _receive_segments(worker, message.nfds)
                 if isinstance(message, Done):
@@ -706,6 +707,7 @@ class ProcessBackend(Backend):
                 self._queue.ready.extendleft(reversed(settlement.requeue))
             # Before its sentinel is closed: a new worker's may then reuse the number (the key).
             del self._workers[worker.sentinel]
+            self._roster += 1
             self._gone_tasks += worker.tasks_run
             if not retiring and not stopped:
                 self._restarts[_death_cause(worker)] += 1
@@ -786,6 +788,7 @@ class ProcessBackend(Backend):
         worker = launch(self._ctx, self._init_blob, self._max_memory is not None, pull_probe)
         with self._lock:
             self._workers[worker.sentinel] = worker
+            self._roster += 1
 
     def _stop_workers(self) -> None:
         """Graceful end: ask every worker to exit, wait a while, kill what is left."""
@@ -832,6 +835,51 @@ class ProcessBackend(Backend):
     def payload_size(self, items: Sequence[Any]) -> int:
         """About how many bytes sending ``items`` to a worker copies (see Backend)."""
         return copied_bytes(items)
+
+
+class _Death:
+    """What the dispatcher's poller reports for a worker's sentinel (its pipe: the worker)."""
+
+    __slots__ = ("worker",)
+
+    def __init__(self, worker: WorkerRecord):
+        self.worker = worker
+
+
+class _Poller:
+    """The dispatcher's wait on the wakeup pipe and every worker's pipe and sentinel.
+
+    One ``select.poll`` kept from wait to wait, made again (:meth:`watch`) only when the set of
+    workers has changed (``ProcessBackend._roster``), rather than a selector made, filled and
+    closed for every wait as ``multiprocessing.connection.wait`` does: at a map's rate of one
+    wait per message that was a good part of the dispatcher's time. Dispatcher thread only.
+    A descriptor closed while registered (a dead worker's, by ``_on_death``) is never polled
+    again: removing a worker changes the roster, so the next wait watches anew first.
+    """
+
+    def __init__(self) -> None:
+        self.roster = -1  # the roster watched (none yet)
+        self._poll = select.poll()
+        self._by_fd: dict[int, WorkerRecord | _Death | None] = {}
+
+    def watch(self, wake: Connection, workers: Iterable[WorkerRecord], roster: int) -> None:
+        by_fd: dict[int, WorkerRecord | _Death | None] = {wake.fileno(): None}
+        for worker in workers:
+            by_fd[worker.conn.fileno()] = worker
+            by_fd[worker.sentinel] = _Death(worker)
+        self._poll = select.poll()
+        for fd in by_fd:
+            self._poll.register(fd, select.POLLIN)
+        self._by_fd = by_fd
+        self.roster = roster
+
+    def wait(self, timeout: float | None) -> list[WorkerRecord | _Death | None]:
+        """What is ready within ``timeout`` seconds (None: no limit): None for the wakeup pipe,
+        a worker for its pipe (a message, or its end), a :class:`_Death` for its sentinel."""
+        # rounded up, as selectors do: a deadline 0.3 ms away must not become a busy loop
+        ms = None if timeout is None else math.ceil(timeout * 1000)
+        by_fd = self._by_fd
+        return [by_fd[fd] for fd, _ in self._poll.poll(ms)]
 
 
 def _reap(worker: WorkerRecord) -> int | None:
