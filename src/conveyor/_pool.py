@@ -60,12 +60,23 @@ from .backends.queue import FOLLOW_UP
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, ParamSpec, TypeVar
+    from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar
 
     from ._auto import Router
 
     P = ParamSpec("P")
     R = TypeVar("R")
+
+    class Settles(Protocol):
+        """What a ``_FutureTask`` settles: these methods of a ``concurrent.futures.Future``,
+        with their meaning."""
+
+        def done(self) -> bool: ...
+        def cancel(self) -> bool: ...
+        def set_running_or_notify_cancel(self) -> bool: ...
+        def set_result(self, result: Any) -> None: ...
+        def set_exception(self, exception: BaseException) -> None: ...
+
 
 __all__ = ["Pool"]
 
@@ -92,11 +103,16 @@ class _SubmitTimes:
 
 
 class _FutureTask:
-    """The sink of one ``submit``: settles its future, retrying first if asked to."""
+    """The sink of one ``submit``: settles its future, retrying first if asked to.
+
+    The future is a ``concurrent.futures.Future``, or for an awaited call the ``_CallFuture``
+    that hands its outcome to the event loop (``_aio.py``): only the methods of
+    :class:`Settles` are used.
+    """
 
     __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
 
-    def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
+    def __init__(self, backend: Backend, future: Settles, retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
         self.policy = RetryPolicy.of(retries)
@@ -317,7 +333,9 @@ class Pool(AsyncPoolMethods, Executor):
         task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
-        return self._submit_task(fn, args, kwargs, task_timeout, retries).future
+        future: Future[Any] = Future()
+        self._submit_task(fn, args, kwargs, task_timeout, retries, future)
+        return future
 
     def _submit_task(
         self,
@@ -326,11 +344,16 @@ class Pool(AsyncPoolMethods, Executor):
         kwargs: dict[str, Any],
         task_timeout: float | None,
         retries: int,
+        future: Settles,
     ) -> _FutureTask:
-        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``)."""
+        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``).
+
+        The sink settles ``future``: a ``Future`` (``submit``'s), or what an awaited call
+        hands its outcome on with (``_aio._CallFuture``).
+        """
         check_callable(fn)
-        future: Future[Any] = Future()
-        task = _FutureTask(self._backend, future, retries, self._times)
+        backend = self._backend
+        task = _FutureTask(backend, future, retries, self._times)
         unit = Unit(
             fn=fn,
             items=[(args, kwargs)],
@@ -341,8 +364,9 @@ class Pool(AsyncPoolMethods, Executor):
             estimate=self._times.estimate,
             coalesce=True,
         )
-        self._backend.submit([unit])
-        setattr(future, _TASK, weakref.ref(task))  # weak: the future must not keep its task
+        backend.submit([unit])
+        if isinstance(future, Future):  # for stop(); weak: the future must not keep its task
+            setattr(future, _TASK, weakref.ref(task))
         return task
 
     def stop(self, future: Future[Any]) -> bool:

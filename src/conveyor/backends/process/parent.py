@@ -97,7 +97,7 @@ from ..._errors import PoolClosed, WorkerCrashed, WorkerInitError
 from ..._serialize import dumps_callable
 from ..._shm import Segment
 from ..._stats import RESTART_CAUSES, PoolStats, WorkerStats
-from ..._work import Loader, Outcomes, Unit, errors_of
+from ..._work import Loader, Outcomes, Unit, deferred_wakeups, errors_of
 from ..base import Backend, copied_bytes, fail_units
 from ..queue import JobTicket, WorkQueue
 from . import worker_logging
@@ -382,23 +382,35 @@ class ProcessBackend(Backend):
 
     def _dispatch_loop(self) -> None:
         while True:
-            if not self._assign_work():
-                return
+            with deferred_wakeups():  # (see _on_ready)
+                if not self._assign_work():
+                    return
             if self._closing and self._drained():
                 self._stop_workers()
                 return
             ready = wait(self._waitables(), self._next_wakeup())
-            # Pipes before sentinels: a worker's last messages count before its death does.
-            for obj in ready:
-                if obj is self._wake_r:
-                    self._drain_wakeups()
-                elif isinstance(obj, Connection):
-                    self._on_messages(self._worker_by_conn(obj))
-            for obj in ready:
-                worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
-                if worker is not None:
-                    self._on_death(worker)
-            self._enforce_deadlines()
+            with deferred_wakeups():
+                self._on_ready(ready)
+
+    def _on_ready(self, ready: list[Any]) -> None:
+        """Handle what ``wait`` found ready: wakeups, messages, deaths, then deadlines.
+
+        Called inside ``deferred_wakeups`` (conveyor._work): a sink that wakes an event loop per
+        outcome (an awaited call) wakes it once, after this pass, for every outcome it
+        delivered (a batch of coalesced calls), not once per outcome while the loop's thread
+        and this one take the GIL from each other.
+        """
+        # Pipes before sentinels: a worker's last messages count before its death does.
+        for obj in ready:
+            if obj is self._wake_r:
+                self._drain_wakeups()
+            elif isinstance(obj, Connection):
+                self._on_messages(self._worker_by_conn(obj))
+        for obj in ready:
+            worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
+            if worker is not None:
+                self._on_death(worker)
+        self._enforce_deadlines()
 
     def _assign_work(self) -> bool:
         """Send batches to idle workers; False when the pool must stop now.
