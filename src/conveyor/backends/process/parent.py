@@ -84,6 +84,8 @@ Guarantees, and where they are kept:
 from __future__ import annotations
 
 import itertools
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -177,6 +179,8 @@ class ProcessBackend(Backend):
         self._wake_pending = False
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         records_module.register(self._wake_r, self._wake_w)
+        os.set_blocking(self._wake_r.fileno(), False)  # drained by one read (_drain_wakeups)
+        self._poller = _Poller()
         # by sentinel; changed by the dispatcher only, under the lock (see workers.py)
         self._workers: dict[Any, WorkerRecord] = {}
         self._startup_deaths = 0
@@ -388,7 +392,7 @@ class ProcessBackend(Backend):
             if self._closing and self._drained():
                 self._stop_workers()
                 return
-            ready = wait(self._waitables(), self._next_wakeup())
+            ready = self._poller.wait(self._waitables(), self._next_wakeup())
             with deferred_wakeups():
                 self._on_ready(ready)
 
@@ -405,7 +409,7 @@ class ProcessBackend(Backend):
             if obj is self._wake_r:
                 self._drain_wakeups()
             elif isinstance(obj, Connection):
-                self._on_messages(self._worker_by_conn(obj))
+                self._on_messages(self._worker_by_conn(obj), readable=True)
         for obj in ready:
             worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
             if worker is not None:
@@ -463,8 +467,14 @@ class ProcessBackend(Backend):
         return max(0.0, min(times) - time.monotonic())
 
     def _drain_wakeups(self) -> None:
-        while self._wake_r.poll():
-            self._wake_r.recv_bytes()
+        # One read empties the pipe (it is non-blocking; the bytes themselves mean nothing):
+        # every system call here hands the GIL to a caller's thread and waits to get it back.
+        fd = self._wake_r.fileno()
+        try:
+            while len(os.read(fd, 65536)) == 65536:
+                pass
+        except BlockingIOError:
+            pass
         with self._lock:
             self._wake_pending = False
 
@@ -564,10 +574,13 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------- receiving outcomes
 
-    def _on_messages(self, worker: WorkerRecord) -> None:
+    def _on_messages(self, worker: WorkerRecord, readable: bool = False) -> None:
+        """Handle every message waiting in ``worker``'s pipe (``readable``: ``wait`` said one
+        is, so the first look is skipped)."""
         conn = worker.conn
         try:
-            while conn.poll():
+            while readable or conn.poll():
+                readable = False
                 message = decode(conn.recv_bytes())
                 segments = _receive_segments(worker, message.nfds)
                 if isinstance(message, Done):
@@ -837,6 +850,46 @@ class ProcessBackend(Backend):
     def payload_size(self, items: Sequence[Any]) -> int:
         """About how many bytes sending ``items`` to a worker copies (see Backend)."""
         return copied_bytes(items)
+
+
+class _Poller:
+    """``multiprocessing.connection.wait`` for the dispatcher, without a new selector and a
+    registration per object on every call: one ``select.poll`` object, made again only when
+    the objects waited on change (a worker started or gone). Dispatcher thread only.
+
+    Example::
+
+        >>> import multiprocessing
+        >>> r, w = multiprocessing.Pipe(duplex=False)
+        >>> poller = _Poller()
+        >>> poller.wait([r], 0.0)
+        []
+        >>> w.send_bytes(b"x"); poller.wait([r], None) == [r]
+        True
+    """
+
+    def __init__(self) -> None:
+        self._objs: tuple[Any, ...] = ()
+        self._by_fd: dict[int, Any] = {}
+        self._poll: Any = None
+
+    def wait(self, objs: list[Any], timeout: float | None) -> list[Any]:
+        """The objects of ``objs`` (connections, sentinels) that are ready to read or closed,
+        after at most ``timeout`` seconds (None: no limit)."""
+        if not hasattr(select, "poll"):
+            return wait(objs, timeout)
+        key = tuple(objs)
+        if key != self._objs:  # (a sentinel is a number: equal numbers are the same file now)
+            self._by_fd = {obj if isinstance(obj, int) else obj.fileno(): obj for obj in objs}
+            self._poll = select.poll()
+            for fd in self._by_fd:
+                self._poll.register(fd, select.POLLIN)
+            self._objs = key
+        # milliseconds, rounded up by poll itself; an interrupted poll is retried (PEP 475).
+        # Closed or broken (POLLHUP, POLLERR) counts as ready, as it does for wait().
+        events = self._poll.poll(None if timeout is None else timeout * 1000)
+        by_fd = self._by_fd
+        return [by_fd[fd] for fd, _ in events]
 
 
 def _reap(worker: WorkerRecord) -> int | None:
