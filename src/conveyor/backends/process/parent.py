@@ -502,11 +502,13 @@ class ProcessBackend(Backend):
         batches = []
         # Busy workers are picked after the idle ones got their batches, so a worker that just
         # got one is sent its next at once too (nothing to wait for between its batches).
-        pairs = itertools.chain(
-            ((w, False) for w in records if w.state is State.IDLE),
-            ((w, True) for w in records if w.state is State.BUSY and w.ahead is None),
+        pairs = list(
+            itertools.chain(
+                ((w, False) for w in records if w.state is State.IDLE),
+                ((w, True) for w in records if w.state is State.BUSY and w.ahead is None),
+            )
         )
-        for worker, ahead in pairs:
+        for index, (worker, ahead) in enumerate(pairs):
             ready = self._queue.ready
             if not ready:
                 break
@@ -518,7 +520,11 @@ class ProcessBackend(Backend):
                 quota = self._max_tasks - worker.tasks_run - held
                 if quota <= 0:
                     continue
-            units = pick_batch(ready, self.workers, quota)
+            # Its share of the queue among the workers that may still take a batch in this
+            # pass, not among all of them: those holding two batches take none now, and
+            # halving the queue for each pass left trails of one-unit batches (measured:
+            # 10,000 awaited calls went out in 1,111 batches instead of about 500).
+            units = pick_batch(ready, len(pairs) - index, quota)
             # reserved until _send: it drops units whose sink says no
             if ahead:
                 worker.reserve_ahead(units)
