@@ -84,6 +84,8 @@ _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 _TASK = "_conveyor_task"
+#: the tags of a submit's one item (shared: a submit allocates as little as it can)
+_ONE_TAG = (0,)
 
 
 def _task_of(future: Future[Any]) -> _FutureTask | None:
@@ -359,7 +361,7 @@ class Pool(AsyncPoolMethods, Executor):
             items=[(args, kwargs)],
             mode=MODE_CALL,
             sink=task,
-            tags=[0],
+            tags=_ONE_TAG,
             timeout=task_timeout,
             estimate=self._times.estimate,
             coalesce=True,
