@@ -79,6 +79,10 @@ Guarantees, and where they are kept:
 * **Wakeups are never lost.** A caller sets ``_wake_pending`` and writes to the wakeup pipe only
   when it was clear; the dispatcher drains the pipe, clears the flag under the lock and only then
   takes work, so work queued after the clear is seen now or wakes the next wait.
+* **An event loop is woken once per pass, never held off while the dispatcher sleeps or
+  starts a worker.** Assigning work, and reading the messages ``wait`` found, each run inside
+  ``deferred_wakeups`` (conveyor._work): the awaited calls settled there are queued for their
+  loop at once, and the loop is woken when the block ends, before anything that may block.
 """
 
 from __future__ import annotations
@@ -393,23 +397,24 @@ class ProcessBackend(Backend):
                 self._stop_workers()
                 return
             ready = self._poller.wait(self._waitables(), self._next_wakeup())
-            with deferred_wakeups():
-                self._on_ready(ready)
+            self._on_ready(ready)
 
     def _on_ready(self, ready: list[Any]) -> None:
         """Handle what ``wait`` found ready: wakeups, messages, deaths, then deadlines.
 
-        Called inside ``deferred_wakeups`` (conveyor._work): a sink that wakes an event loop per
-        outcome (an awaited call) wakes it once, after this pass, for every outcome it
-        delivered (a batch of coalesced calls), not once per outcome while the loop's thread
-        and this one take the GIL from each other.
+        The messages are read inside ``deferred_wakeups`` (conveyor._work): a sink that wakes an
+        event loop per outcome (an awaited call) wakes it once, when they are read, for every
+        outcome they delivered (a batch of coalesced calls), not once per outcome while the
+        loop's thread and this one take the GIL from each other. Deaths come after that block:
+        starting a replacement must not hold those wakeups back.
         """
         # Pipes before sentinels: a worker's last messages count before its death does.
-        for obj in ready:
-            if obj is self._wake_r:
-                self._drain_wakeups()
-            elif isinstance(obj, Connection):
-                self._on_messages(self._worker_by_conn(obj), readable=True)
+        with deferred_wakeups():
+            for obj in ready:
+                if obj is self._wake_r:
+                    self._drain_wakeups()
+                elif isinstance(obj, Connection):
+                    self._on_messages(self._worker_by_conn(obj), readable=True)
         for obj in ready:
             worker = self._workers.get(obj) if not isinstance(obj, Connection) else None
             if worker is not None:
