@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import gc
 import os
 import resource
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -435,6 +437,20 @@ def test_a_shutdown_that_cancels_pending_calls_ends_their_awaits(tmp_path: Path)
             pool.shutdown()
     assert outcomes[0] == 0
     assert all(type(o) is concurrent.futures.CancelledError for o in outcomes[1:]), outcomes
+
+
+def test_a_finished_event_loop_is_not_kept_alive(process_pool: conveyor.Pool) -> None:
+    # Each asyncio.run() makes a loop; awaiting a call on it must not pin it (and its tasks)
+    # for the life of the process.
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> int:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return int(await process_pool.acall(abs, -3))
+
+    assert [asyncio.run(main()) for _ in range(3)] == [3, 3, 3]
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
 
 
 # ---------------------------------------------------------------------- random cancel timings

@@ -108,7 +108,9 @@ class _Inbox:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+        # weak: the inbox is the loop's value in _inboxes, and must not keep its key alive (it
+        # did: every asyncio.run() that awaited a call left its loop behind)
+        self.loop = weakref.ref(loop)
         self.entries: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
         self.scheduled = False
 
@@ -121,10 +123,16 @@ class _Inbox:
                 self._schedule()
 
     def _schedule(self) -> None:
+        loop = self.loop()
         try:
-            self.loop.call_soon_threadsafe(self._drain)
+            if loop is not None:
+                loop.call_soon_threadsafe(self._drain)
+                return
         except RuntimeError:
-            pass  # the loop is closed: nobody is left to wake
+            pass
+        # The loop is closed or gone: nobody is left to wake, and nothing may keep it alive.
+        self.scheduled = False
+        self.entries.clear()
 
     def _drain(self) -> None:
         self.scheduled = False
