@@ -137,15 +137,20 @@ class _FutureTask:
     def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
         values, errors = loader()
         error = errors.get(0)
+        if error is None:
+            try:  # (no done() first: each look at a Future takes its lock)
+                self.future.set_result(values[0])
+            except InvalidStateError:
+                pass  # done already: see below
+            else:
+                self.times.observe(elapsed)
+                return
         if self.future.done():
             if not self.started:  # its caller cancelled it, and it was dropped unrun
                 self.started = True
                 self.future.set_running_or_notify_cancel()
             return
-        if error is None:
-            self.times.observe(elapsed)
-            self.future.set_result(values[0])
-            return
+        assert error is not None  # set_result refuses only a future that is done
         if isinstance(error, PoolClosed) and not self.started:
             # dropped unrun by shutdown(cancel_futures=True) or terminate(): cancelled, and
             # notified, so that wait() and as_completed() see it (starting() never will)
