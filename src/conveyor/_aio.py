@@ -234,7 +234,7 @@ async def call_on(
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[tuple[bool, Any]] = loop.create_future()
     future = _CallFuture(_inbox(loop), waiter)
-    # (task_timeout and retries were checked by the caller; fn is checked here)
+    # (task_timeout and retries were checked by the caller, fn is by _submit_task)
     task = pool._submit_task(fn, args, kwargs, task_timeout, retries, future)
     try:
         ok, value = await waiter
