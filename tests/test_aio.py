@@ -8,11 +8,14 @@ checks the worker process is gone (psutil) or the worker thread left its functio
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
+import gc
 import os
 import resource
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -412,6 +415,47 @@ def test_cancelled_futures_at_the_head_of_the_queue_do_not_hold_up_the_rest(
     Path(go).touch()
     assert [b.result(timeout=30) for b in blockers] == [0, 1]
     assert last.result(timeout=30) == 5
+
+
+def test_a_shutdown_that_cancels_pending_calls_ends_their_awaits(tmp_path: Path) -> None:
+    # An awaited call settles through the loop's inbox, not a Future's callbacks: a call the
+    # pool drops unstarted (shutdown(cancel_futures=True)) still ends its await, with the
+    # CancelledError a submitted future gets, while the running one finishes.
+    go = str(tmp_path / "go")
+    with faults.no_leftovers():
+        pool = conveyor.Pool(workers=1, backend="process")
+
+        async def main() -> list[Any]:
+            running = asyncio.create_task(pool.acall(faults.touch_and_wait, str(tmp_path), 0, go))
+            await asyncio.to_thread(
+                faults.wait_until, (tmp_path / "started.0").exists, 60, "running"
+            )
+            queued = [asyncio.create_task(pool.acall(abs, -i)) for i in range(3)]
+            await asyncio.sleep(0)  # let them submit (nothing waits on timing here)
+            pool.shutdown(wait=False, cancel_futures=True)
+            Path(go).touch()
+            return await asyncio.gather(running, *queued, return_exceptions=True)
+
+        try:
+            outcomes = asyncio.run(main())
+        finally:
+            pool.shutdown()
+    assert outcomes[0] == 0
+    assert all(type(o) is concurrent.futures.CancelledError for o in outcomes[1:]), outcomes
+
+
+def test_a_finished_event_loop_is_not_kept_alive(process_pool: conveyor.Pool) -> None:
+    # Each asyncio.run() makes a loop; awaiting a call on it must not pin it (and its tasks)
+    # for the life of the process.
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> int:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return int(await process_pool.acall(abs, -3))
+
+    assert [asyncio.run(main()) for _ in range(3)] == [3, 3, 3]
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
 
 
 # ---------------------------------------------------------------------- random cancel timings

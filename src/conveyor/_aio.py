@@ -6,8 +6,9 @@ event loop. Data flow::
     event loop thread                          backend threads (worker threads, dispatcher)
     -----------------                          ---------------------------------------------
     await acall(fn, *args)
-      submit one unit (Pool._submit_task) -->  _FutureTask settles a concurrent Future;
-      await a loop future      <-------------  its done callback: loop.call_soon_threadsafe
+      submit one unit (Pool._submit_task) -->  _FutureTask settles a _CallFuture, which puts
+      await a loop future      <-------------  the outcome in the loop's _Inbox: one
+                                               call_soon_threadsafe per burst of outcomes
     async for r in amap(fn, items):
       _AsyncJob (a MapJob) steps in the loop:
       takes input, cuts chunks, submits  ---->  runs chunks (async def fns: see _coroutines)
@@ -50,15 +51,17 @@ import asyncio
 import collections
 import functools
 import queue
+import threading
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any
 
 from ._coroutines import AsyncFunction, is_async_function
 from ._errors import PoolClosed
 from ._job import Event, MapJob
 from ._options import JobOptions, check_backend, check_callable
-from ._work import MODE_MAP, MODE_STAR
+from ._work import MODE_MAP, MODE_STAR, wake_soon
 from .backends.base import Backend
 
 if TYPE_CHECKING:
@@ -91,36 +94,53 @@ def _wake_threadsafe(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[Non
 
 
 class _Inbox:
-    """Wakes the awaited calls of one loop from backend threads, one loop wakeup per burst.
+    """Settles the awaited calls of one loop from backend threads, one loop wakeup per burst.
 
     A batch of coalesced calls finishes at once; waking each through ``call_soon_threadsafe``
     would write the loop's self-pipe once per call. Here the first put of a burst schedules one
-    :meth:`_drain` and later ones only queue. No wakeup is lost: :meth:`_drain` clears
-    ``scheduled`` *before* it empties the queue, so a put that sees it set is drained by the
-    pending drain, and a put that sees it clear schedules a new one (deque appends and the flag
-    are atomic under the GIL; a spurious extra drain is harmless).
+    :meth:`_drain` and later ones only queue; a backend thread inside
+    :class:`~conveyor._work.deferred_wakeups` (the process dispatcher, reading a batch's
+    results) schedules it only when its burst ends (:func:`~conveyor._work.wake_soon`), so the
+    loop wakes once per batch and finds every outcome queued. No wakeup is lost: :meth:`_drain`
+    clears ``scheduled`` *before* it empties the queue, so a put that sees it set is drained by
+    the pending drain, and a put that sees it clear schedules a new one (deque appends and the
+    flag are atomic under the GIL; a spurious extra drain is harmless).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # weak: the inbox is the loop's value in _inboxes, and must not keep its key alive (it
+        # did: every asyncio.run() that awaited a call left its loop behind)
+        self.loop = weakref.ref(loop)
+        self.entries: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
         self.scheduled = False
 
-    def put(self, waiter: asyncio.Future[None]) -> None:
-        """Wake ``waiter`` (any thread)."""
-        self.waiters.append(waiter)
+    def put(self, waiter: asyncio.Future[Any], value: Any) -> None:
+        """Set ``waiter``'s result to ``value`` in the loop's thread (called from any thread)."""
+        self.entries.append((waiter, value))
         if not self.scheduled:
             self.scheduled = True
-            try:
-                self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is left to wake
+            if not wake_soon(self, self._schedule):
+                self._schedule()
+
+    def _schedule(self) -> None:
+        loop = self.loop()
+        try:
+            if loop is not None:
+                loop.call_soon_threadsafe(self._drain)
+                return
+        except RuntimeError:
+            pass
+        # The loop is closed or gone: nobody is left to wake, and nothing may keep it alive.
+        self.scheduled = False
+        self.entries.clear()
 
     def _drain(self) -> None:
         self.scheduled = False
-        waiters = self.waiters
-        while waiters:
-            _wake(waiters.popleft())
+        entries = self.entries
+        while entries:
+            waiter, value = entries.popleft()
+            if not waiter.done():  # (a cancelled await)
+                waiter.set_result(value)
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
@@ -135,6 +155,70 @@ def _inbox(loop: asyncio.AbstractEventLoop) -> _Inbox:
 
 # ============================================================================ single calls
 
+# the states of a _CallFuture (as concurrent.futures names them)
+_PENDING, _RUNNING, _CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED = range(5)
+
+
+class _CallFuture:
+    """What an awaited call's sink (``_pool._FutureTask``) settles: the state machine of a
+    ``concurrent.futures.Future`` (the methods the sink and :func:`_stop_call` use, with the
+    same meaning), whose outcome goes straight to the awaiting loop through its :class:`_Inbox`
+    as ``(True, result)`` or ``(False, exception)``.
+
+    Not a ``Future``: it is never handed out, and it costs no Condition, no callback list and
+    no second wakeup. Its transitions run in backend threads (``set_running_or_notify_cancel``,
+    ``set_result``, ``set_exception``) and in the loop's (``cancel``); one lock for all of them
+    makes each test-and-set atomic, so exactly one of "cancelled before it started" and
+    "started" happens, and exactly one outcome is put.
+    """
+
+    __slots__ = ("_state", "inbox", "waiter")
+
+    _lock = threading.Lock()  # shared: each critical section is a test and a store
+
+    def __init__(self, inbox: _Inbox, waiter: asyncio.Future[Any]):
+        self._state = _PENDING
+        self.inbox = inbox
+        self.waiter = waiter
+
+    def done(self) -> bool:
+        return self._state >= _CANCELLED
+
+    def cancel(self) -> bool:
+        with self._lock:
+            state = self._state
+            if state in (_RUNNING, _FINISHED):
+                return False
+            if state != _PENDING:
+                return True  # cancelled already
+            self._state = _CANCELLED
+        self.inbox.put(self.waiter, (False, CancelledError()))
+        return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with self._lock:
+            state = self._state
+            if state == _PENDING:
+                self._state = _RUNNING
+                return True
+            if state == _CANCELLED:
+                self._state = _CANCELLED_AND_NOTIFIED
+                return False
+        raise RuntimeError(f"call in unexpected state {state}")
+
+    def set_result(self, result: Any) -> None:
+        self._finish((True, result))
+
+    def set_exception(self, exception: BaseException) -> None:
+        self._finish((False, exception))
+
+    def _finish(self, outcome: tuple[bool, Any]) -> None:
+        with self._lock:
+            if self._state >= _CANCELLED:
+                raise InvalidStateError(f"call already settled (state {self._state})")
+            self._state = _FINISHED
+        self.inbox.put(self.waiter, outcome)
+
 
 async def call_on(
     pool: Pool,
@@ -145,21 +229,21 @@ async def call_on(
     retries: int = 0,
 ) -> Any:
     """``fn(*args, **kwargs)`` on ``pool``, awaited; cancelling the await stops the task."""
-    check_callable(fn)
     if is_async_function(fn):
         fn = AsyncFunction(fn)
-    task = pool._submit_task(fn, args, kwargs, task_timeout, retries)  # (checked by the caller)
-    future = task.future
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    inbox = _inbox(loop)
-    future.add_done_callback(lambda _: inbox.put(waiter))
+    waiter: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+    future = _CallFuture(_inbox(loop), waiter)
+    # (task_timeout and retries were checked by the caller, fn is by _submit_task)
+    task = pool._submit_task(fn, args, kwargs, task_timeout, retries, future)
     try:
-        await waiter
+        ok, value = await waiter
     except asyncio.CancelledError:
         _stop_call(pool._backend, task)
         raise
-    return future.result()
+    if ok:
+        return value
+    raise value
 
 
 def _stop_call(backend: Backend, task: _FutureTask) -> None:

@@ -59,7 +59,7 @@ from .backends.queue import FOLLOW_UP
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, ParamSpec, TypeVar
+    from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar
 
     from ._auto import Router
     from ._stats import MapStats, PoolStats
@@ -67,12 +67,25 @@ if TYPE_CHECKING:
     P = ParamSpec("P")
     R = TypeVar("R")
 
+    class Settles(Protocol):
+        """What a ``_FutureTask`` settles: these methods of a ``concurrent.futures.Future``,
+        with their meaning."""
+
+        def done(self) -> bool: ...
+        def cancel(self) -> bool: ...
+        def set_running_or_notify_cancel(self) -> bool: ...
+        def set_result(self, result: Any) -> None: ...
+        def set_exception(self, exception: BaseException) -> None: ...
+
+
 __all__ = ["Pool"]
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 _TASK = "_conveyor_task"
+#: the tags of a submit's one item (shared: a submit allocates as little as it can)
+_ONE_TAG = (0,)
 
 
 def _task_of(future: Future[Any]) -> _FutureTask | None:
@@ -92,11 +105,16 @@ class _SubmitTimes:
 
 
 class _FutureTask:
-    """The sink of one ``submit``: settles its future, retrying first if asked to."""
+    """The sink of one ``submit``: settles its future, retrying first if asked to.
+
+    The future is a ``concurrent.futures.Future``, or for an awaited call the ``_CallFuture``
+    that hands its outcome to the event loop (``_aio.py``): only the methods of
+    :class:`Settles` are used.
+    """
 
     __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
 
-    def __init__(self, backend: Backend, future: Future[Any], retries: int, times: _SubmitTimes):
+    def __init__(self, backend: Backend, future: Settles, retries: int, times: _SubmitTimes):
         self.backend = backend
         self.future = future
         self.policy = RetryPolicy.of(retries)
@@ -119,15 +137,20 @@ class _FutureTask:
     def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
         values, errors = loader()
         error = errors.get(0)
+        if error is None:
+            try:  # (no done() first: each look at a Future takes its lock)
+                self.future.set_result(values[0])
+            except InvalidStateError:
+                pass  # done already: see below
+            else:
+                self.times.observe(elapsed)
+                return
         if self.future.done():
             if not self.started:  # its caller cancelled it, and it was dropped unrun
                 self.started = True
                 self.future.set_running_or_notify_cancel()
             return
-        if error is None:
-            self.times.observe(elapsed)
-            self.future.set_result(values[0])
-            return
+        assert error is not None  # set_result refuses only a future that is done
         if isinstance(error, PoolClosed) and not self.started:
             # dropped unrun by shutdown(cancel_futures=True) or terminate(): cancelled, and
             # notified, so that wait() and as_completed() see it (starting() never will)
@@ -322,7 +345,9 @@ class Pool(AsyncPoolMethods, Executor):
         task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
-        return self._submit_task(fn, args, kwargs, task_timeout, retries).future
+        future: Future[Any] = Future()
+        self._submit_task(fn, args, kwargs, task_timeout, retries, future)
+        return future
 
     def _submit_task(
         self,
@@ -331,23 +356,29 @@ class Pool(AsyncPoolMethods, Executor):
         kwargs: dict[str, Any],
         task_timeout: float | None,
         retries: int,
+        future: Settles,
     ) -> _FutureTask:
-        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``)."""
+        """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``).
+
+        The sink settles ``future``: a ``Future`` (``submit``'s), or what an awaited call
+        hands its outcome on with (``_aio._CallFuture``).
+        """
         check_callable(fn)
-        future: Future[Any] = Future()
-        task = _FutureTask(self._backend, future, retries, self._times)
+        backend = self._backend
+        task = _FutureTask(backend, future, retries, self._times)
         unit = Unit(
             fn=fn,
             items=[(args, kwargs)],
             mode=MODE_CALL,
             sink=task,
-            tags=[0],
+            tags=_ONE_TAG,
             timeout=task_timeout,
             estimate=self._times.estimate,
             coalesce=True,
         )
-        self._backend.submit([unit])
-        setattr(future, _TASK, weakref.ref(task))  # weak: the future must not keep its task
+        backend.submit([unit])
+        if isinstance(future, Future):  # for stop(); weak: the future must not keep its task
+            setattr(future, _TASK, weakref.ref(task))
         return task
 
     def stop(self, future: Future[Any]) -> bool:

@@ -66,7 +66,7 @@ _repr.maxother = 60
 _MAIN = b"__main__"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: one is made per submit and per result
 class Payload:
     """A pickle stream and the shared-memory segment holding its out-of-band buffers.
 
@@ -95,6 +95,8 @@ class Payload:
 
 class _Buffers:
     """A buffer_callback keeping large buffers out of band, small ones in the stream."""
+
+    __slots__ = ("large",)
 
     def __init__(self) -> None:
         self.large: list[memoryview] = []

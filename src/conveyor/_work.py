@@ -8,11 +8,17 @@ belongs to whoever made the unit (a map job, a future) and decides what an outco
 Outcomes travel as a :data:`Loader`, a zero-argument callable returning one ``(ok, value)`` pair
 per item. For the process backend the loader unpickles; calling it is left to the sink, so a map
 job unpickles its results in the caller's thread, not in the pool's dispatcher thread.
+
+A backend thread that delivers many outcomes in a row (the process backend's dispatcher, reading
+a batch's results) wraps them in :class:`deferred_wakeups`: a sink that wakes another thread for
+each outcome (an event loop, through its self-pipe) asks :func:`wake_soon` instead, and that
+thread is woken once, when the burst ends, for all of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -33,10 +39,12 @@ __all__ = [
     "Sink",
     "Unit",
     "call_item",
+    "deferred_wakeups",
     "errors_of",
     "function_key",
     "outcomes_of",
     "run_items",
+    "wake_soon",
 ]
 
 #: ``fn(*args, **kwargs)``, item = ``(args, kwargs)`` (``submit``)
@@ -284,3 +292,60 @@ def outcomes_of(values: list[Any], errors: dict[int, BaseException] | None = Non
 def errors_of(count: int, error: BaseException) -> Loader:
     """A loader saying that each of ``count`` consecutive items failed with ``error``."""
     return outcomes_of([None] * count, dict.fromkeys(range(count), error))
+
+
+class _Burst(threading.local):
+    """The wakeups deferred in this thread (None: no burst is open)."""
+
+    pending: dict[object, Callable[[], None]] | None = None
+
+
+_burst = _Burst()
+
+
+class deferred_wakeups:
+    """``with deferred_wakeups():`` around a backend thread's burst of deliveries: each
+    wakeup asked for by :func:`wake_soon` during the block is made once, when it ends (also
+    when it ends by an exception). Nested blocks make their wakeups at the outermost end.
+
+    Guarantee: a wakeup is delayed by at most the rest of the burst, never lost; the thread
+    to wake may not rely on being woken before the burst ends (it is not: a deferred sink
+    queues its outcome first, and the wakeup only tells the other thread to look).
+
+    Example::
+
+        >>> woken = []
+        >>> with deferred_wakeups():
+        ...     wake_soon("loop", lambda: woken.append("once"))  # deferred: True
+        ...     wake_soon("loop", lambda: woken.append("once"))  # the same key: made once
+        ...     woken
+        True
+        True
+        []
+        >>> woken, wake_soon("loop", lambda: None)  # no block open: the caller wakes now
+        (['once'], False)
+    """
+
+    __slots__ = ("outer",)
+
+    def __enter__(self) -> None:
+        self.outer = _burst.pending is None
+        if self.outer:
+            _burst.pending = {}
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.outer:
+            return
+        pending, _burst.pending = _burst.pending, None
+        for wake in (pending or {}).values():
+            wake()
+
+
+def wake_soon(key: object, wake: Callable[[], None]) -> bool:
+    """Defer ``wake`` to the end of this thread's :class:`deferred_wakeups` block (one call per
+    ``key``: the last one given); False when no block is open (then the caller wakes now)."""
+    pending = _burst.pending
+    if pending is None:
+        return False
+    pending[key] = wake
+    return True

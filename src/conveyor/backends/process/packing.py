@@ -98,7 +98,8 @@ class FunctionCache:
     def get(self, fn: Callable[..., Any]) -> tuple[int, Payload]:
         fn_id = id(fn)
         with self._lock:
-            self._purge()
+            if self._dead:
+                self._purge()
             entry = self._by_id.get(fn_id)
             if entry is not None and entry[0]() is fn:
                 self._by_id.move_to_end(fn_id)
@@ -124,6 +125,9 @@ class FunctionCache:
                 # units still queued may share the payload: it closes when the last one goes
                 self._by_id.popitem(last=False)
         return key, blob
+
+
+_new_wire = tuple.__new__
 
 
 def _on_death_of(fn_id: int, dead: list[int]) -> Callable[[weakref.ref[Any]], None]:
@@ -161,7 +165,7 @@ class Packer:
             # buffers itself; a submit is copied by its caller now (see conveyor._pull).
             pull = not unit.eager and self.pull_ok is True
             items = items_payload(unit.items, unit.mode, first, self.segments, pull)
-            unit.wire = Wire(key, fn_payload, items)
+            unit.wire = _new_wire(Wire, (key, fn_payload, items))  # (Wire() is Python code)
         wire: Wire = unit.wire
         return wire
 

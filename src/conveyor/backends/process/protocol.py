@@ -306,7 +306,9 @@ def from_wire(
 
 def decode_outcomes(wire: WirePayload, segments: list[Segment]) -> Outcomes:
     """The ``(values, errors)`` of a DONE or ITEM payload, with remote tracebacks attached."""
+    values, errors = from_wire(wire, segments)
+    if not errors:  # the common case: no import, no new dict (once per submit's outcome)
+        return values, errors
     from ..._errors import attach_remote_traceback
 
-    values, errors = from_wire(wire, segments)
     return values, {pos: attach_remote_traceback(exc, tb) for pos, (exc, tb) in errors.items()}
