@@ -130,6 +130,18 @@ def test_values_are_literal_in_every_context(shell: str, value: str) -> None:
         _check_contexts(shell, value, Path(directory))
 
 
+def _dash_delimiter_bug(value: str, delimiter: str = "EOF") -> bool:
+    """Whether dash (0.5.12) would drop a byte of ``value`` written into a here-document's body:
+    a line that starts (after tabs, for ``<<-``) with part of the delimiter and then a
+    non-ASCII character loses that character's first byte (``E`` + U+0080 against ``EOF``)."""
+    for line in value.split("\n"):
+        line = line.lstrip("\t")
+        for k in range(1, len(delimiter)):
+            if line[:k] == delimiter[:k] and len(line) > k and ord(line[k]) >= 0x80:
+                return True
+    return False
+
+
 def _check_contexts(shell: str, value: str, tmp_path: Path) -> None:
     script, expects = _script_for(shell)
     template = compile_template([script], groups=1)
@@ -147,6 +159,8 @@ def _check_contexts(shell: str, value: str, tmp_path: Path) -> None:
         template = compile_template([script], groups=1)
         got = _outputs([shell, *template.argv((value,), seq=1, slot=1)[1:]], tmp_path)
     shown = template.display((value,), seq=1, slot=1)
+    if shell == "dash" and _dash_delimiter_bug(value):
+        return  # the shown text cannot say it (see Template.display); the job was right above
     assert _outputs([shell, "-c", shown], tmp_path) == got
     assert list(tmp_path.iterdir()) == []
 

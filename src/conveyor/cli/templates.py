@@ -720,8 +720,12 @@ class Template:
     def display(self, args: Sequence[str], seq: int, slot: int) -> str:
         """The job's command as shell text with the values quoted for their context --
         what ``--dry-run`` prints and the job log records. It is equivalent to what
-        runs, with one exception: under bash, a value with a line equal to a
-        here-document's delimiter, inside ``$(...)`` in that here-document's body."""
+        runs, with two exceptions: under bash, a value with a line equal to a
+        here-document's delimiter, inside ``$(...)`` in that here-document's body; under
+        dash (0.5.12), a line of a value in a here-document's body that starts with part of
+        the delimiter and then a non-ASCII character, whose first byte dash drops (a bug in
+        its matching of the delimiter: ``E`` then U+0080 against ``EOF``). The job itself is
+        right in both cases: its values are arguments of the shell, not text of its script."""
         if self._raw_input:
             return " ".join(args)
         rendered: list[str] = []
