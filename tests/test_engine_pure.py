@@ -96,6 +96,23 @@ def test_units_that_do_not_coalesce_go_alone(first: Unit, second: Unit) -> None:
     assert list(queue) == [second]
 
 
+def test_units_made_before_their_run_time_was_known_learn_it_from_their_estimator() -> None:
+    """A burst of submits made before the first came back (estimate 0 when made) coalesces once
+    the pool's moving average knows them short: not one message per submit (it took 5k
+    submits 0.3-0.6 s instead of 0.05 s on a fresh pool)."""
+
+    class Average:
+        estimate = 0.0
+
+    average = Average()
+    queue = deque(unit(estimate=0.0) for _ in range(8))
+    for queued in queue:
+        queued.estimator = average
+    assert len(pick_batch(queue, workers=1)) == 1  # nothing known yet: alone
+    average.estimate = COALESCE_SECONDS / 4
+    assert len(pick_batch(queue, workers=1)) == 4
+
+
 def test_timed_units_coalesce_with_timed_ones() -> None:
     queue = deque([unit(timeout=1.0), unit(timeout=2.0)])
     assert len(pick_batch(queue, workers=1)) == 2

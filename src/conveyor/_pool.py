@@ -374,6 +374,7 @@ class Pool(AsyncPoolMethods, Executor):
             tags=_ONE_TAG,
             timeout=task_timeout,
             estimate=self._times.estimate,
+            estimator=self._times,
             coalesce=True,
         )
         backend.submit([unit])

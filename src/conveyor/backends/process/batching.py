@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from ..._work import Unit
+from ..._work import Unit, estimate_of
 
 __all__ = ["COALESCE_SECONDS", "MAX_BATCH_UNITS", "PREFETCH_SECONDS", "is_short", "pick_batch"]
 
@@ -50,15 +50,13 @@ def pick_batch(ready: deque[Unit], workers: int, quota: int | None = None) -> li
         ready.appendleft(first.piece(quota))
         first = first.piece(0, quota)
     units = [first]
-    count, expected = len(first.items), first.estimate
+    count, expected = len(first.items), estimate_of(first)
     stream = first.timeout is not None
-    while (
-        first.coalesce and first.estimate > 0 and ready and len(units) < min(share, MAX_BATCH_UNITS)
-    ):
+    while first.coalesce and expected > 0 and ready and len(units) < min(share, MAX_BATCH_UNITS):
         nxt = ready[0]
         if not nxt.coalesce or (nxt.timeout is not None) != stream:
             break
-        if expected + nxt.estimate > COALESCE_SECONDS:
+        if expected + estimate_of(nxt) > COALESCE_SECONDS:
             break
         if quota is not None and count + len(nxt.items) > quota:
             break
@@ -83,5 +81,5 @@ def is_short(batch: list[Unit] | None) -> bool:
     """
     if not batch or batch[0].timeout is not None:
         return False
-    expected = sum(u.estimate for u in batch)
-    return all(u.estimate > 0 for u in batch) and expected <= PREFETCH_SECONDS
+    estimates = [estimate_of(u) for u in batch]
+    return all(e > 0 for e in estimates) and sum(estimates) <= PREFETCH_SECONDS
