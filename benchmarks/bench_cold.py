@@ -109,6 +109,15 @@ def run_script(path: Path) -> tuple[float, float]:
     return float(out.stdout.strip().splitlines()[-1]), total
 
 
+def median_printed(scripts: dict[str, Path], repeats: int) -> dict[str, float]:
+    """Each script's printed figure, median over ``repeats`` round-robin rounds."""
+    times: dict[str, list[float]] = {n: [] for n in scripts}
+    for _ in range(repeats):
+        for name, path in scripts.items():
+            times[name].append(run_script(path)[0])
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
 def write(directory: Path, name: str, text: str) -> Path:
     path = directory / (
         name.replace(" ", "_").replace(".", "_").replace("(", "").replace(")", "") + ".py"
@@ -156,11 +165,7 @@ def submit(repeats: int, directory: Path) -> None:
         name: write(directory, f"submit_{name}", SUBMIT_SCRIPT.format(setup=setup))
         for name, setup in SUBMIT.items()
     }
-    times: dict[str, list[float]] = {n: [] for n in scripts}
-    for _ in range(repeats):
-        for name, path in scripts.items():
-            times[name].append(run_script(path)[0])
-    median = {n: statistics.median(v) for n, v in times.items()}
+    median = median_printed(scripts, repeats)
     print(
         f"\n### submit: 5,000 futures one by one, pool start and shutdown included, fresh "
         f"interpreter (median of {repeats}; Python {sys.version.split()[0]})"
@@ -191,11 +196,7 @@ def imports(repeats: int, directory: Path) -> None:
         name: write(directory, f"imports_{name}", IMPORT_SCRIPT.format(statement=statement))
         for name, statement in IMPORTS.items()
     }
-    times: dict[str, list[float]] = {n: [] for n in scripts}
-    for _ in range(repeats):
-        for name, path in scripts.items():
-            times[name].append(run_script(path)[0])
-    median = {n: statistics.median(v) for n, v in times.items()}
+    median = median_printed(scripts, repeats)
     print(
         f"\n### imports: what each path imports, timed in a fresh interpreter "
         f"(median of {repeats}; Python {sys.version.split()[0]})"

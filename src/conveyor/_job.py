@@ -82,6 +82,11 @@ SHORT_CHUNK_SECONDS = 0.0005
 MAX_CHUNKS_PER_MESSAGE = 4
 
 
+def _short(estimate: float) -> bool:
+    """Whether a chunk expected to run ``estimate`` seconds (0: unknown) is a short one."""
+    return 0.0 < estimate < SHORT_CHUNK_SECONDS
+
+
 class _Raise:
     """Marks the item whose error is to be raised (on_error="raise")."""
 
@@ -294,7 +299,7 @@ class MapJob:
                 timeout=self.task_timeout,
                 estimate=estimate,
                 eager=False,
-                coalesce=self._coalesce and 0.0 < estimate < SHORT_CHUNK_SECONDS,
+                coalesce=self._coalesce and _short(estimate),
             )
             self.backend.submit([unit], self._ticket)
 
@@ -305,7 +310,7 @@ class MapJob:
         limit = self._chunks_in_flight if self._chunker.measured else self.backend.workers
         if self._coalesce:
             estimate = self._chunker.estimate(size)
-            if 0.0 < estimate < SHORT_CHUNK_SECONDS:
+            if _short(estimate):
                 limit *= min(MAX_CHUNKS_PER_MESSAGE, int(SHORT_CHUNK_SECONDS / estimate))
         return not (self._unemitted + size > size * limit and self._unemitted)
 

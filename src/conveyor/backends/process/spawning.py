@@ -83,6 +83,11 @@ def default_start_method() -> str:
     zygote = _zygote()
     if zygote is not None and zygote.birth_possible():
         return "zygote"
+    return _without_zygote()
+
+
+def _without_zygote() -> str:
+    """``forkserver`` where it exists (not on macOS), else ``spawn``."""
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" in methods and sys.platform != "darwin":
         return "forkserver"
@@ -99,30 +104,32 @@ def start_methods() -> list[str]:
 def get_context(start_method: str | None) -> BaseContext:
     """The multiprocessing context for ``start_method``, with a clear error for a bad name.
 
-    ``None`` is :func:`default_start_method`. ``"zygote"`` asked for explicitly needs one to be
-    running or the process to have a single thread now; the error says so.
+    ``None`` is :func:`default_start_method` (the zygote when one runs or can be made now).
+    ``"zygote"`` asked for explicitly needs one to be running or the process to have a single
+    thread now; the error says so.
     """
-    method = start_method or default_start_method()
     methods = start_methods()
-    if method not in methods:
+    if start_method is not None and start_method not in methods:
         raise ValueError(
             f"start_method={start_method!r} is not available here; choose one of {methods}"
         )
-    ctx: BaseContext
+    ctx: BaseContext | None = None
     zygote = _zygote()
-    if method == "zygote" and zygote is not None:
+    if start_method in (None, "zygote") and zygote is not None:
+        # One check, made by ensure_zygote under the zygote's lock: a running one, or one born
+        # now while this process has a single thread.
         context = zygote.ZygoteContext()
-        if not context.ensure_zygote():
-            if start_method is None:  # a thread appeared since the check: the safe fallback
-                return get_context("forkserver" if "forkserver" in methods else "spawn")
+        if context.ensure_zygote():
+            ctx = context
+        elif start_method == "zygote":
             raise ValueError(
                 "start_method='zygote' needs this process to have a single thread when the "
                 f"first such pool starts (it has {_thread_count()}); start the pool before "
                 "any thread, or use start_method='forkserver'"
             )
-        ctx = context
-    else:
-        ctx = multiprocessing.get_context(method)
+    if ctx is None:
+        ctx = multiprocessing.get_context(start_method or _without_zygote())
+    method = ctx.get_start_method()
     with _setup_lock:
         if multiprocessing.spawn.get_preparation_data is not _preparation_data:
             multiprocessing.spawn.get_preparation_data = _preparation_data

@@ -63,7 +63,14 @@ import signal
 import socket
 import sys
 import threading
-from multiprocessing import forkserver, popen_forkserver, process, reduction, sharedctypes, spawn
+from multiprocessing import (
+    forkserver,
+    popen_forkserver,
+    process,
+    reduction,
+    sharedctypes,  # noqa: F401  (see below)
+    spawn,
+)
 from multiprocessing import util as _util
 from multiprocessing.context import ForkServerContext, set_spawning_popen
 from typing import Any
@@ -73,9 +80,8 @@ from typing import Any
 util: Any = _util
 _forkserver_state: Any = forkserver._forkserver
 _spawn_main: Any = spawn._main
-# Imported here, before the zygote's birth, so that no worker imports it after its fork: each
-# worker's position mark (workers.launch) is one of its shared ctypes arrays.
-_ = sharedctypes
+# sharedctypes is imported above, before the zygote's birth, so that no worker imports it after
+# its fork: each worker's position mark (workers.launch) is one of its shared ctypes arrays.
 
 __all__ = ["ZygoteContext", "available", "birth_possible", "pid", "running", "single_threaded"]
 
