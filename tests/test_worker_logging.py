@@ -81,6 +81,20 @@ def log_until_stopped(x: float) -> None:
         logging.getLogger("app").info("busy " + "x" * 2000)
 
 
+class SlowText:
+    """A log message whose text takes long to make: the alarm lands while the record is made."""
+
+    def __str__(self) -> str:
+        time.sleep(30)
+        return "slow"
+
+
+def log_slow_message(x: int) -> int:
+    logging.getLogger("app").warning(SlowText())
+    time.sleep(30)  # only reached if the timeout was lost; then the parent's kill ends it
+    return x
+
+
 def log_huge_then_idle(size: int) -> None:
     """One record so large that writing it outlasts the item's deadline, then a loop that
     only the in-process alarm can end (if the alarm were lost, the parent's kill would)."""
@@ -192,6 +206,19 @@ def test_deadline_during_a_records_write_is_raised_in_the_task_after_it(
         assert pool._backend.worker_pids() == [pid]
         assert list(pool.imap(log_and_pid, [1])) == [pid]  # the pipe is intact
     assert all(len(r.getMessage()) == size for r in caught.records if r.levelno == 30)
+
+
+def test_deadline_while_a_record_is_made_is_raised_in_the_task(
+    caught: Collect,
+) -> None:
+    # Not swallowed by logging's error handler (which printed "--- Logging error ---" and let
+    # the task run on until the parent's kill).
+    with conveyor.Pool(workers=1) as pool:
+        [pid] = pool._backend.worker_pids()
+        [failure] = list(pool.imap(log_slow_message, [1], task_timeout=0.2, on_error="return"))
+        assert isinstance(failure.exception, conveyor.TaskTimeout)
+        assert "killed" not in str(failure.exception)
+        assert pool._backend.worker_pids() == [pid]
 
 
 def test_unpicklable_extra_travels_as_its_repr(caught: Collect) -> None:

@@ -41,6 +41,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..._errors import TaskTimeout
+
 __all__ = ["Levels", "install", "levels", "reemit"]
 
 #: what a worker needs to know of the caller's logging: (root level, {logger name: level set
@@ -93,6 +95,8 @@ class _Shipper(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             plain = plain_record(record)
+        except TaskTimeout:
+            raise  # the task's soft timeout came while the record was made: it is the task's
         except Exception:
             self.handleError(record)
             return
