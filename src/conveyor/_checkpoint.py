@@ -87,9 +87,9 @@ class CheckpointInUse(CheckpointError):
 
     Example::
 
-        >>> import conveyor, itertools, tempfile, os
+        >>> import conveyor, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "run.db")
-        >>> running = conveyor.imap(abs, itertools.count(), checkpoint=path, backend="thread")
+        >>> running = conveyor.imap(abs, range(10), checkpoint=path, backend="thread")
         >>> next(running)
         0
         >>> conveyor.map(abs, [1], checkpoint=path)  # doctest: +IGNORE_EXCEPTION_DETAIL
