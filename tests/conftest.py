@@ -4,6 +4,7 @@ installed in this Python's site-packages, never a source tree."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sysconfig
 from collections.abc import Iterator
@@ -26,6 +27,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     from conveyor.backends.process import spawning
 
     spawning.get_context(None)
+    # The standard library's own process pools and processes in the tests (the references the
+    # drop-ins are compared with, an executor given as a backend, CPython's pool tests) start
+    # from its fork server, Python 3.14's default on Linux, and never fork this process: it has
+    # threads (every pool's dispatcher), and a child forked from a process with threads can
+    # deadlock on a lock another thread held (Python 3.12 and later warn of it). Tests that ask
+    # conveyor for start_method="fork" still fork, on purpose.
+    multiprocessing.set_start_method("forkserver", force=True)
     if os.environ.get("CONVEYOR_TEST_INSTALLED"):
         site = Path(sysconfig.get_path("purelib")).resolve()
         where = Path(conveyor.__file__).resolve()
