@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -74,10 +75,31 @@ def test_io_bound_work_goes_to_threads(caplog: pytest.LogCaptureFixture) -> None
     assert chosen(caplog) == "thread"
 
 
+def cpus_two_threads_get() -> float:
+    """How many CPUs two threads running GIL-releasing work kept busy just now (at most 2)."""
+    started, cpu = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=derive, args=(bytes([i]) * 16,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return (time.process_time() - cpu) / (time.perf_counter() - started)
+
+
 def test_gil_releasing_work_goes_to_threads(caplog: pytest.LogCaptureFixture) -> None:
+    # The pair test can only see threads scale if the machine gives them the CPUs: a loaded
+    # one makes such work look GIL-bound (processes: slower, still right; see _auto). So up to
+    # three tries, and a skip that says so if the machine itself had no room for two threads.
     caplog.set_level(logging.INFO, logger="conveyor")
     salts = [bytes([i]) * 16 for i in range(16)]  # ~20 ms of hashing each
-    assert conveyor.map(derive, salts) == [derive(s) for s in salts]
+    for _ in range(3):
+        _auto._measurements.clear()
+        assert conveyor.map(derive, salts) == [derive(s) for s in salts]
+        if chosen(caplog) == "thread":
+            return
+    room = cpus_two_threads_get()
+    if room < _auto.SCALING_LIMIT:
+        pytest.skip(f"the machine is loaded: two hashing threads kept only {room:.2f} CPUs busy")
     assert chosen(caplog) == "thread"
 
 

@@ -30,8 +30,7 @@ import io
 import os
 import pickle
 import reprlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 
 import cloudpickle
 
@@ -66,20 +65,36 @@ _repr.maxother = 60
 _MAIN = b"__main__"
 
 
-@dataclass(eq=False, slots=True)  # slots: one is made per submit and per result
 class Payload:
     """A pickle stream and the shared-memory segment holding its out-of-band buffers.
 
+    ``spans`` are the buffers' ``(offset, length)`` in the segment (none without one).
     ``hold`` is set when the segment came from a :class:`~conveyor._shm.SegmentPool`.
     ``pull`` is set when the segment was only reserved: ``(pid, [(address, length), ...])``
     of the buffers that the receiver copies into it itself (see :mod:`conveyor._pull`).
+
+    A plain class with slots: one is made per submit and per result (a dataclass's generated
+    ``__init__`` with a default factory cost more than the pickling of a small argument).
     """
 
-    data: bytes
-    segment: _shm.Segment | _shm.PooledSegment | None = None
-    spans: list[tuple[int, int]] = field(default_factory=list)
-    hold: _shm.Hold | None = None
-    pull: tuple[int, list[tuple[int, int]]] | None = None
+    __slots__ = ("data", "hold", "pull", "segment", "spans")
+
+    def __init__(
+        self,
+        data: bytes,
+        segment: _shm.Segment | _shm.PooledSegment | None = None,
+        spans: Sequence[tuple[int, int]] = (),
+        hold: _shm.Hold | None = None,
+        pull: tuple[int, list[tuple[int, int]]] | None = None,
+    ):
+        self.data = data
+        self.segment = segment
+        self.spans = spans
+        self.hold = hold
+        self.pull = pull
+
+    def __repr__(self) -> str:
+        return f"Payload({len(self.data)} bytes, segment={self.segment!r}, spans={self.spans!r})"
 
     def release(self) -> None:
         """Give up the sender's use of the segment (receivers keep their views)."""
@@ -179,7 +194,7 @@ def dumps_payload(
 def loads_payload(
     data: bytes,
     segment: _shm.Segment | None,
-    spans: list[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
     pool_id: int = -1,
     mappings: _shm.WorkerMappings | None = None,
 ) -> Any:

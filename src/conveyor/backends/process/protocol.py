@@ -73,6 +73,7 @@ of the two it was on.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ..._serialize import Payload, loads_payload
@@ -152,7 +153,7 @@ def read_mark(state: int) -> tuple[int, int, bool]:
 #: a payload on the wire: (pickle stream, index of its segment among the message's fds or -1,
 #: the (offset, length) of each out-of-band buffer in that segment, the segment's pool id or -1,
 #: and for a segment the receiver fills itself, (sender's pid, [(address, length), ...]) or None)
-WirePayload = tuple[bytes, int, list[tuple[int, int]], int, Any]
+WirePayload = tuple[bytes, int, Sequence[tuple[int, int]], int, Any]
 
 
 # ----------------------------------------------------------------------------- messages
