@@ -441,6 +441,17 @@ def _dq_escape(text: str) -> str:
     return re.sub(r'([\\"$`])', r"\\\1", text)
 
 
+def _literal_in_bash(text: str, empty: str) -> str:
+    """Quoted ``text`` with each ``<(`` and ``>(`` cut by an ``empty`` pair of its quotes.
+
+    bash (5.2), looking for the end of a ``${...}`` or of a backquoted command, takes them for
+    a process substitution even inside quotes, and fails (``"${y#"<("}"``,
+    ``"`printf %s "{}<("`"``, ``x=`printf %s '{}<('```); cut, they stay literal, in bash and
+    dash alike.
+    """
+    return re.sub(r"([<>])\(", rf"\1{empty}(", text)
+
+
 def _displayed(field: _Field, values: Sequence[str]) -> str:
     """``values`` as shell text that yields them literally where ``field`` stands."""
     context = field.context
@@ -467,6 +478,10 @@ def _displayed(field: _Field, values: Sequence[str]) -> str:
         text = quoted if quoted == joined else f"'{quoted}{reopen}"
     else:  # BRACE
         text = f'"{_dq_escape(joined)}"'
+    if context == BRACE or (field.backquotes and context in (PLAIN, DQUOTE, SQUOTE, DOLLAR_SQUOTE)):
+        # Every <( and >( in the text is inside quotes here: double for these two, single
+        # (shlex's) for the others.
+        text = _literal_in_bash(text, '""' if context in (DQUOTE, BRACE) else "''")
     for _ in range(field.backquotes):  # each `...` level removes one level of backslashes
         text = re.sub(r"([\\$`])", r"\\\1", text)
     return text
