@@ -11,8 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 import conveyor
+
+# CI (.ci/run sets CONVEYOR_CI=1) draws the same examples on every run: its verdict depends on
+# the code alone. Anywhere else each run draws new ones, which is how the fuzzers keep finding
+# cases (a case found that way is then pinned with @example or a hostile value).
+settings.register_profile("conveyor-ci-derandomized", derandomize=True)
+if os.environ.get("CONVEYOR_CI"):
+    settings.load_profile("conveyor-ci-derandomized")
 
 
 def pytest_report_header() -> str:
