@@ -117,7 +117,7 @@ def test_shutdown_wait_from_two_worker_threads_raises_instead_of_deadlocking() -
             future.result(timeout=DEADLINE)
 
 
-def test_shutdown_wait_from_a_done_callback_does_not_deadlock(backend: str) -> None:
+def test_shutdown_wait_from_a_done_callback_does_not_deadlock(backend: str, tmp_path: Path) -> None:
     pool = conveyor.Pool(workers=2, backend=backend)
     called = threading.Event()
     errors: list[BaseException] = []
@@ -129,8 +129,13 @@ def test_shutdown_wait_from_a_done_callback_does_not_deadlock(backend: str) -> N
             errors.append(exc)
         called.set()
 
+    go = tmp_path / "go"
     slow = pool.submit(tasks.slow_identity, 0.2)
-    pool.submit(abs, -1).add_done_callback(callback)
+    # The callback is attached while its task waits for "go": it runs in the pool's thread
+    # when the task ends, never in this one (as it would if the task were already done).
+    gated = pool.submit(faults.touch_and_wait, str(tmp_path), 1, str(go))
+    gated.add_done_callback(callback)
+    go.write_text("")
     assert called.wait(DEADLINE)
     thread, _ = _in_thread(pool.shutdown)
     thread.join(DEADLINE)
