@@ -240,6 +240,72 @@ def test_workers_see_the_callers_modules_as_they_were_at_the_zygotes_birth() -> 
     )
 
 
+def test_a_cold_script_sends_its_main_function_by_name_without_cloudpickle() -> None:
+    """The function of the call that starts the default process pool goes by name into the
+    zygote's ``__main__`` (a copy of the caller's at that moment): neither process imports
+    cloudpickle, and the task sees the globals as they were at the call, as by value."""
+    out = run(
+        """
+        import os, sys, conveyor
+        SCALE = 2
+        def scaled(x):
+            return x * SCALE, "cloudpickle" in sys.modules, os.getpid()
+        got = conveyor.map(scaled, range(6), backend="process")
+        assert [v for v, _, _ in got] == [0, 2, 4, 6, 8, 10], got
+        assert not any(loaded for _, loaded, _ in got), "a worker imported cloudpickle"
+        assert "cloudpickle" not in sys.modules, "the caller imported cloudpickle"
+        SCALE = 3  # as by value: the pool keeps the function as it was when it first got it
+        assert [v for v, _, _ in conveyor.map(scaled, range(3), backend="process")] == [0, 2, 4]
+        # a function defined since cannot be in the zygote's __main__: it goes by value
+        def later(x):
+            return -x * SCALE
+        assert conveyor.map(later, range(3), backend="process") == [0, -3, -6]
+        assert "cloudpickle" in sys.modules
+        assert conveyor.map(lambda x: x + SCALE, [1], backend="process") == [4]
+        """
+    )
+    assert out.stderr == ""
+
+
+def test_a_main_function_sent_by_name_reaches_workers_not_forked_from_the_zygote() -> None:
+    """After the zygote is killed the fork server starts the workers; they lack the caller's
+    ``__main__``, so the function kept by name goes to them by value."""
+    run(
+        """
+        import os, signal, conveyor
+        from conveyor._api import _default_pool
+        from conveyor.backends.process import zygote
+        OFFSET = 10
+        def shifted(x):
+            return x + OFFSET
+        assert conveyor.map(shifted, range(4), backend="process") == [10, 11, 12, 13]
+        backend = _default_pool("process", None, None)._backend
+        assert backend._packer.functions._main_keys, "the function was not kept by name"
+        os.kill(zygote.pid(), signal.SIGKILL)
+        got = conveyor.map(shifted, range(40), backend="process", retries=1)
+        assert got == [x + 10 for x in range(40)], got
+        records = list(backend._workers.values())
+        assert records and not any(r.from_zygote for r in records), records
+        """
+    )
+
+
+def test_cloudpickle_register_pickle_by_value_is_respected() -> None:
+    """A module the user registered with cloudpickle is sent by value, never by name."""
+    import cloudpickle
+
+    from conveyor._serialize import by_name
+
+    import tasks
+
+    assert by_name(tasks.square) is not None
+    cloudpickle.register_pickle_by_value(tasks)
+    try:
+        assert by_name(tasks.square) is None
+    finally:
+        cloudpickle.unregister_pickle_by_value(tasks)
+
+
 def test_memory_shared_with_the_caller_does_not_count_against_max_memory_per_worker() -> None:
     """A worker forked from the zygote maps all the caller's memory (its resident set starts
     as big as the caller's); max_memory_per_worker counts what the worker itself gained."""

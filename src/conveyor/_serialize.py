@@ -1,8 +1,12 @@
 """Turning functions, arguments and results into bytes for a worker process, and back.
 
-Functions go through cloudpickle, so lambdas, closures, ``functools.partial`` and functions typed
-into ``__main__`` or a notebook all work. Arguments and results go through the standard pickler
-first (it is the fastest for plain data) and through cloudpickle only when that fails.
+Functions, arguments and results go through the standard pickler first (it is the fastest, and
+it sends what a worker can import, ``math.sqrt`` or ``mypackage.work``, by name, as cloudpickle
+would) and through cloudpickle when that fails or names ``__main__``: lambdas, closures and
+functions typed into ``__main__`` or a notebook travel by value. cloudpickle is imported only
+then (a cold script that never needs it does not pay its ~15 ms import). One exception: a
+function of ``__main__`` given to the call that starts a pool's zygote goes by name (see
+``FunctionCache.seed``).
 
 Everything is pickled with protocol 5. Buffers of at least :data:`conveyor._shm.THRESHOLD` bytes
 (numpy arrays, ``bytearray``, ``memoryview``, ``bytes`` passed directly as an argument or
@@ -30,9 +34,8 @@ import io
 import os
 import pickle
 import reprlib
+import sys
 from collections.abc import Iterable, Sequence
-
-import cloudpickle
 
 from . import _pull, _shm
 from ._errors import Unsendable
@@ -41,15 +44,18 @@ from ._work import MODE_CALL, MODE_MAP, MODE_STAR
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import ModuleType
     from typing import Any
 
 __all__ = [
     "Payload",
+    "by_name",
     "callable_payload",
     "dumps_callable",
     "dumps_payload",
     "items_payload",
     "loads_payload",
+    "names_main",
     "portable_exception",
 ]
 
@@ -124,15 +130,46 @@ class _Buffers:
         return False
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, plus memoryview (sent as a buffer, rebuilt as a memoryview)."""
+def cloudpickle_module() -> ModuleType:
+    """cloudpickle, imported on first use (see the module docstring).
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is memoryview:
-            if obj.c_contiguous:
-                return _memoryview_of, (pickle.PickleBuffer(obj),)
-            return _memoryview_of, (obj.tobytes(),)
-        return super().reducer_override(obj)
+    Example::
+
+        >>> cloudpickle_module().loads(cloudpickle_module().dumps(lambda x: x + 1))(1)
+        2
+    """
+    import cloudpickle
+
+    return cloudpickle
+
+
+def _by_value_modules() -> bool:
+    """Whether the user asked cloudpickle to send some module by value
+    (``cloudpickle.register_pickle_by_value``): then every function goes through cloudpickle."""
+    module = sys.modules.get("cloudpickle.cloudpickle")
+    return bool(getattr(module, "_PICKLE_BY_VALUE_MODULES", None))
+
+
+_pickler_class: Any = None
+
+
+def _pickler(stream: io.BytesIO, buffer_callback: Any) -> Any:
+    """A cloudpickle pickler that also sends memoryviews (as a buffer, rebuilt as a
+    memoryview); its class is made on first use, with cloudpickle's import."""
+    global _pickler_class
+    if _pickler_class is None:
+        cloudpickle = cloudpickle_module()
+
+        class _Pickler(cloudpickle.Pickler):  # type: ignore[name-defined]
+            def reducer_override(self, obj: Any) -> Any:
+                if type(obj) is memoryview:
+                    if obj.c_contiguous:
+                        return _memoryview_of, (pickle.PickleBuffer(obj),)
+                    return _memoryview_of, (obj.tobytes(),)
+                return super().reducer_override(obj)
+
+        _pickler_class = _Pickler
+    return _pickler_class(stream, PROTOCOL, buffer_callback=buffer_callback)
 
 
 def _memoryview_of(buffer: Any) -> memoryview:
@@ -153,7 +190,7 @@ class _SharedBytes:
 
 def _cloudpickle_dumps(obj: Any, buffer_callback: Any) -> bytes:
     stream = io.BytesIO()
-    _Pickler(stream, PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    _pickler(stream, buffer_callback).dump(obj)
     return stream.getvalue()
 
 
@@ -219,16 +256,22 @@ def portable_exception(exc: BaseException) -> BaseException | _RebuiltException:
         >>> class Custom(Exception):
         ...     def __init__(self, a, b):
         ...         super().__init__(f"{a}-{b}")
+        >>> import cloudpickle
         >>> back = cloudpickle.loads(cloudpickle.dumps(portable_exception(Custom(1, 2))))
         >>> type(back).__name__, back.args
         ('Custom', ('1-2',))
     """
-    for module in (pickle, cloudpickle):
-        try:
-            module.loads(module.dumps(exc, PROTOCOL))
-            return exc
-        except Exception:
-            pass
+    try:
+        pickle.loads(pickle.dumps(exc, PROTOCOL))
+        return exc
+    except Exception:
+        pass
+    cloudpickle = cloudpickle_module()
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc, PROTOCOL))
+        return exc
+    except Exception:
+        pass
     try:
         rebuilt = _RebuiltException(exc)
         cloudpickle.loads(cloudpickle.dumps(rebuilt, PROTOCOL))
@@ -331,21 +374,48 @@ def _wrap(value: Any) -> Any:
 def dumps_callable(fn: Any, what: str = "function") -> bytes:
     """Pickle a callable in band (for what travels without shared memory)."""
     try:
-        return cloudpickle.dumps(fn, PROTOCOL)
+        return cloudpickle_module().dumps(fn, PROTOCOL)
     except Exception as exc:
         raise _unsendable_callable(fn, what, exc) from exc
 
 
-def callable_payload(fn: Any, what: str = "function") -> Payload:
-    """Pickle a callable with cloudpickle, or raise :class:`~conveyor.Unsendable` (a
-    ``TypeError``) that names it.
+def callable_payload(fn: Any, what: str = "function", cloud: bool = False) -> Payload:
+    """Pickle a callable, or raise :class:`~conveyor.Unsendable` (a ``TypeError``) that names it.
 
-    Large buffers it holds (a partial or closure over a big array) go to shared memory once.
+    By name with the standard pickler when the worker can import it, else (or with ``cloud``)
+    by value with cloudpickle. Large buffers it holds (a partial or closure over a big array)
+    go to shared memory once.
     """
     try:
-        return dumps_payload(fn, cloud=True)
+        return dumps_payload(fn, cloud=cloud or _by_value_modules())
     except Exception as exc:
         raise _unsendable_callable(fn, what, exc) from exc
+
+
+def by_name(fn: Any) -> bytes | None:
+    """``fn`` pickled by the standard pickler, which sends functions and classes by name; or
+    ``None`` where that cannot be (a lambda, a closure), or when cloudpickle was asked to send
+    some module by value. The stream may name ``__main__`` (see :func:`names_main`): only a
+    worker forked from the caller at the right moment can load that (see
+    ``FunctionCache.seed``).
+
+    Example::
+
+        >>> import pickle
+        >>> pickle.loads(by_name(abs))(-3), by_name(lambda x: x)
+        (3, None)
+    """
+    if _by_value_modules():
+        return None
+    try:
+        return pickle.dumps(fn, PROTOCOL)
+    except Exception:
+        return None
+
+
+def names_main(data: bytes) -> bool:
+    """Whether a pickle stream may refer to ``__main__`` by name (see ``_MAIN``)."""
+    return _MAIN in data
 
 
 def items_payload(
@@ -412,7 +482,12 @@ def _arguments(item: Any, mode: int) -> Iterable[tuple[str, Any]]:
 
 def _picklable(obj: Any) -> bool:
     try:
-        cloudpickle.dumps(obj, PROTOCOL)
+        pickle.dumps(obj, PROTOCOL)
+        return True
+    except Exception:
+        pass
+    try:
+        cloudpickle_module().dumps(obj, PROTOCOL)
         return True
     except Exception:
         return False

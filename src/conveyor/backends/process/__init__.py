@@ -4,9 +4,12 @@ The parent side (``parent.py``) loads on first use: a worker process imports thi
 (its entry point is :func:`.worker.worker_main`), and must not pay for the parent's imports.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
+    from typing import Any
+
     from .parent import ProcessBackend
 
 __all__ = ["ProcessBackend"]

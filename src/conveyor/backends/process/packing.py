@@ -24,7 +24,6 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ... import _shm
 from ..._serialize import Payload, callable_payload, items_payload
@@ -32,8 +31,13 @@ from ..._work import Unit
 from ..base import fail_units
 from .protocol import FN_CACHE_SIZE, WireUnit, to_wire
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
     from .workers import WorkerRecord
+else:
+    from ..._records import NamedTuple
 
 __all__ = ["FunctionCache", "Packer", "Wire"]
 
@@ -74,6 +78,9 @@ class FunctionCache:
         self._by_bytes: OrderedDict[bytes, int] = OrderedDict()
         self._dead: list[int] = []
         self._keys = itertools.count(1)
+        # keys whose payload names the caller's __main__ (see seed), and their by-value form
+        # for a worker that is not a fork of the zygote, made when one needs it
+        self._main_keys: dict[int, Payload | None] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -85,8 +92,12 @@ class FunctionCache:
         with self._lock:
             entries, self._by_id = list(self._by_id.values()), OrderedDict()
             self._by_bytes.clear()
+            by_value, self._main_keys = list(self._main_keys.values()), {}
         for _, _, payload in entries:
             payload.release()
+        for value in by_value:
+            if value is not None:
+                value.release()
 
     def _purge(self) -> None:
         while self._dead:
@@ -94,6 +105,51 @@ class FunctionCache:
             entry = self._by_id.get(fn_id)
             if entry is not None and entry[0]() is None:
                 del self._by_id[fn_id]
+                self._main_keys.pop(entry[1], None)
+
+    def seed(self, fn: Callable[..., Any], data: bytes) -> bool:
+        """Keep ``data``, ``fn`` pickled by name (naming ``__main__``), as its pickled form.
+
+        Only for the first function of a pool whose zygote was born in the same call, with
+        ``data`` pickled just before that birth (``ProcessBackend``'s ``first_function``): no
+        code of the user's ran in between, so the zygote's ``__main__`` (which its workers
+        inherit) is the caller's as it was when ``data`` was made, and loading ``__main__.fn``
+        there gives what cloudpickle would have sent by value at that moment: the same code,
+        defaults, closure and globals. As with a function sent by value, the pool keeps these
+        bytes while the function lives, so its tasks see the function as it was when the pool
+        first got it. Neither process needs cloudpickle for it. A worker not forked from the
+        zygote (started by the fork server after the zygote was killed) gets the function by
+        value instead, pickled when it first needs it (:meth:`by_value`).
+
+        Returns whether it was kept (a callable that takes no weak reference is not).
+        """
+        try:
+            ref: weakref.ref[Any] = weakref.ref(fn, _on_death_of(id(fn), self._dead))
+        except TypeError:
+            return False
+        with self._lock:
+            if id(fn) in self._by_id:
+                return False
+            key = next(self._keys)
+            self._by_id[id(fn)] = (ref, key, Payload(data))
+            self._main_keys[key] = None
+        return True
+
+    def by_value(self, key: int, fn: Callable[..., Any]) -> Payload | None:
+        """For a worker that is not a fork of the zygote: the function of ``key`` by value if
+        its kept form names ``__main__`` (see :meth:`seed`), else ``None`` (the kept form does).
+
+        Dispatcher thread only (it sends functions); cloudpickle is imported here if need be.
+        """
+        if key not in self._main_keys:
+            return None
+        payload = self._main_keys[key]
+        if payload is None:
+            payload = callable_payload(fn, cloud=True)
+            with self._lock:
+                if key in self._main_keys:  # not dropped meanwhile
+                    self._main_keys[key] = payload
+        return payload
 
     def get(self, fn: Callable[..., Any]) -> tuple[int, Payload]:
         fn_id = id(fn)
@@ -123,7 +179,8 @@ class FunctionCache:
             self._by_id[fn_id] = (ref, key, blob)
             while len(self._by_id) > self._size:
                 # units still queued may share the payload: it closes when the last one goes
-                self._by_id.popitem(last=False)
+                _, (_, old_key, _) = self._by_id.popitem(last=False)
+                self._main_keys.pop(old_key, None)
         return key, blob
 
 
@@ -202,7 +259,8 @@ class Packer:
         if wire.fn_key in worker.fn_keys:
             worker.fn_keys.move_to_end(wire.fn_key)
         else:
-            fn_wire = to_wire(wire.fn, fds)
+            by_value = None if worker.from_zygote else self.functions.by_value(wire.fn_key, unit.fn)
+            fn_wire = to_wire(by_value or wire.fn, fds)
             worker.fn_keys[wire.fn_key] = None
             while len(worker.fn_keys) > FN_CACHE_SIZE:
                 worker.fn_keys.popitem(last=False)

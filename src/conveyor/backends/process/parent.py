@@ -87,6 +87,7 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 import os
@@ -96,12 +97,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
 
 from ... import _pull, _shm
 from ..._envmark import kill_marked
 from ..._errors import PoolClosed, WorkerCrashed, WorkerInitError
-from ..._serialize import dumps_callable
+from ..._serialize import by_name, cloudpickle_module, dumps_callable, names_main
 from ..._shm import Segment
 from ..._tally import RESTART_CAUSES
 from ..._work import Loader, Outcomes, Unit, deferred_wakeups, errors_of
@@ -126,10 +126,13 @@ from .protocol import (
     encode,
 )
 from .settlement import Lost, Settlement, settle
-from .spawning import get_context
+from .spawning import get_context, zygote_pid
 from .workers import State, WorkerRecord, close_handles, kill_group, launch
 
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..._stats import PoolStats
 
 __all__ = ["ProcessBackend"]
@@ -143,6 +146,13 @@ STOP_GRACE = 5.0
 def hard_deadline_grace(timeout: float) -> float:
     """Extra time the parent allows past ``timeout`` before it kills a worker."""
     return max(0.5, min(5.0, 0.2 * timeout))
+
+
+#: The function of the one-shot call (``conveyor.map`` ...) that makes a default process pool,
+#: set by it around the making (see ``ProcessBackend.__init__``); ``None`` for any other pool.
+first_function: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
+    "conveyor_first_function", default=None
+)
 
 
 class ProcessBackend(Backend):
@@ -168,6 +178,15 @@ class ProcessBackend(Backend):
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
     ):
+        # The function of the call that makes this pool, if one of conveyor's functions makes
+        # it (see first_function): pickled by name now, it can go to the workers of a zygote
+        # born just after without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle
+        # is imported now, before a zygote is born, so that its workers have it too.
+        first = first_function.get()
+        by_name_first = by_name(first) if first is not None else None
+        if by_name_first is None:
+            cloudpickle_module()
+        had_zygote = zygote_pid() is not None
         # Before the backend is registered (super().__init__): a zygote made here is a fork of
         # this process, in which the at-fork hooks must not meet a half-made backend.
         self._ctx = get_context(start_method)
@@ -181,6 +200,17 @@ class ProcessBackend(Backend):
         self._max_memory = max_memory_per_worker
         self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
         self._packer = Packer(self._segments)
+        if (
+            first is not None
+            and by_name_first is not None
+            and names_main(by_name_first)
+            and not had_zygote
+            and self.start_method == "zygote"
+            and zygote_pid() is not None
+        ):
+            # The zygote was born in this call (a process has one zygote at most, and a birth
+            # needs a single thread: this one), after by_name_first was pickled.
+            self._packer.functions.seed(first, by_name_first)
 
         self._lock = threading.Lock()
         self._queue = WorkQueue()

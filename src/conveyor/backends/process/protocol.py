@@ -74,11 +74,16 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from ..._serialize import Payload, loads_payload
 from ..._shm import Segment, WorkerMappings
 from ..._work import Outcomes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from ..._records import NamedTuple
 
 __all__ = [
     "DONE",
@@ -153,7 +158,10 @@ def read_mark(state: int) -> tuple[int, int, bool]:
 #: a payload on the wire: (pickle stream, index of its segment among the message's fds or -1,
 #: the (offset, length) of each out-of-band buffer in that segment, the segment's pool id or -1,
 #: and for a segment the receiver fills itself, (sender's pid, [(address, length), ...]) or None)
-WirePayload = tuple[bytes, int, Sequence[tuple[int, int]], int, Any]
+if TYPE_CHECKING:
+    WirePayload = tuple[bytes, int, Sequence[tuple[int, int]], int, Any]
+else:
+    WirePayload = tuple
 
 
 # ----------------------------------------------------------------------------- messages
@@ -173,7 +181,10 @@ WirePayload = tuple[bytes, int, Sequence[tuple[int, int]], int, Any]
 #: the worker caches ``fn_key``, and ``exact`` asks it to mark each item before running it (see
 #: "The mark" above). Made by ``packing.Packer.wire_units`` and read, by unpacking all eight
 #: fields at once, by ``worker._run_unit`` only; the type checker holds both to this layout.
-WireUnit = tuple[int, int, "WirePayload | None", int, "float | None", int, "WirePayload", bool]
+if TYPE_CHECKING:
+    WireUnit = tuple[int, int, WirePayload | None, int, float | None, int, WirePayload, bool]
+else:
+    WireUnit = tuple
 
 
 class Run(NamedTuple):

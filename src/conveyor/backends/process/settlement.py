@@ -29,11 +29,15 @@ Guarantees (each is kept by the branch of :func:`settle` that names it):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from ..._errors import TaskTimeout, WorkerCrashed
 from ..._work import Unit
 from .protocol import IDLE, read_mark, running  # noqa: F401 (running: the example)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from ..._records import NamedTuple
 
 __all__ = ["Lost", "Position", "Settlement", "cut", "settle"]
 

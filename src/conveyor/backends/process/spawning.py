@@ -42,11 +42,11 @@ import threading
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
     from types import ModuleType
+    from typing import Any
 
 __all__ = ["default_start_method", "get_context", "start_methods", "start_worker"]
 
@@ -148,6 +148,18 @@ def _zygote() -> ModuleType | None:
     return zygote
 
 
+def zygote_pid() -> int | None:
+    """The pid of this process's zygote, if one is running (``None`` off Linux).
+
+    Example::
+
+        >>> zygote_pid() is None or zygote_pid() > 0
+        True
+    """
+    zygote = _zygote()
+    return zygote.pid() if zygote is not None else None
+
+
 def _thread_count() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -164,7 +176,8 @@ def _preload_worker_module(ctx: BaseContext) -> None:
         return  # already running: its preload list can no longer change
     modules = list(getattr(server, "_preload_modules", []))
     if _WORKER_MODULE not in modules:
-        modules = [m for m in modules if m != "__main__"] + [_WORKER_MODULE]
+        # cloudpickle too: the worker imports it only for a function sent by value
+        modules = [m for m in modules if m != "__main__"] + [_WORKER_MODULE, "cloudpickle"]
         ctx.set_forkserver_preload(modules)
 
 

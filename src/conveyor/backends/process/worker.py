@@ -49,14 +49,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
-
-import cloudpickle
 
 from ... import _pull, _shm
 from ..._envmark import VARIABLE, ItemTokens, kill_marked
 from ..._errors import TaskTimeout, format_exception_text
-from ..._serialize import Payload, dumps_payload, portable_exception, share_large_bytes
+from ..._serialize import (
+    Payload,
+    cloudpickle_module,
+    dumps_payload,
+    portable_exception,
+    share_large_bytes,
+)
 from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
 from . import worker_logging
@@ -80,8 +83,12 @@ from .protocol import (
     to_wire,
 )
 
-#: the shared words a worker writes its position into (see :mod:`.protocol`)
-Mark = Any
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
+if TYPE_CHECKING:
+    from typing import Any
+
+    #: the shared words a worker writes its position into (see :mod:`.protocol`)
+    Mark = Any
 
 
 #: signals the kernel raises in the thread that caused them; never blocked
@@ -180,7 +187,7 @@ def _dump_outcomes(values: list[Any], errors: dict[int, BaseException]) -> Paylo
     safe: list[Any] = []
     for pos, value in enumerate(values):
         try:
-            cloudpickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            cloudpickle_module().dumps(value, pickle.HIGHEST_PROTOCOL)
             safe.append(value)
         except (Exception, SystemExit) as exc:
             safe.append(None)
@@ -357,7 +364,7 @@ def worker_main(
         worker_logging.install(log_levels, channel.send_log)
     if init_blob is not None:
         try:
-            initializer, initargs = cloudpickle.loads(init_blob)
+            initializer, initargs = pickle.loads(init_blob)  # cloudpickle's, read by pickle
             initializer(*initargs)
         except BaseException as exc:
             channel.send_raw(encode(InitFailed(0, format_exception_text(exc))))

@@ -39,9 +39,12 @@ import logging
 import pickle
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from ..._errors import TaskTimeout
+
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Levels", "install", "levels", "reemit"]
 

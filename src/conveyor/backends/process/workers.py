@@ -51,7 +51,6 @@ import threading
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from ... import _shm
 from ..._envmark import kill_marked, new_token
@@ -61,6 +60,10 @@ from .protocol import IDLE
 from .settlement import Position
 from .spawning import start_worker
 from .worker import worker_main
+
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "State",
@@ -152,6 +155,8 @@ class WorkerRecord:
         self.mark = mark  # shared with the worker: where it is in its batch (see protocol.py)
         self.pid = process.pid
         self.sentinel = process.sentinel
+        # a fork of the zygote: it has the caller's __main__ (see packing.FunctionCache.seed)
+        self.from_zygote: bool = getattr(getattr(process, "_popen", None), "from_zygote", False)
         # -- state and holdings: written under the backend's lock (the lock rule)
         self.state = State.STARTING
         self.batch: list[Unit] | None = None  # the batch it runs (or is reserved for it)

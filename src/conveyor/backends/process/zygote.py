@@ -73,7 +73,6 @@ from multiprocessing import (
 )
 from multiprocessing import util as _util
 from multiprocessing.context import ForkServerContext, set_spawning_popen
-from typing import Any
 
 # multiprocessing's private helpers, which its own fork server uses the same way (typeshed does
 # not describe them)
@@ -82,6 +81,10 @@ _forkserver_state: Any = forkserver._forkserver
 _spawn_main: Any = spawn._main
 # sharedctypes is imported above, before the zygote's birth, so that no worker imports it after
 # its fork: each worker's position mark (workers.launch) is one of its shared ctypes arrays.
+
+TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["ZygoteContext", "available", "birth_possible", "pid", "running", "single_threaded"]
 
@@ -324,6 +327,9 @@ class _ZygotePopen(_ForkServerPopen):
     """multiprocessing's forkserver ``Popen``, asking our zygote instead of its server."""
 
     method = "zygote"
+    #: the worker is a fork of the zygote (False: the fork server started it, the zygote being
+    #: dead); only such a worker has the caller's ``__main__`` (see packing.FunctionCache.seed)
+    from_zygote = False
 
     def _launch(self, process_obj: Any) -> None:
         zygote = _ensure_zygote()
@@ -363,6 +369,7 @@ class _ZygotePopen(_ForkServerPopen):
             super()._launch(process_obj)
             return
         self.sentinel = status_r
+        self.from_zygote = True
         # The worker's sentinel of its parent (multiprocessing.parent_process()): our copy of
         # the data pipe's write end, kept open for as long as this Popen lives.
         parent_w = os.dup(data_w)
