@@ -26,9 +26,11 @@ Guarantees, and what keeps them:
   views of the buffers (``PooledSegment.keep``) until every hold on the segment is released:
   the parent's, when the unit is settled, and each worker's, once it reports that it has no
   view of the segment left (or it died). A worker can only read while it holds the segment.
-* **Used only where it works.** Each worker tries a read of a known buffer of the parent at
-  start (:func:`probe`) and says in READY whether it worked; the pool pulls only if it did.
-  Where the kernel refuses (Yama's ``ptrace_scope`` >= 1 outside the parent's descendants, a
+* **Used only where it works.** A worker tries a read of a known buffer of the parent
+  (:func:`probe`) when its first batch carrying shared memory arrives (so a pool that never
+  sees large arguments never loads ctypes) and says in PROBED whether it worked; the pool
+  copies until a worker said it did, and for good once one said it did not. Where the kernel
+  refuses (Yama's ``ptrace_scope`` >= 1 outside the parent's descendants, a
   parent that made itself non-dumpable, no such system call) the parent copies as before.
 * **Only a map's chunks.** A ``submit`` is pickled by its caller and copied at once, so that
   changing the array after ``submit`` returns cannot change what the task sees. A map's chunks
@@ -38,67 +40,84 @@ Guarantees, and what keeps them:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from collections.abc import Sequence
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["AVAILABLE", "address_of", "probe", "probe_args", "read"]
 
-
-class _IoVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-class _PyBuffer(ctypes.Structure):
-    # CPython's Py_buffer (Include/pybuffer.h), unchanged since 3.3.
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if not sys.platform.startswith("linux") or sys.implementation.name != "cpython":
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).process_vm_readv
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [
-        ctypes.c_int,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.POINTER(_IoVec),
-        ctypes.c_ulong,
-        ctypes.c_ulong,
-    ]
-    fn.restype = ctypes.c_ssize_t
-    return fn
-
-
-_readv = _load()
-if _readv is not None:  # CPython only: the buffer protocol through its C API
-    ctypes.pythonapi.PyObject_GetBuffer.argtypes = [
-        ctypes.py_object,
-        ctypes.POINTER(_PyBuffer),
-        ctypes.c_int,
-    ]
-    ctypes.pythonapi.PyObject_GetBuffer.restype = ctypes.c_int
-    ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
-    ctypes.pythonapi.PyBuffer_Release.restype = None
-#: whether this system has ``process_vm_readv`` at all (a worker still has to :func:`probe`)
-AVAILABLE = _readv is not None
+#: whether this system may have ``process_vm_readv`` at all (Linux, CPython); a worker still
+#: has to :func:`probe`, which also finds out whether the C library has it
+AVAILABLE = sys.platform.startswith("linux") and sys.implementation.name == "cpython"
 _PROBE = os.urandom(32)  # (not secrets: its hmac/hashlib imports cost ~4 ms at start-up)
+
+_lib: Any = None  # see _ctypes_lib: made on first use (ctypes costs ~3 ms to import)
+
+
+class _Lib:
+    """``process_vm_readv`` and the buffer protocol through ctypes, loaded on first use: a
+    cold process map must not pay for ctypes in the caller (its workers load it to probe)."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+
+        class IoVec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        class PyBuffer(ctypes.Structure):
+            # CPython's Py_buffer (Include/pybuffer.h), unchanged since 3.3.
+            _fields_ = [
+                ("buf", ctypes.c_void_p),
+                ("obj", ctypes.c_void_p),
+                ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t),
+                ("readonly", ctypes.c_int),
+                ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p),
+                ("shape", ctypes.c_void_p),
+                ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p),
+                ("internal", ctypes.c_void_p),
+            ]
+
+        self.IoVec = IoVec
+        self.PyBuffer = PyBuffer
+        self.readv: Any = None
+        if not AVAILABLE:
+            return
+        try:
+            readv = ctypes.CDLL(None, use_errno=True).process_vm_readv
+        except (OSError, AttributeError):
+            return
+        readv.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(IoVec),
+            ctypes.c_ulong,
+            ctypes.POINTER(IoVec),
+            ctypes.c_ulong,
+            ctypes.c_ulong,
+        ]
+        readv.restype = ctypes.c_ssize_t
+        self.readv = readv
+        api = ctypes.pythonapi  # CPython only: the buffer protocol through its C API
+        api.PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
+        api.PyObject_GetBuffer.restype = ctypes.c_int
+        api.PyBuffer_Release.argtypes = [ctypes.POINTER(PyBuffer)]
+        api.PyBuffer_Release.restype = None
+
+
+def _ctypes_lib() -> _Lib:
+    global _lib
+    if _lib is None:
+        _lib = _Lib()
+    lib: _Lib = _lib
+    return lib
 
 
 def address_of(buffer: memoryview) -> int:
@@ -108,11 +127,14 @@ def address_of(buffer: memoryview) -> int:
 
     Example::
 
+        >>> import ctypes
         >>> data = bytearray(b"abc")
         >>> address_of(memoryview(data)) == ctypes.addressof(ctypes.c_char.from_buffer(data))
         True
     """
-    view = _PyBuffer()
+    lib = _ctypes_lib()
+    ctypes = lib.ctypes
+    view = lib.PyBuffer()
     # PyBUF_SIMPLE: contiguous bytes, read-only is fine; raises BufferError otherwise
     ctypes.pythonapi.PyObject_GetBuffer(buffer, ctypes.byref(view), 0)
     try:
@@ -134,7 +156,9 @@ def read(pid: int, sources: Sequence[tuple[int, int]], targets: Sequence[tuple[i
         >>> bytes(dst)
         b'conveyor'
     """
-    if _readv is None:
+    lib = _ctypes_lib()
+    readv, ctypes = lib.readv, lib.ctypes
+    if readv is None:
         raise OSError("process_vm_readv is not available here")
     for (address, length), (target, target_length) in zip(sources, targets):
         if length != target_length:
@@ -142,9 +166,9 @@ def read(pid: int, sources: Sequence[tuple[int, int]], targets: Sequence[tuple[i
         done = 0
         while done < length:
             # One range at a time, in pieces: the kernel may copy less than asked.
-            local = _IoVec(target + done, length - done)
-            remote = _IoVec(address + done, length - done)
-            got = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+            local = lib.IoVec(target + done, length - done)
+            remote = lib.IoVec(address + done, length - done)
+            got = readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
             if got <= 0:
                 errno = ctypes.get_errno() if got < 0 else 0
                 raise OSError(
@@ -156,8 +180,20 @@ def read(pid: int, sources: Sequence[tuple[int, int]], targets: Sequence[tuple[i
 
 
 def probe_args() -> tuple[int, int, bytes]:
-    """What a worker needs to :func:`probe` this process: its pid, an address, the bytes there."""
-    return os.getpid(), address_of(memoryview(_PROBE)), _PROBE
+    """What a worker needs to :func:`probe` this process: its pid, an address, the bytes there.
+
+    The address of the probe's bytes is taken without ctypes (see :class:`_Lib`): CPython keeps
+    a ``bytes`` object's data inline at ``bytes.__basicsize__ - 1`` from its start. Were that
+    ever wrong, the probe would read other bytes and the pool would copy instead of pulling.
+
+    Example::
+
+        >>> import ctypes
+        >>> pid, address, expected = probe_args()
+        >>> ctypes.string_at(address, len(expected)) == expected
+        True
+    """
+    return os.getpid(), id(_PROBE) + bytes.__basicsize__ - 1, _PROBE
 
 
 def probe(pid: int, address: int, expected: bytes) -> bool:
@@ -168,7 +204,7 @@ def probe(pid: int, address: int, expected: bytes) -> bool:
         >>> probe(*probe_args())
         True
     """
-    if _readv is None:
+    if _ctypes_lib().readv is None:
         return False
     out = bytearray(len(expected))
     try:

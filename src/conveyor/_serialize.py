@@ -37,7 +37,7 @@ import reprlib
 import sys
 from collections.abc import Iterable, Sequence
 
-from . import _pull, _shm
+from . import _shm
 from ._errors import Unsendable
 from ._work import MODE_CALL, MODE_MAP, MODE_STAR
 
@@ -218,7 +218,9 @@ def dumps_payload(
     if buffers is None or not buffers.large:
         return Payload(data)
     if pool is not None and pull:
-        sources = [(_pull.address_of(buf), buf.nbytes) for buf in buffers.large]
+        from ._pull import address_of
+
+        sources = [(address_of(buf), buf.nbytes) for buf in buffers.large]
         pooled, spans, hold = pool.reserve(buffers.large)
         return Payload(data, pooled, spans, hold, (os.getpid(), sources))
     if pool is not None:

@@ -47,7 +47,6 @@ workers are told to forget their mappings of closed segments with their next bat
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import mmap
 import os
@@ -358,6 +357,8 @@ class WorkerMappings:
     ) -> None:
         """Copy the sender's buffers (``sources`` in process ``pid``) into our mapping of a
         reserved segment, at ``spans`` (see :mod:`conveyor._pull`)."""
+        import ctypes  # (only here: a cold process map must not pay for it, see conveyor._pull)
+
         from . import _pull
 
         mapping = self._mapping(pool_id, segment)

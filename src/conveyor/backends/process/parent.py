@@ -117,6 +117,7 @@ from .protocol import (
     InitFailed,
     Item,
     Log,
+    Probed,
     Ready,
     Run,
     Stop,
@@ -638,11 +639,12 @@ class ProcessBackend(Backend):
                 elif isinstance(message, Ready):
                     with self._lock:
                         worker.ready(time.monotonic())
+                    self._startup_deaths = 0
+                elif isinstance(message, Probed):
                     # Every worker of a pool runs where the first did: its answer stands for
                     # all, but one that could not read our memory turns pulling off for good.
                     if self._packer.pull_ok is None or not message.pull_ok:
                         self._packer.pull_ok = bool(message.pull_ok)
-                    self._startup_deaths = 0
                 elif isinstance(message, InitFailed):
                     self._on_init_failed(message.traceback)
         except (EOFError, OSError):

@@ -14,13 +14,15 @@ Data flow::
                                                           INIT_FAILED (traceback) and exit
     re-emit it (worker_logging.py) <-- pipe -------       LOG (record as a dict), at any
                                                           time, from any thread of the worker
+    pulling on or off (_pull.py)   <-- pipe -------       PROBED, once, on the first RUN that
+                                                          carries shared memory
     mark[0], mark[1] (shared)   <----- memory -----       what is running now (see below)
 
 Every message is a NamedTuple below (:class:`Run`, :class:`Stop`, :class:`Done`, :class:`Item`,
-:class:`Ready`, :class:`InitFailed`, :class:`Log`), read and written by field name; one framing
-rule holds for all: the first field, ``nfds``, is the number of descriptors sent on the worker's
-fd socket just before the message (the segments of shared memory its payloads point into; 0 for
-most messages). :func:`encode` and :func:`decode` are the only code that knows how they are laid
+:class:`Ready`, :class:`InitFailed`, :class:`Log`, :class:`Probed`), read and written by field name;
+one framing rule holds for all: the first field, ``nfds``, is the number of descriptors sent on the
+worker's fd socket just before the message (the segments of shared memory its payloads point into; 0
+for most messages). :func:`encode` and :func:`decode` are the only code that knows how they are laid
 out on the wire. A RUN's units are :data:`WireUnit` tuples, whose ``fn`` and ``items`` are payloads
 ``(pickle stream, segment index or -1, buffer spans, ...)`` (see :data:`WirePayload`): the segment
 index points into the descriptors sent ahead. DONE (per unit) and ITEM carry how many of their items
@@ -93,6 +95,7 @@ __all__ = [
     "ITEM",
     "LOG",
     "PREFETCH_BYTES",
+    "PROBED",
     "READY",
     "RUN",
     "STOP",
@@ -100,7 +103,9 @@ __all__ = [
     "InitFailed",
     "Item",
     "Log",
+    "Mark",
     "Message",
+    "Probed",
     "Ready",
     "Run",
     "Stop",
@@ -123,6 +128,7 @@ ITEM = 4
 INIT_FAILED = 5
 READY = 6
 LOG = 7
+PROBED = 8
 
 #: ``mark[0]`` / ``mark[1]`` before anything of a batch has started
 IDLE = -1
@@ -136,6 +142,50 @@ PREFETCH_BYTES = 64 * 1024
 #: batches are numbered per worker (RUN carries the number) and ``mark[0]`` names its batch, so
 #: a batch sent ahead (see the parent's prefetch) is never mistaken for the one before it
 SEQ_STRIDE = 1 << 20
+
+
+class Mark:
+    """The two shared 64-bit words of a worker (see "The mark" above), ``IDLE`` at first.
+
+    Memory from multiprocessing's heap (a file under /dev/shm that is unlinked as soon as it is
+    made, so nothing can be left there), read and written as ``mark[0]``, ``mark[1]`` through a
+    memoryview: each is one aligned 8-byte store. Not ``RawArray``: its ctypes import (~3 ms)
+    would be paid by a cold process map in the caller and again in every worker. Sent to the
+    worker in its start arguments (the heap's descriptor travels with them).
+
+    Example::
+
+        >>> mark = Mark()
+        >>> mark[0], mark[1]
+        (-1, -1)
+        >>> mark[1] = 7
+        >>> mark[1]
+        7
+    """
+
+    __slots__ = ("_words", "_wrapper")
+
+    def __init__(self, wrapper: Any = None) -> None:
+        if wrapper is None:
+            from multiprocessing.heap import BufferWrapper
+
+            wrapper = BufferWrapper(16)
+            self._wrapper = wrapper
+            self._words = wrapper.create_memoryview().cast("q")
+            self._words[0] = self._words[1] = IDLE
+        else:
+            self._wrapper = wrapper
+            self._words = wrapper.create_memoryview().cast("q")
+
+    def __getitem__(self, index: int) -> int:
+        word: int = self._words[index]
+        return word
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self._words[index] = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Mark, (self._wrapper,)
 
 
 def loading(unit_index: int, seq: int) -> int:
@@ -230,7 +280,19 @@ class Item(NamedTuple):
 
 
 class Ready(NamedTuple):
-    """Worker to parent: the initializer ran; ``pull_ok``: it could read the parent's memory."""
+    """Worker to parent: the initializer ran (``pull_ok``: unused, always None; see Probed)."""
+
+    nfds: int
+    pull_ok: bool | None = None
+
+
+class Probed(NamedTuple):
+    """Worker to parent: whether it could read the parent's memory (see conveyor._pull).
+
+    Sent once, on the first RUN that carries shared memory, before that batch's outcomes: the
+    probe loads ctypes (~3 ms), which a worker that never sees large arguments never needs.
+    Until a worker has said it, the parent copies large arguments instead of letting them be
+    read (pulled)."""
 
     nfds: int
     pull_ok: bool
@@ -250,7 +312,7 @@ class Log(NamedTuple):
     record: dict[str, Any]
 
 
-Message = Run | Stop | Done | Item | Ready | InitFailed | Log
+Message = Run | Stop | Done | Item | Ready | InitFailed | Log | Probed
 
 
 def encode(message: Message) -> bytes:
@@ -289,6 +351,7 @@ _KINDS: dict[type[Any], int] = {
     InitFailed: INIT_FAILED,
     Ready: READY,
     Log: LOG,
+    Probed: PROBED,
 }
 #: each kind's message class
 _CLASSES: dict[int, Any] = {kind: cls for cls, kind in _KINDS.items()}

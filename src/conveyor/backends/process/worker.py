@@ -71,6 +71,7 @@ from .protocol import (
     Item,
     Log,
     Message,
+    Probed,
     Ready,
     Run,
     WirePayload,
@@ -87,8 +88,7 @@ TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not p
 if TYPE_CHECKING:
     from typing import Any
 
-    #: the shared words a worker writes its position into (see :mod:`.protocol`)
-    Mark = Any
+    from .protocol import Mark
 
 
 #: signals the kernel raises in the thread that caused them; never blocked
@@ -328,7 +328,7 @@ def worker_main(
     ``close_fds``: the parent's ends of the pool's pipes, inherited through ``fork`` (the write
     end of our own lifeline among them: kept open here, it would keep us alive after the parent).
     ``token`` goes into the environment, for every program a task starts (see _envmark).
-    ``pull_probe``: where to try reading the parent's memory; READY says whether it worked
+    ``pull_probe``: where to try reading the parent's memory; PROBED says whether it worked
     (then the parent lets us copy a map's large arguments ourselves, see conveyor._pull).
     ``log_levels``: the caller's logging levels; records our loggers let through are sent to
     the parent (see :mod:`.worker_logging`), from the initializer on.
@@ -369,12 +369,17 @@ def worker_main(
         except BaseException as exc:
             channel.send_raw(encode(InitFailed(0, format_exception_text(exc))))
             return
-    channel.send(Ready(0, pull_probe is not None and _pull.probe(*pull_probe)))
-    _serve(channel, alarm, report_memory, mark, ItemTokens(token))
+    channel.send(Ready(0))
+    _serve(channel, alarm, report_memory, mark, ItemTokens(token), pull_probe)
 
 
 def _serve(
-    channel: _Channel, alarm: _Alarm, report_memory: bool, mark: Mark, tokens: ItemTokens
+    channel: _Channel,
+    alarm: _Alarm,
+    report_memory: bool,
+    mark: Mark,
+    tokens: ItemTokens,
+    pull_probe: tuple[int, int, bytes] | None,
 ) -> None:
     functions: OrderedDict[int, Callable[..., Any]] = OrderedDict()
     mappings = WorkerMappings()
@@ -385,6 +390,10 @@ def _serve(
             return
         if not isinstance(message, Run):
             return  # Stop
+        if segments and pull_probe is not None:
+            # The first batch with shared memory: may we read the parent's? (see Probed)
+            channel.send(Probed(0, _pull.probe(*pull_probe)))
+            pull_probe = None
         stream, units, seq = message.stream, message.units, message.seq
         mappings.forget(message.forget)
         done: list[tuple[int, Payload, float, int]] = []

@@ -56,7 +56,7 @@ from ... import _shm
 from ..._envmark import kill_marked, new_token
 from ..._work import Unit
 from . import worker_logging
-from .protocol import IDLE
+from .protocol import Mark
 from .settlement import Position
 from .spawning import start_worker
 from .worker import worker_main
@@ -144,7 +144,7 @@ class WorkerRecord:
         conn: Connection,
         lifeline: Connection,
         fd_sock: socket.socket | None,
-        mark: Any,
+        mark: Mark,
         token: str,
     ):
         self.process = process
@@ -320,10 +320,7 @@ def launch(
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
     fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
-    # Shared memory the worker writes its position into (multiprocessing's heap: a file
-    # under /dev/shm that is unlinked as soon as it is made, so nothing can be left there).
-    mark = ctx.RawArray("q", 2)
-    mark[0] = mark[1] = IDLE
+    mark = Mark()  # shared memory the worker writes its position into
     token = new_token()
     try:
         with parent_fds_lock:

@@ -65,10 +65,10 @@ import sys
 import threading
 from multiprocessing import (
     forkserver,
+    heap,  # noqa: F401  (see below)
     popen_forkserver,
     process,
     reduction,
-    sharedctypes,  # noqa: F401  (see below)
     spawn,
 )
 from multiprocessing import util as _util
@@ -79,8 +79,8 @@ from multiprocessing.context import ForkServerContext, set_spawning_popen
 util: Any = _util
 _forkserver_state: Any = forkserver._forkserver
 _spawn_main: Any = spawn._main
-# sharedctypes is imported above, before the zygote's birth, so that no worker imports it after
-# its fork: each worker's position mark (workers.launch) is one of its shared ctypes arrays.
+# multiprocessing.heap is imported above, before the zygote's birth, so that no worker imports
+# it after its fork: each worker's position mark (protocol.Mark) is a block of its heap.
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
