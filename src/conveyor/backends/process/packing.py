@@ -259,7 +259,9 @@ class Packer:
         if wire.fn_key in worker.fn_keys:
             worker.fn_keys.move_to_end(wire.fn_key)
         else:
-            by_value = None if worker.from_zygote else self.functions.by_value(wire.fn_key, unit.fn)
+            by_value = (
+                None if worker.has_birth_main else self.functions.by_value(wire.fn_key, unit.fn)
+            )
             fn_wire = to_wire(by_value or wire.fn, fds)
             worker.fn_keys[wire.fn_key] = None
             while len(worker.fn_keys) > FN_CACHE_SIZE:

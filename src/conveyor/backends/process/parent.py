@@ -127,7 +127,7 @@ from .protocol import (
     encode,
 )
 from .settlement import Lost, Settlement, settle
-from .spawning import get_context, zygote_pid
+from .spawning import fork_context, get_context, single_threaded, zygote_pid
 from .workers import State, WorkerRecord, close_handles, kill_group, launch
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
@@ -201,16 +201,10 @@ class ProcessBackend(Backend):
         self._max_memory = max_memory_per_worker
         self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
         self._packer = Packer(self._segments)
-        if (
-            first is not None
-            and by_name_first is not None
-            and names_main(by_name_first)
-            and not had_zygote
-            and self.start_method == "zygote"
-            and zygote_pid() is not None
-        ):
-            # The zygote was born in this call (a process has one zygote at most, and a birth
-            # needs a single thread: this one), after by_name_first was pickled.
+        # The zygote was born in this call (a process has one zygote at most, and a birth
+        # needs a single thread: this one), after by_name_first was pickled.
+        born_here = not had_zygote and self.start_method == "zygote" and zygote_pid() is not None
+        if born_here and first is not None and by_name_first and names_main(by_name_first):
             self._packer.functions.seed(first, by_name_first)
 
         self._lock = threading.Lock()
@@ -233,9 +227,17 @@ class ProcessBackend(Backend):
         self._finished = threading.Event()
         self._forked = False  # set in a forked child (see forget_after_fork)
 
+        # While this process still has a single thread (the dispatcher is not started yet), the
+        # first workers are forked from it directly, as safe then as the zygote's own birth:
+        # no lock can be held by another thread. That spares each the zygote's round trip
+        # (a request, its fork, the pid back, the pickled Process to the new worker): ~2 ms a
+        # worker on a cold map. Replacements come from the zygote. In the call that bore the
+        # zygote these workers have the caller's __main__ as the zygote does (FunctionCache.seed).
+        direct = self.start_method == "zygote" and single_threaded()
         try:
             for _ in range(workers):
-                self._start_worker()
+                worker = self._start_worker(direct)
+                worker.has_birth_main = worker.has_birth_main or (direct and born_here)
         except BaseException:
             for worker in self._workers.values():
                 worker.kill()
@@ -845,12 +847,15 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------- workers
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, direct: bool = False) -> WorkerRecord:
+        """Start a worker (``direct``: forked from this process, see ``__init__``)."""
         pull_probe = _pull.probe_args() if self._segments is not None and _pull.AVAILABLE else None
-        worker = launch(self._ctx, self._init_blob, self._max_memory is not None, pull_probe)
+        ctx = fork_context() if direct else self._ctx
+        worker = launch(ctx, self._init_blob, self._max_memory is not None, pull_probe)
         with self._lock:
             self._workers[worker.sentinel] = worker
             self._roster += 1
+        return worker
 
     def _stop_workers(self) -> None:
         """Graceful end: ask every worker to exit, wait a while, kill what is left."""

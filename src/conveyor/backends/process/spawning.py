@@ -160,6 +160,33 @@ def zygote_pid() -> int | None:
     return zygote.pid() if zygote is not None else None
 
 
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def single_threaded() -> bool:
+    """Whether this process has a single thread now (``False`` where that cannot be known).
+
+    Example::
+
+        >>> single_threaded() in (True, False)
+        True
+    """
+    zygote = _zygote()
+    return zygote is not None and zygote.single_threaded()
+
+
+def fork_context() -> BaseContext:
+    """multiprocessing's ``fork`` context (only while :func:`single_threaded`: see
+    ``ProcessBackend.__init__``)."""
+    return multiprocessing.get_context("fork")
+
+
 def _thread_count() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -188,6 +215,8 @@ def start_worker(
     process = ctx.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
     masking = hasattr(signal, "pthread_sigmask") and ctx.get_start_method() in ("spawn", "fork")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
+    if ctx.get_start_method() == "fork":
+        _flush_stdio()  # else what is still buffered would be printed again by the worker
     _local.without_main = True
     try:
         process.start()

@@ -155,8 +155,10 @@ class WorkerRecord:
         self.mark = mark  # shared with the worker: where it is in its batch (see protocol.py)
         self.pid = process.pid
         self.sentinel = process.sentinel
-        # a fork of the zygote: it has the caller's __main__ (see packing.FunctionCache.seed)
-        self.from_zygote: bool = getattr(getattr(process, "_popen", None), "from_zygote", False)
+        # it has the caller's __main__ as it was at the zygote's birth (see
+        # packing.FunctionCache.seed): a fork of the zygote (ProcessBackend also marks the
+        # workers it forked itself in the call that bore the zygote)
+        self.has_birth_main: bool = getattr(getattr(process, "_popen", None), "from_zygote", False)
         # -- state and holdings: written under the backend's lock (the lock rule)
         self.state = State.STARTING
         self.batch: list[Unit] | None = None  # the batch it runs (or is reserved for it)
