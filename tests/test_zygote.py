@@ -277,6 +277,26 @@ def test_a_cold_script_sends_its_main_function_by_name_without_cloudpickle() -> 
     assert out.stderr == ""
 
 
+def test_a_zygote_born_without_cloudpickle_imports_it_when_idle() -> None:
+    """So workers forked from it later need not import it for a function sent by value."""
+    run(
+        """
+        import sys, time, conveyor
+        def first(x):
+            return x
+        CHECK = "'cloudpickle' in __import__('sys').modules"
+        assert conveyor.map(first, [1], backend="process") == [1]  # by name: no cloudpickle
+        deadline = time.monotonic() + 60
+        while True:
+            with conveyor.Pool(workers=1, backend="process") as pool:  # its worker: the zygote's
+                if pool.submit(eval, CHECK).result():
+                    break
+            assert time.monotonic() < deadline, "the zygote never imported cloudpickle"
+            time.sleep(0.5)  # idle for a while (each request wakes it, and each worker's exit)
+        """
+    )
+
+
 def test_a_main_function_sent_by_name_reaches_workers_not_forked_from_the_zygote() -> None:
     """After the zygote is killed the fork server starts the workers; they lack the caller's
     ``__main__``, so the function kept by name goes to them by value."""

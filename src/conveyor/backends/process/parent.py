@@ -421,6 +421,10 @@ class ProcessBackend(Backend):
     # ================================================================= dispatcher thread
 
     def _dispatch(self) -> None:
+        # Give the GIL back at once: the thread that started us waits in Thread.start() until
+        # we run, and would otherwise wait until we first block (a cold map's first worker
+        # is READY by now: ~2 ms of messages before the caller could even queue its work).
+        time.sleep(0)
         try:
             self._dispatch_loop()
         except BaseException as exc:  # a bug here must not leave callers waiting forever

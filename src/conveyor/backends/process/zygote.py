@@ -88,6 +88,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ZygoteContext", "available", "birth_possible", "pid", "running", "single_threaded"]
 
+#: seconds without a request after which the zygote imports cloudpickle (see _serve)
+_WARM_AFTER = 0.25
 _MAX_FDS = 200  # per request: a worker's pipes, socket, memory mark (the kernel allows 253)
 _lock = threading.Lock()  # guards _zygote and serializes requests on its socket
 _zygote: _Zygote | None = None
@@ -232,11 +234,22 @@ def _serve(sock: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wake-up fd is what wakes the loop
     status_of: dict[int, int] = {}  # worker pid -> write end of its status pipe
+    warm = "cloudpickle" in sys.modules
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         while True:
-            ready = {key.fileobj for key, _ in selector.select()}
+            ready = {key.fileobj for key, _ in selector.select(None if warm else _WARM_AFTER)}
+            if not ready and not warm:
+                # Idle: import what a worker loads for a function sent by value, so that the
+                # workers forked from now on have it (born for a cold map whose function went
+                # by name, the zygote lacks it; see FunctionCache.seed).
+                warm = True
+                try:
+                    import cloudpickle  # noqa: F401
+                except BaseException:
+                    pass
+                continue
             if wake_r in ready:
                 _reap(wake_r, status_of)
             if sock in ready:
