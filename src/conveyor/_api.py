@@ -65,18 +65,19 @@ def _default_pool(
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._open():
-            token = None
+            first = None
             if backend == "process" and fn is not None:
                 from .backends.process.parent import first_function
 
-                token = first_function.set(fn)
+                first = first_function
+                first.fn = fn
             try:
                 pool = Pool(
                     workers=workers, backend=backend, start_method=start_method, cluster=cluster
                 )
             finally:
-                if token is not None:
-                    first_function.reset(token)
+                if first is not None:
+                    first.fn = None
             _defaults[key] = pool
         return pool
 

@@ -40,7 +40,6 @@ from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskStopped
-from ._executor_map import executor_map
 from ._job import MapJob
 from ._options import (
     JobOptions,
@@ -451,6 +450,8 @@ class Pool(AsyncPoolMethods, Executor):
         timeout = check_deadline(timeout)
         if not self._open():
             raise PoolClosed("cannot submit to a pool that was shut down")
+        from ._executor_map import executor_map  # (only here: a cold script's map skips it)
+
         return executor_map(
             self._backend,
             fn,

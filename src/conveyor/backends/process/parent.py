@@ -87,7 +87,6 @@ Guarantees, and where they are kept:
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import math
 import os
@@ -149,11 +148,10 @@ def hard_deadline_grace(timeout: float) -> float:
     return max(0.5, min(5.0, 0.2 * timeout))
 
 
-#: The function of the one-shot call (``conveyor.map`` ...) that makes a default process pool,
-#: set by it around the making (see ``ProcessBackend.__init__``); ``None`` for any other pool.
-first_function: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
-    "conveyor_first_function", default=None
-)
+#: ``first_function.fn``: the function of the one-shot call (``conveyor.map`` ...) that makes a
+#: default process pool, set by it in its thread around the making (see
+#: ``ProcessBackend.__init__``); unset for any other pool.
+first_function = threading.local()
 
 
 class ProcessBackend(Backend):
@@ -183,7 +181,7 @@ class ProcessBackend(Backend):
         # it (see first_function): pickled by name now, it can go to the workers of a zygote
         # born just after without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle
         # is imported now, before a zygote is born, so that its workers have it too.
-        first = first_function.get()
+        first = getattr(first_function, "fn", None)
         by_name_first = by_name(first) if first is not None else None
         if by_name_first is None:
             cloudpickle_module()

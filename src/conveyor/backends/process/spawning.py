@@ -34,7 +34,6 @@ own (leaving the parent's running, untouched).
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.spawn
 import os
 import signal
 import sys
@@ -52,13 +51,12 @@ __all__ = ["default_start_method", "get_context", "start_methods", "start_worker
 
 _WORKER_MODULE = "conveyor.backends.process.worker"
 _local = threading.local()
-_original_preparation_data: Callable[[str], dict[str, Any]] = (
-    multiprocessing.spawn.get_preparation_data
-)
+_original_preparation_data: Callable[[str], dict[str, Any]] | None = None
 _setup_lock = threading.Lock()
 
 
 def _preparation_data(name: str) -> dict[str, Any]:
+    assert _original_preparation_data is not None
     data = _original_preparation_data(name)
     if getattr(_local, "without_main", False):
         data.pop("init_main_from_path", None)
@@ -129,13 +127,23 @@ def get_context(start_method: str | None) -> BaseContext:
             )
     if ctx is None:
         ctx = multiprocessing.get_context(start_method or _without_zygote())
-    method = ctx.get_start_method()
+    return ctx
+
+
+def _set_up(method: str) -> None:
+    """Before the first start of a worker that is sent its Process (not ``fork``): keep the
+    parent's ``__main__`` out of it, and have the fork server preload the worker module. Not
+    done for ``fork``: a cold map, whose first workers are forked directly, never imports
+    multiprocessing's spawn or forkserver modules."""
+    global _original_preparation_data
+    import multiprocessing.spawn
+
     with _setup_lock:
         if multiprocessing.spawn.get_preparation_data is not _preparation_data:
+            _original_preparation_data = multiprocessing.spawn.get_preparation_data
             multiprocessing.spawn.get_preparation_data = _preparation_data
         if method in ("forkserver", "zygote"):  # the zygote falls back on the fork server
-            _preload_worker_module(ctx)
-    return ctx
+            _preload_worker_module()
 
 
 def _zygote() -> ModuleType | None:
@@ -194,7 +202,7 @@ def _thread_count() -> int:
         return threading.active_count()
 
 
-def _preload_worker_module(ctx: BaseContext) -> None:
+def _preload_worker_module() -> None:
     """Have the fork server import the worker module once, so each fork starts warm."""
     from multiprocessing import forkserver
 
@@ -205,7 +213,7 @@ def _preload_worker_module(ctx: BaseContext) -> None:
     if _WORKER_MODULE not in modules:
         # cloudpickle too: the worker imports it only for a function sent by value
         modules = [m for m in modules if m != "__main__"] + [_WORKER_MODULE, "cloudpickle"]
-        ctx.set_forkserver_preload(modules)
+        forkserver.set_forkserver_preload(modules)
 
 
 def start_worker(
@@ -217,6 +225,8 @@ def start_worker(
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
     if ctx.get_start_method() == "fork":
         _flush_stdio()  # else what is still buffered would be printed again by the worker
+    else:
+        _set_up(ctx.get_start_method())
     _local.without_main = True
     try:
         process.start()
@@ -230,8 +240,7 @@ def start_worker(
 
 def _forget_fork_server() -> None:
     """In a forked child: forget the parent's fork server (the next worker starts our own)."""
-    from multiprocessing import forkserver
-
+    forkserver = sys.modules.get("multiprocessing.forkserver")  # none imported: none to forget
     server = getattr(forkserver, "_forkserver", None)
     if server is None or getattr(server, "_forkserver_pid", None) is None:
         return

@@ -11,7 +11,7 @@ still has one thread*, and from then on it is the process every worker forks fro
     parent: caller thread /              zygote (one thread,                worker
     dispatcher thread                    for as long as the parent lives)
     -------------------------            ---------------------------------  --------------------
-    _ZygotePopen._launch:
+    ZygotePopen._launch (zygote_popen.py):
       data pipe, status pipe
       send_fds(socket, b"F",   ------>   selector wakes on the socket:
         [data_r, status_w,               recv_fds; os.fork() ------------>  closes the zygote's
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import io
 import os
 import selectors
 import signal
@@ -64,23 +63,21 @@ import socket
 import sys
 import threading
 from multiprocessing import (
-    forkserver,
     heap,  # noqa: F401  (see below)
-    popen_forkserver,
     process,
-    reduction,
-    spawn,
 )
 from multiprocessing import util as _util
-from multiprocessing.context import ForkServerContext, set_spawning_popen
+from multiprocessing.context import ForkServerContext
 
 # multiprocessing's private helpers, which its own fork server uses the same way (typeshed does
 # not describe them)
 util: Any = _util
-_forkserver_state: Any = forkserver._forkserver
-_spawn_main: Any = spawn._main
 # multiprocessing.heap is imported above, before the zygote's birth, so that no worker imports
 # it after its fork: each worker's position mark (protocol.Mark) is a block of its heap.
+# multiprocessing's forkserver, popen_forkserver and spawn modules are imported only where a
+# worker is asked of the zygote (_launch, and the zygote itself when it starts): a pool made
+# while the caller has one thread forks its first workers itself (ProcessBackend), so a cold
+# map never needs them in the caller (~2 ms of imports).
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
@@ -228,6 +225,8 @@ def _serve(sock: socket.socket) -> None:
     except OSError:
         pass
     gc.freeze()  # what came from the parent stays shared with the workers (copy-on-write)
+    from multiprocessing import forkserver, spawn  # noqa: F401  (for every worker forked here)
+
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -251,7 +250,7 @@ def _serve(sock: socket.socket) -> None:
                     pass
                 continue
             if wake_r in ready:
-                _reap(wake_r, status_of)
+                _reap(wake_r, status_of, forkserver.write_signed)
             if sock in ready:
                 try:
                     message, fds, _flags, _addr = socket.recv_fds(sock, 1, _MAX_FDS)
@@ -274,7 +273,7 @@ def _serve(sock: socket.socket) -> None:
                 # its SIGCHLD wrote to the wake-up fd, which select() reports again.
 
 
-def _reap(wake_r: int, status_of: dict[int, int]) -> None:
+def _reap(wake_r: int, status_of: dict[int, int], write_signed: Any) -> None:
     try:
         while os.read(wake_r, 4096):
             pass
@@ -290,7 +289,7 @@ def _reap(wake_r: int, status_of: dict[int, int]) -> None:
         status_w = status_of.pop(pid, None)
         if status_w is not None:
             try:
-                forkserver.write_signed(status_w, os.waitstatus_to_exitcode(status))
+                write_signed(status_w, os.waitstatus_to_exitcode(status))
             except OSError:
                 pass
             os.close(status_w)
@@ -316,10 +315,14 @@ def _become_worker(
         for fd in (wake_r, wake_w, status_w, *status_of.values()):
             os.close(fd)
         data_r, _status_w, *inherited = fds
-        _forkserver_state._inherited_fds = inherited  # what _ZygotePopen.DupFd reads
+        from multiprocessing import forkserver, spawn  # (imported when the zygote started)
+
+        state: Any = forkserver._forkserver
+        state._inherited_fds = inherited  # what ZygotePopen.DupFd reads
         atexit._clear()
         atexit.register(util._exit_function)
-        code = _spawn_main(data_r, os.dup(data_r))
+        spawn_main: Any = spawn._main
+        code = spawn_main(data_r, os.dup(data_r))
     except BaseException:
         try:
             sys.excepthook(*sys.exc_info())
@@ -333,71 +336,15 @@ def _become_worker(
             os._exit(code)
 
 
-_ForkServerPopen: Any = popen_forkserver.Popen
-
-
-class _ZygotePopen(_ForkServerPopen):
-    """multiprocessing's forkserver ``Popen``, asking our zygote instead of its server."""
-
-    method = "zygote"
-    #: the worker is a fork of the zygote (False: the fork server started it, the zygote being
-    #: dead); only such a worker has the caller's ``__main__`` (see packing.FunctionCache.seed)
-    from_zygote = False
-
-    def _launch(self, process_obj: Any) -> None:
-        zygote = _ensure_zygote()
-        if zygote is None:  # it died: the standard fork server takes over
-            super()._launch(process_obj)
-            return
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
-        data_r, data_w = os.pipe()
-        status_r, status_w = os.pipe()
-        try:
-            with _lock:
-                zygote.request([data_r, status_w, *self._fds])
-        except OSError:
-            os.close(status_r)
-            os.close(data_w)
-            zygote.died()
-            super()._launch(process_obj)
-            return
-        finally:
-            os.close(data_r)
-            os.close(status_w)
-        # The pid first: it comes once the zygote has forked, so nothing is ever written into a
-        # pipe that no process will read (the zygote may die before it forks: then EOF here).
-        try:
-            self.pid = forkserver.read_signed(status_r)
-        except (OSError, EOFError):
-            os.close(status_r)
-            os.close(data_w)
-            zygote.died()
-            super()._launch(process_obj)
-            return
-        self.sentinel = status_r
-        self.from_zygote = True
-        # The worker's sentinel of its parent (multiprocessing.parent_process()): our copy of
-        # the data pipe's write end, kept open for as long as this Popen lives.
-        parent_w = os.dup(data_w)
-        self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
-        with open(data_w, "wb", closefd=True) as data:
-            data.write(buf.getbuffer())
-
-
 class _ZygoteProcess(process.BaseProcess):
     # None: a worker keeps the parent's default start method (as it was at the zygote's birth)
     _start_method = None
 
     @staticmethod
-    def _Popen(process_obj: Any) -> _ZygotePopen:
-        return _ZygotePopen(process_obj)
+    def _Popen(process_obj: Any) -> Any:
+        from .zygote_popen import ZygotePopen
+
+        return ZygotePopen(process_obj)
 
 
 class ZygoteContext(ForkServerContext):
