@@ -75,9 +75,9 @@ util: Any = _util
 # multiprocessing.heap is imported above, before the zygote's birth, so that no worker imports
 # it after its fork: each worker's position mark (protocol.Mark) is a block of its heap.
 # multiprocessing's forkserver, popen_forkserver and spawn modules are imported only where a
-# worker is asked of the zygote (_launch, and the zygote itself when it starts): a pool made
-# while the caller has one thread forks its first workers itself (ProcessBackend), so a cold
-# map never needs them in the caller (~2 ms of imports).
+# worker is asked of the zygote (zygote_popen.py in the caller; _import_for_workers in the
+# zygote, when idle or at its first request): a pool made while the caller has one thread forks
+# its first workers itself (ProcessBackend), so a cold map never needs them (~2 ms of imports).
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
@@ -225,8 +225,6 @@ def _serve(sock: socket.socket) -> None:
     except OSError:
         pass
     gc.freeze()  # what came from the parent stays shared with the workers (copy-on-write)
-    from multiprocessing import forkserver, spawn  # noqa: F401  (for every worker forked here)
-
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -240,17 +238,20 @@ def _serve(sock: socket.socket) -> None:
         while True:
             ready = {key.fileobj for key, _ in selector.select(None if warm else _WARM_AFTER)}
             if not ready and not warm:
-                # Idle: import what a worker loads for a function sent by value, so that the
-                # workers forked from now on have it (born for a cold map whose function went
-                # by name, the zygote lacks it; see FunctionCache.seed).
+                # Idle: import what the workers forked from now on need, so that each need not:
+                # multiprocessing's (to start: the caller has not imported it for a cold map)
+                # and cloudpickle (for a function sent by value; born for a cold map whose
+                # function went by name, the zygote lacks it; see FunctionCache.seed). Not at
+                # once: on a cold map this process would take a core from the caller's start.
                 warm = True
+                _import_for_workers()
                 try:
                     import cloudpickle  # noqa: F401
                 except BaseException:
                     pass
                 continue
             if wake_r in ready:
-                _reap(wake_r, status_of, forkserver.write_signed)
+                _reap(wake_r, status_of, _import_for_workers())
             if sock in ready:
                 try:
                     message, fds, _flags, _addr = socket.recv_fds(sock, 1, _MAX_FDS)
@@ -259,18 +260,27 @@ def _serve(sock: socket.socket) -> None:
                 if not message:
                     return  # the parent is gone (or forked and closed its copy: not here)
                 data_r, status_w, *inherited = fds
+                write_signed = _import_for_workers()  # before the fork: for every worker
                 pid = os.fork()
                 if pid == 0:
                     _become_worker(sock, selector, wake_r, wake_w, status_of, status_w, fds)
                 for fd in (data_r, *inherited):
                     os.close(fd)
                 try:
-                    forkserver.write_signed(status_w, pid)
+                    write_signed(status_w, pid)
                 except OSError:
                     pass  # the parent gave up on it; its death still closes the pipe below
                 status_of[pid] = status_w
                 # A worker that died before it was recorded is reaped on the next wake-up:
                 # its SIGCHLD wrote to the wake-up fd, which select() reports again.
+
+
+def _import_for_workers() -> Any:
+    """Import what a worker started from here runs on (multiprocessing's spawn and forkserver
+    modules); their ``write_signed``, with which the zygote reports pids and exit codes."""
+    from multiprocessing import forkserver, spawn  # noqa: F401
+
+    return forkserver.write_signed
 
 
 def _reap(wake_r: int, status_of: dict[int, int], write_signed: Any) -> None:
