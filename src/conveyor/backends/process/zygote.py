@@ -6,7 +6,9 @@ new interpreter that imports the worker side before the first worker exists (abo
 before a first result). Plain ``fork`` is fast but unsafe once the parent has threads, and
 conveyor's parent has a dispatcher thread per pool. The zygote keeps forkserver's guarantee at
 fork's cost: it is made with ``os.fork()`` at the first process pool's start, *when the parent
-still has one thread*, and from then on it is the process every worker forks from::
+still has one thread*, and from then on it is the process workers fork from (a pool made while
+the parent still has one thread forks its first workers itself, with ``fork``, as safe at that
+moment: see ``ProcessBackend.__init__``)::
 
     parent: caller thread /              zygote (one thread,                worker
     dispatcher thread                    for as long as the parent lives)
@@ -33,7 +35,9 @@ Guarantees, and what keeps each:
 * **What a worker sees.** The parent's modules and globals as they were at the zygote's birth,
   like ``fork`` (and unlike ``forkserver``, whose workers start from a bare interpreter); later
   changes in the parent are not seen, as with any fork server. Functions and arguments still
-  travel by value (cloudpickle), so a task runs the function as it is when it is sent.
+  travel by value (cloudpickle), so a task runs the function as it is when it is sent; the one
+  exception, a ``__main__`` function sent by name into this copy of ``__main__``, is exactly
+  as good (see ``packing.FunctionCache.seed``).
 * **No duplicated output.** ``sys.stdout``/``sys.stderr`` are flushed before the fork; the zygote
   and its workers never run the parent's ``atexit`` handlers or multiprocessing finalizers (the
   zygote leaves only by ``os._exit``; a worker clears them, as multiprocessing's own children do).
