@@ -65,19 +65,18 @@ def _default_pool(
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._open():
-            first = None
-            if backend == "process" and fn is not None:
+            seeding = backend == "process" and fn is not None
+            if seeding:
                 from .backends.process.parent import first_function
 
-                first = first_function
-                first.fn = fn
+                first_function.fn = fn
             try:
                 pool = Pool(
                     workers=workers, backend=backend, start_method=start_method, cluster=cluster
                 )
             finally:
-                if first is not None:
-                    first.fn = None
+                if seeding:
+                    first_function.fn = None
             _defaults[key] = pool
         return pool
 

@@ -107,7 +107,7 @@ class FunctionCache:
                 del self._by_id[fn_id]
                 self._main_keys.pop(entry[1], None)
 
-    def seed(self, fn: Callable[..., Any], data: bytes) -> bool:
+    def seed(self, fn: Callable[..., Any], data: bytes) -> None:
         """Keep ``data``, ``fn`` pickled by name (naming ``__main__``), as its pickled form.
 
         Only for the first function of a pool whose zygote was born in the same call, with
@@ -119,21 +119,18 @@ class FunctionCache:
         bytes while the function lives, so its tasks see the function as it was when the pool
         first got it. Neither process needs cloudpickle for it. A worker not forked from the
         zygote (started by the fork server after the zygote was killed) gets the function by
-        value instead, pickled when it first needs it (:meth:`by_value`).
-
-        Returns whether it was kept (a callable that takes no weak reference is not).
+        value instead, pickled when it first needs it (:meth:`by_value`). A callable that takes
+        no weak reference is not kept (it goes by value, as :meth:`get` makes it).
         """
         try:
             ref: weakref.ref[Any] = weakref.ref(fn, _on_death_of(id(fn), self._dead))
         except TypeError:
-            return False
+            return
         with self._lock:
-            if id(fn) in self._by_id:
-                return False
-            key = next(self._keys)
-            self._by_id[id(fn)] = (ref, key, Payload(data))
-            self._main_keys[key] = None
-        return True
+            if id(fn) not in self._by_id:
+                key = next(self._keys)
+                self._by_id[id(fn)] = (ref, key, Payload(data))
+                self._main_keys[key] = None
 
     def by_value(self, key: int, fn: Callable[..., Any]) -> Payload | None:
         """For a worker that is not a fork of the zygote: the function of ``key`` by value if

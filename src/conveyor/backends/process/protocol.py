@@ -166,16 +166,15 @@ class Mark:
     __slots__ = ("_words", "_wrapper")
 
     def __init__(self, wrapper: Any = None) -> None:
-        if wrapper is None:
+        fresh = wrapper is None
+        if fresh:
             from multiprocessing.heap import BufferWrapper
 
             wrapper = BufferWrapper(16)
-            self._wrapper = wrapper
-            self._words = wrapper.create_memoryview().cast("q")
+        self._wrapper = wrapper
+        self._words = wrapper.create_memoryview().cast("q")
+        if fresh:
             self._words[0] = self._words[1] = IDLE
-        else:
-            self._wrapper = wrapper
-            self._words = wrapper.create_memoryview().cast("q")
 
     def __getitem__(self, index: int) -> int:
         word: int = self._words[index]

@@ -221,12 +221,13 @@ def start_worker(
 ) -> BaseProcess:
     """Start a process running ``target(*args)`` without re-running the parent's main script."""
     process = ctx.Process(target=target, args=args, name=name, daemon=False)  # type: ignore[attr-defined]
-    masking = hasattr(signal, "pthread_sigmask") and ctx.get_start_method() in ("spawn", "fork")
+    method = ctx.get_start_method()
+    masking = hasattr(signal, "pthread_sigmask") and method in ("spawn", "fork")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
-    if ctx.get_start_method() == "fork":
+    if method == "fork":
         _flush_stdio()  # else what is still buffered would be printed again by the worker
     else:
-        _set_up(ctx.get_start_method())
+        _set_up(method)
     _local.without_main = True
     try:
         process.start()

@@ -255,7 +255,7 @@ def _serve(sock: socket.socket) -> None:
                     pass
                 continue
             if wake_r in ready:
-                _reap(wake_r, status_of, _import_for_workers())
+                _reap(wake_r, status_of)
             if sock in ready:
                 try:
                     message, fds, _flags, _addr = socket.recv_fds(sock, 1, _MAX_FDS)
@@ -287,7 +287,7 @@ def _import_for_workers() -> Any:
     return forkserver.write_signed
 
 
-def _reap(wake_r: int, status_of: dict[int, int], write_signed: Any) -> None:
+def _reap(wake_r: int, status_of: dict[int, int]) -> None:
     try:
         while os.read(wake_r, 4096):
             pass
@@ -302,8 +302,8 @@ def _reap(wake_r: int, status_of: dict[int, int], write_signed: Any) -> None:
             return
         status_w = status_of.pop(pid, None)
         if status_w is not None:
-            try:
-                write_signed(status_w, os.waitstatus_to_exitcode(status))
+            try:  # (a worker of ours: _import_for_workers ran before its fork)
+                _import_for_workers()(status_w, os.waitstatus_to_exitcode(status))
             except OSError:
                 pass
             os.close(status_w)
@@ -329,7 +329,7 @@ def _become_worker(
         for fd in (wake_r, wake_w, status_w, *status_of.values()):
             os.close(fd)
         data_r, _status_w, *inherited = fds
-        from multiprocessing import forkserver, spawn  # (imported when the zygote started)
+        from multiprocessing import forkserver, spawn  # (imported before the fork)
 
         state: Any = forkserver._forkserver
         state._inherited_fds = inherited  # what ZygotePopen.DupFd reads
