@@ -559,7 +559,8 @@ def map_on(
     if not isinstance(stop_on_cancel, bool):
         raise TypeError(f"stop_on_cancel must be True or False, got {stop_on_cancel!r}")
     _check_source(iterable)
-    backend = pool._backend  # never "auto"'s measuring or inline runs: they would block the loop
+    # Never "auto"'s measuring or inline runs: they would block the loop.
+    backend = pool._backend_for(fn)
     if not backend.alive:
         raise PoolClosed("cannot submit to a pool that was shut down")
 

@@ -48,16 +48,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def _default_pool(
-    backend: str,
-    workers: int | None,
-    start_method: str | None,
-    cluster: Any = None,
-    fn: Callable[..., Any] | None = None,
+    backend: str, workers: int | None, start_method: str | None, cluster: Any = None
 ) -> Pool:
     """The default pool for these options, made now if there is none (or it was shut down).
 
-    ``fn``, the call's function, is handed to a process pool made here: pickled by name before
-    its zygote is born, it needs no cloudpickle (see ``ProcessBackend.__init__``).
+    A process pool starts its workers at its first call, which hands them that call's function
+    (see ``Pool._backend_for``).
     """
     backend = check_backend(backend)
     workers = check_workers(workers)
@@ -65,18 +61,9 @@ def _default_pool(
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._open():
-            seeding = backend == "process" and fn is not None
-            if seeding:
-                from .backends.process.parent import first_function
-
-                first_function.fn = fn
-            try:
-                pool = Pool(
-                    workers=workers, backend=backend, start_method=start_method, cluster=cluster
-                )
-            finally:
-                if seeding:
-                    first_function.fn = None
+            pool = Pool(
+                workers=workers, backend=backend, start_method=start_method, cluster=cluster
+            )
             _defaults[key] = pool
         return pool
 
@@ -87,7 +74,7 @@ def _run(
     """Batches of results of one call, on a default pool or a pool of its own (with an
     initializer, or on the caller's executor: no default pool keeps either alive)."""
     if call.initializer is None and not isinstance(call.backend, Executor):
-        pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster, fn)
+        pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
         try:
             job = pool._job(fn, iterable, options)
         except PoolClosed:  # shut down under us (at exit, or by a broken initializer)

@@ -46,6 +46,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 
 from ._errors import PoolClosed, missed_deadline
+from ._futures import Future as PoolFuture
 from ._retry import RetryPolicy
 from ._work import MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.queue import FOLLOW_UP
@@ -206,7 +207,7 @@ def executor_map(
             items = list(itertools.islice(source, chunksize))
             if not items:
                 break
-            future: Future[Any] = Future()
+            future = PoolFuture()
             sink = _MapTask(owner, backend, future, len(items), policy)
             futures.append(future)
             units.append(

@@ -40,6 +40,7 @@ from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
 from ._errors import PoolClosed, TaskStopped
+from ._futures import Future as PoolFuture
 from ._job import MapJob
 from ._options import (
     JobOptions,
@@ -82,14 +83,13 @@ __all__ = ["Pool"]
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
-_TASK = "_conveyor_task"
 #: the tags of a submit's one item (shared: a submit allocates as little as it can)
 _ONE_TAG = (0,)
 
 
 def _task_of(future: Future[Any]) -> _FutureTask | None:
     """The sink of a submitted future, while the backend still has its unit (see Pool.stop)."""
-    ref = getattr(future, _TASK, None)
+    ref = getattr(future, "_conveyor_task", None)
     return None if ref is None else ref()
 
 
@@ -143,11 +143,13 @@ class _FutureTask:
                 pass  # done already: see below
             else:
                 self.times.observe(elapsed)
+                self._settled()
                 return
         if self.future.done():
             if not self.started:  # its caller cancelled it, and it was dropped unrun
                 self.started = True
                 self.future.set_running_or_notify_cancel()
+            self._settled()
             return
         assert error is not None  # set_result refuses only a future that is done
         if isinstance(error, PoolClosed) and not self.started:
@@ -156,6 +158,7 @@ class _FutureTask:
             self.started = True
             self.future.cancel()
             self.future.set_running_or_notify_cancel()
+            self._settled()
             return
         self.attempts += 1
         delay = self.policy.delay(self.attempts, error)
@@ -175,6 +178,15 @@ class _FutureTask:
             except Exception as exc:
                 error = exc
         self.future.set_exception(error)
+        self._settled()
+
+    def _settled(self) -> None:
+        """The future is settled for good: it no longer needs to find this task (Pool.stop),
+        and a kept future should not keep a dead weak reference (one more object for the
+        cycle collector to walk)."""
+        future = self.future
+        if type(future) is PoolFuture:
+            future._conveyor_task = None  # type: ignore[attr-defined]
 
 
 class Pool(AsyncPoolMethods, Executor):
@@ -251,10 +263,21 @@ class Pool(AsyncPoolMethods, Executor):
         )
         self._closed = False
         self._lock = threading.Lock()
-        # backend="auto" starts no process until processes are chosen (see _backend)
+        # backend="auto" starts no process until processes are chosen, and a process pool none
+        # until its first call (as ProcessPoolExecutor does; see _backend_for), unless it has
+        # an initializer or asks for the zygote: their errors (an initializer that cannot be
+        # pickled, start_method="zygote" in a process with threads) belong to the line that
+        # makes the pool.
         self._primary: Backend | None = None
-        if backend != "auto":
+        lazy = backend == "auto" or (
+            backend == "process" and initializer is None and start_method != "zygote"
+        )
+        if not lazy:
             self._start_primary()
+        elif backend == "process" and start_method is not None:
+            from .backends.process.spawning import check_start_method
+
+            check_start_method(start_method)  # a bad name is the creating line's error
         self.workers = self._primary.workers if self._primary else (workers or usable_cpus())
         self._times = _SubmitTimes()
         self._item_times = ItemTimes()  # per function: the next map starts with sized chunks
@@ -272,10 +295,11 @@ class Pool(AsyncPoolMethods, Executor):
                 item_times=self._item_times,
             )
 
-    def _start_primary(self) -> Backend:
+    def _start_primary(self, first_function: Callable[..., Any] | None = None) -> Backend:
         primary = _make_backend(
             "process" if self.backend_name == "auto" else self.backend_name,
             self._requested_workers,
+            first_function=first_function,
             **self._options,
         )
         _live_backends.add(primary)
@@ -285,7 +309,14 @@ class Pool(AsyncPoolMethods, Executor):
 
     @property
     def _backend(self) -> Backend:
-        """The pool's own backend (backend="auto": its processes, started on first use)."""
+        """The pool's own backend (a process pool's or backend="auto"'s processes are started
+        on first use)."""
+        return self._backend_for(None)
+
+    def _backend_for(self, fn: Callable[..., Any] | None) -> Backend:
+        """The pool's own backend, for a call of ``fn``: a process pool started by this call
+        gets ``fn`` as its first function (sent to its first workers by name when it can be:
+        see ``ProcessBackend``)."""
         primary = self._primary
         if primary is not None:
             return primary
@@ -294,7 +325,7 @@ class Pool(AsyncPoolMethods, Executor):
                 return self._primary
             if self._closed:
                 raise PoolClosed("cannot submit to a pool that was shut down")
-            return self._start_primary()
+            return self._start_primary(fn)
 
     def _open(self) -> bool:
         """Whether work may still be submitted (without starting anything)."""
@@ -344,7 +375,7 @@ class Pool(AsyncPoolMethods, Executor):
         task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
-        future: Future[Any] = Future()
+        future = PoolFuture()
         self._submit_task(fn, args, kwargs, task_timeout, retries, future)
         return future
 
@@ -363,7 +394,7 @@ class Pool(AsyncPoolMethods, Executor):
         hands its outcome on with (``_aio._CallFuture``).
         """
         check_callable(fn)
-        backend = self._backend
+        backend = self._primary or self._backend_for(fn)
         task = _FutureTask(backend, future, retries, self._times)
         unit = Unit(
             fn=fn,
@@ -378,7 +409,7 @@ class Pool(AsyncPoolMethods, Executor):
         )
         backend.submit([unit])
         if isinstance(future, Future):  # for stop(); weak: the future must not keep its task
-            setattr(future, _TASK, weakref.ref(task))
+            future._conveyor_task = weakref.ref(task)  # type: ignore[attr-defined]
         return task
 
     def stop(self, future: Future[Any]) -> bool:
@@ -453,7 +484,7 @@ class Pool(AsyncPoolMethods, Executor):
         from ._executor_map import executor_map  # (only here: a cold script's map skips it)
 
         return executor_map(
-            self._backend,
+            self._backend_for(fn),
             fn,
             iterables,
             timeout=timeout,
@@ -578,7 +609,7 @@ class Pool(AsyncPoolMethods, Executor):
             fn = _captured(fn)
         if self._router is not None:
             return self._router.job(fn, iterable, options)
-        return MapJob(self._backend, fn, iterable, options, item_times=self._item_times)
+        return MapJob(self._backend_for(fn), fn, iterable, options, item_times=self._item_times)
 
     def _make_threads(self) -> Backend:
         """backend="auto": its thread backend, made when first chosen."""
@@ -884,6 +915,7 @@ def _make_backend(
     cluster: Any = None,
     security: Any = None,
     executor: Executor | None = None,
+    first_function: Callable[..., Any] | None = None,
 ) -> Backend:
     if name == "executor":
         for option, value in (
@@ -916,6 +948,7 @@ def _make_backend(
             initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
             max_memory_per_worker=max_memory_per_worker,
+            first_function=first_function,
         )
     if name == "dask":
         for option, value in (

@@ -243,7 +243,11 @@ class Packer:
 
         Descriptors to send go to ``fds``, in the order the units' payloads name them.
         """
-        exacts = [stream or unit in self.suspects for unit in units]
+        suspects = self.suspects
+        if stream or not suspects:  # (the usual case: no unit is suspect, none is looked up)
+            exacts = [stream] * len(units)
+        else:
+            exacts = [unit in suspects for unit in units]
         rows = [self._wire_unit(worker, u, exact, fds) for u, exact in zip(units, exacts)]
         return rows, exacts
 

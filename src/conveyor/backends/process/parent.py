@@ -148,14 +148,12 @@ def hard_deadline_grace(timeout: float) -> float:
     return max(0.5, min(5.0, 0.2 * timeout))
 
 
-#: ``first_function.fn``: the function of the one-shot call (``conveyor.map`` ...) that makes a
-#: default process pool, set by it in its thread around the making (see
-#: ``ProcessBackend.__init__``); unset for any other pool.
-first_function = threading.local()
-
-
 class ProcessBackend(Backend):
     """Runs units on worker processes that this pool starts, watches and replaces.
+
+    ``first_function``: the function the pool is started for (``conveyor.Pool`` starts its
+    processes at the first call that needs them and passes that call's function), sent to
+    its first workers without cloudpickle where it can be (see ``FunctionCache.seed``).
 
     Example::
 
@@ -176,12 +174,13 @@ class ProcessBackend(Backend):
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         max_memory_per_worker: int | None = None,
+        first_function: Callable[..., Any] | None = None,
     ):
-        # The function of the call that makes this pool, if one of conveyor's functions makes
-        # it (see first_function): pickled by name now, it can go to the workers of a zygote
-        # born just after without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle
-        # is imported now, before a zygote is born, so that its workers have it too.
-        first = getattr(first_function, "fn", None)
+        # ``first_function``: the function of the call that starts this pool (conveyor.Pool
+        # starts its processes on first use). Pickled by name now, it can go to the workers of
+        # a zygote born just after without cloudpickle (see FunctionCache.seed). Otherwise
+        # cloudpickle is imported now, before a zygote is born, so that its workers have it too.
+        first = first_function
         by_name_first = by_name(first) if first is not None else None
         if by_name_first is None:
             cloudpickle_module()
@@ -697,8 +696,10 @@ class ProcessBackend(Backend):
         with self._lock:  # one transition: the batch sent ahead begins as this one ends
             done = worker.finish()
         worker.deadline = None
-        for unit in done:
-            self._packer.suspects.discard(unit)
+        suspects = self._packer.suspects
+        if suspects:  # (empty unless a worker died: no look-ups per unit then)
+            for unit in done:
+                suspects.discard(unit)
         if worker.state is not State.IDLE:  # it went straight on with the batch sent ahead
             return
         too_many = self._max_tasks is not None and worker.tasks_run >= self._max_tasks

@@ -99,6 +99,21 @@ def start_methods() -> list[str]:
     return [*methods, "zygote"] if zygote is not None and zygote.available() else methods
 
 
+def check_start_method(start_method: str | None) -> None:
+    """A clear error for a start method that is not available here (``None`` is the default).
+
+    >>> check_start_method("no-such-method")
+    Traceback (most recent call last):
+    ...
+    ValueError: start_method='no-such-method' is not available here; choose one of [...]
+    """
+    methods = start_methods()
+    if start_method is not None and start_method not in methods:
+        raise ValueError(
+            f"start_method={start_method!r} is not available here; choose one of {methods}"
+        )
+
+
 def get_context(start_method: str | None) -> BaseContext:
     """The multiprocessing context for ``start_method``, with a clear error for a bad name.
 
@@ -106,11 +121,7 @@ def get_context(start_method: str | None) -> BaseContext:
     ``"zygote"`` asked for explicitly needs one to be running or the process to have a single
     thread now; the error says so.
     """
-    methods = start_methods()
-    if start_method is not None and start_method not in methods:
-        raise ValueError(
-            f"start_method={start_method!r} is not available here; choose one of {methods}"
-        )
+    check_start_method(start_method)
     ctx: BaseContext | None = None
     zygote = _zygote()
     if start_method in (None, "zygote") and zygote is not None:
