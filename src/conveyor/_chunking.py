@@ -17,7 +17,6 @@ library's own default, ``total / (4 * workers)``), and the first outcomes correc
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -69,7 +68,7 @@ class Chunker:
         self.observed = False  # whether a chunk of this call has been measured
         cap = MAX_CHUNK
         if total is not None:
-            cap = min(cap, max(1, math.ceil(total / (max(1, workers) * CHUNKS_PER_WORKER))))
+            cap = min(cap, max(1, -(-total // (max(1, workers) * CHUNKS_PER_WORKER))))
         self._cap = cap
 
     def observe(self, items: int, elapsed: float) -> None:
