@@ -176,10 +176,9 @@ class ProcessBackend(Backend):
         max_memory_per_worker: int | None = None,
         first_function: Callable[..., Any] | None = None,
     ):
-        # ``first_function``: the function of the call that starts this pool (conveyor.Pool
-        # starts its processes on first use). Pickled by name now, it can go to the workers of
-        # a zygote born just after without cloudpickle (see FunctionCache.seed). Otherwise
-        # cloudpickle is imported now, before a zygote is born, so that its workers have it too.
+        # first_function pickled by name now can go to the workers of a zygote born just after
+        # without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle is imported now,
+        # before a zygote is born, so that its workers have it too.
         first = first_function
         by_name_first = by_name(first) if first is not None else None
         if by_name_first is None:
