@@ -6,13 +6,13 @@ that settles it (a backend's worker thread or dispatcher, see ``_pool._FutureTas
 
 Why it exists: a script that submits thousands of tasks and keeps their futures spends much
 of its time in the cycle collector, which walks every object that can hold references. A
-stock ``Future`` brings 12 such objects: itself, its ``threading.Condition`` and that
-condition's ``RLock`` wrapper, deque and five bound methods stored on it, and its two lists.
-This one brings 4 (itself, its condition, its two lists): the condition keeps its lock and
-delegates to it through methods of its class, and makes its waiter deque only when a thread
-first waits. Measured on Python 3.11 with 5,000 submits of a tiny function, start and
-shutdown included: the collector's share fell from 50-75 ms to 25-45 ms of ~350 ms, and
-the caller's CPU time per task from ~80 to ~60 us.
+stock ``Future`` brings 11 such objects: itself, its two lists, its ``threading.Condition``
+and that condition's ``RLock``, deque and five bound methods stored on it. This one brings 5
+(itself, its two lists, its condition and lock): the condition delegates to its lock through
+methods of its class, and makes its waiter deque only when a thread first waits. Measured
+on Python 3.11 with 5,000 submits of a tiny function, start and shutdown included: the
+collector's share fell from 50-75 ms to 25-45 ms of ~350 ms, and the caller's CPU time per
+task from ~80 to ~60 us.
 
 It is a subclass, so ``isinstance(f, concurrent.futures.Future)`` holds and ``wait``,
 ``as_completed``, ``asyncio.wrap_future`` and the executor tests of CPython all see a
