@@ -394,7 +394,7 @@ class Pool(AsyncPoolMethods, Executor):
         hands its outcome on with (``_aio._CallFuture``).
         """
         check_callable(fn)
-        backend = self._primary or self._backend_for(fn)
+        backend = self._backend_for(fn)
         task = _FutureTask(backend, future, retries, self._times)
         unit = Unit(
             fn=fn,

@@ -179,8 +179,7 @@ class ProcessBackend(Backend):
         # first_function pickled by name now can go to the workers of a zygote born just after
         # without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle is imported now,
         # before a zygote is born, so that its workers have it too.
-        first = first_function
-        by_name_first = by_name(first) if first is not None else None
+        by_name_first = by_name(first_function) if first_function is not None else None
         if by_name_first is None:
             cloudpickle_module()
         had_zygote = zygote_pid() is not None
@@ -200,8 +199,8 @@ class ProcessBackend(Backend):
         # The zygote was born in this call (a process has one zygote at most, and a birth
         # needs a single thread: this one), after by_name_first was pickled.
         born_here = not had_zygote and self.start_method == "zygote" and zygote_pid() is not None
-        if born_here and first is not None and by_name_first and names_main(by_name_first):
-            self._packer.functions.seed(first, by_name_first)
+        if born_here and first_function is not None and by_name_first and names_main(by_name_first):
+            self._packer.functions.seed(first_function, by_name_first)
 
         self._lock = threading.Lock()
         self._queue = WorkQueue()

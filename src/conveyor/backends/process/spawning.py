@@ -179,15 +179,6 @@ def zygote_pid() -> int | None:
     return zygote.pid() if zygote is not None else None
 
 
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
-
-
 def single_threaded() -> bool:
     """Whether this process has a single thread now (``False`` where that cannot be known).
 
@@ -235,9 +226,7 @@ def start_worker(
     method = ctx.get_start_method()
     masking = hasattr(signal, "pthread_sigmask") and method in ("spawn", "fork")
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masking else set()
-    if method == "fork":
-        _flush_stdio()  # else what is still buffered would be printed again by the worker
-    else:
+    if method != "fork":  # (fork: multiprocessing's Popen flushes stdout and stderr itself)
         _set_up(method)
     _local.without_main = True
     try:
