@@ -31,6 +31,17 @@ def spin(n: int) -> int:
     return total
 
 
+def spin_for(milliseconds: float) -> int:
+    """The ``n`` for which ``spin(n)`` takes about ``milliseconds`` on this machine (machines
+    differ ~3x: a fixed ``n`` that is clearly CPU work on one looks tiny on another, and auto
+    rightly runs tiny work inline)."""
+    n = 50_000
+    started = time.perf_counter()
+    spin(n)
+    took = max(time.perf_counter() - started, 1e-6)
+    return max(n, int(n * milliseconds / 1000 / took))
+
+
 def wait(x: float) -> float:
     time.sleep(x)
     return x
@@ -52,7 +63,7 @@ def chosen(caplog: pytest.LogCaptureFixture) -> str:
 
 def test_cpu_bound_python_goes_to_processes(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="conveyor")
-    n = 200_000  # ~10 ms of pure Python
+    n = spin_for(15)  # pure Python
     assert conveyor.map(spin, [n] * 12) == [spin(n)] * 12
     assert chosen(caplog) == "process"
 
@@ -64,7 +75,7 @@ def test_cpu_bound_python_goes_to_threads_without_a_gil(
     # the measurement (made in a real worker) and the choice are real.
     caplog.set_level(logging.INFO, logger="conveyor")
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
-    n = 200_000
+    n = spin_for(15)
     assert conveyor.map(spin, [n] * 12) == [spin(n)] * 12
     assert chosen(caplog) == "thread"
 
@@ -149,8 +160,9 @@ def test_unpicklable_arguments_go_to_threads(caplog: pytest.LogCaptureFixture) -
     caplog.set_level(logging.INFO, logger="conveyor")
     locks = [threading.Lock() for _ in range(12)]
     # CPU-bound Python (processes, were its items picklable) over unpicklable locks
-    out = conveyor.map(lambda lock: spin(200_000) + lock.locked(), locks)
-    assert out == [spin(200_000)] * 12
+    n = spin_for(15)
+    out = conveyor.map(lambda lock: spin(n) + lock.locked(), locks)
+    assert out == [spin(n)] * 12
     assert chosen(caplog) == "thread"
 
 

@@ -55,9 +55,9 @@ def test_default_pool_forks_workers_from_a_zygote_and_leaves_nothing() -> None:
         with conveyor.Pool(workers=2, backend="process") as pool:
             assert pool._backend.start_method == "zygote"
             assert zygote.pid() not in (None, me)
-            # made while the caller had a single thread: its first workers forked from it
-            assert set(pool.imap(lambda _: os.getppid(), range(20))) == {me}
-            # now the first pool's thread runs: the second pool's workers fork from the zygote
+            # the pool that bore the zygote: the zygote forked its first workers at its birth
+            assert set(pool.imap(lambda _: os.getppid(), range(20))) == {zygote.pid()}
+            # the second pool's workers fork from the zygote too, asked for one by one
             with conveyor.Pool(workers=2, backend="process") as second:
                 parents = set(second.imap(lambda _: os.getppid(), range(20)))
                 assert parents == {zygote.pid()}, (parents, zygote.pid())
@@ -182,7 +182,7 @@ def test_a_forked_child_makes_its_own_zygote() -> None:
                 with conveyor.Pool(workers=1, backend="process") as pool:
                     assert pool._backend.start_method == "zygote"
                     assert zygote.pid() not in (None, parents_zygote)
-                    assert pool.submit(os.getppid).result() == os.getpid()  # forked directly
+                    assert pool.submit(os.getppid).result() == zygote.pid()  # born with it
                     with conveyor.Pool(workers=1, backend="process") as second:
                         assert second.submit(os.getppid).result() == zygote.pid()
                     code = 0
@@ -194,6 +194,147 @@ def test_a_forked_child_makes_its_own_zygote() -> None:
         """
     )
     assert "ok" in out.stdout
+
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_first_workers_are_the_zygotes_children_with_their_pids_known() -> None:
+    """The pool whose start bears the zygote: the zygote forks its workers at its birth. The
+    caller knows each one's pid (read from the zygote when first asked), multiprocessing sees
+    them as the caller's children, and each sees the caller as its parent process."""
+    out = run(
+        """
+        import multiprocessing, os, psutil, conveyor
+        from conveyor.backends.process import zygote
+        me = os.getpid()
+
+        def who(_):
+            return os.getpid(), os.getppid(), multiprocessing.parent_process().pid
+
+        with conveyor.Pool(workers=3, backend="process") as pool:
+            seen = set(pool.imap(who, range(60)))
+            pids = set(pool._backend.worker_pids())
+            assert len(pids) == 3, pids
+            children = {p.pid for p in psutil.Process(zygote.pid()).children()}
+            assert pids == children, (pids, children)
+            assert {pid for pid, _, _ in seen} <= pids
+            assert {(ppid, parent) for _, ppid, parent in seen} == {(zygote.pid(), me)}
+            assert {p.pid for p in multiprocessing.active_children()} == pids
+            assert all(p.is_alive() for p in multiprocessing.active_children())
+        assert multiprocessing.active_children() == []  # joined: exit codes came from the zygote
+        print("pids", *pids)
+        """
+    )
+    pids = [int(p) for p in out.stdout.split("pids")[1].split()]
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30)
+
+
+FIRST_WORKER_FAULTS = {
+    # fault: the pool's call in the script, what the failed item must be
+    "sigkill": ("list(pool.imap(crash, range(12), on_error='return'))", "WorkerCrashed", "SIGKILL"),
+    "os._exit": ("list(pool.imap(exit3, range(12), on_error='return'))", "WorkerCrashed", "3"),
+    "segfault": ("list(pool.imap(segv, range(12), on_error='return'))", "WorkerCrashed", "SIGSEGV"),
+    "timeout": (
+        "list(pool.imap(stubborn, [600 if x == 5 else 0 for x in range(12)], task_timeout=2,"
+        " chunksize=1, on_error='return'))",
+        "TaskTimeout",
+        "timeout",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(FIRST_WORKER_FAULTS))
+def test_a_first_worker_lost_costs_one_item_and_is_replaced(fault: str) -> None:
+    """Real faults in the workers the zygote was born with (the rest of the suite's pools are
+    started after this process's zygote): one item fails, the pool replaces the worker and
+    goes on, and nothing is left behind."""
+    call, error, detail = FIRST_WORKER_FAULTS[fault]
+    out = run(
+        f"""
+        import functools, os, sys
+        sys.path.insert(0, {TESTS_DIR!r})
+        import conveyor, faults
+        from conveyor.backends.process import zygote
+
+        crash = functools.partial(faults.crash_on, bad=5, how="sigkill")
+        exit3 = functools.partial(faults.crash_on, bad=5, how="exit")
+        segv = functools.partial(faults.crash_on, bad=5, how="segfault")
+        stubborn = functools.partial(faults.nap, ignore_alarm=True)  # must be killed
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            first = set(pool._backend.worker_pids())
+            out = {call}
+            failure = out[5]
+            assert isinstance(failure, conveyor.Failure), out
+            assert type(failure.exception).__name__ == {error!r}, failure
+            assert {detail!r} in str(failure.exception), str(failure.exception)
+            assert [r for i, r in enumerate(out) if i != 5] == [
+                x * x if {fault!r} != "timeout" else 0 for x in range(12) if x != 5
+            ], out
+            assert list(pool.imap(faults.square, range(20))) == [x * x for x in range(20)]
+            now = set(pool._backend.worker_pids())
+            assert len(now) == 2 and now != first, (first, now)
+            print("pids", zygote.pid(), *first, *now)
+        """
+    )
+    pids = [int(p) for p in out.stdout.split("pids")[1].split()]
+    wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30)
+
+
+def test_a_zygote_that_dies_before_forking_the_first_workers_costs_nothing() -> None:
+    """The zygote is killed at its birth, before it forks the first workers (its loop is
+    replaced by an exit, in the zygote only): the caller took them over already; they have no
+    pid and their status pipes close, so the pool takes them for workers that died starting
+    and replaces them through the fork server. The map is not the worse for it."""
+    run(
+        """
+        import os, conveyor
+        from conveyor.backends.process import zygote
+
+        zygote._fork_first_workers = lambda *args: os._exit(1)  # runs in the zygote only
+        assert conveyor.map(abs, range(-20, 0), backend="process") == list(range(20, 0, -1))
+        assert zygote.pid() is None  # dead, and not made again
+        with conveyor.Pool(workers=2, backend="process") as pool:
+            assert list(pool.imap(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
+            assert pool._backend.start_method == "forkserver"
+        """
+    )
+
+
+def test_first_workers_whose_initializer_fails_leave_nothing() -> None:
+    out = run(
+        """
+        import os, conveyor
+        from conveyor.backends.process import zygote
+
+        def boom():
+            raise RuntimeError("no database")
+
+        try:
+            with conveyor.Pool(workers=2, backend="process", initializer=boom) as pool:
+                pool.submit(abs, 1).result()
+        except conveyor.WorkerInitError as error:
+            assert "no database" in str(error), error
+        else:
+            raise AssertionError("no WorkerInitError")
+        print("zygote", zygote.pid())
+        """
+    )
+    zygote_pid = int(out.stdout.split("zygote")[1])
+    wait_until(lambda: not psutil.Process(zygote_pid).children(), timeout=30)
+
+
+def test_first_workers_are_recycled_like_any_other() -> None:
+    run(
+        """
+        import os, conveyor
+
+        with conveyor.Pool(workers=2, backend="process", max_tasks_per_worker=3) as pool:
+            pids = list(pool.imap(lambda _: os.getpid(), range(30), chunksize=1))
+            assert len(set(pids)) >= 10, pids
+            assert list(pool.imap(abs, range(-5, 0))) == [5, 4, 3, 2, 1]
+        """
+    )
 
 
 def test_ctrl_c_reaches_neither_the_zygote_nor_starting_workers() -> None:

@@ -21,7 +21,8 @@ The package, one job per module: this one is the dispatcher (the front any threa
 loop, sending, receiving, deaths and deadlines); :mod:`.workers` the worker's record, its states
 and transitions, and starting its process; :mod:`.batching` what one batch is;
 :mod:`.settlement` what a death costs; :mod:`.packing` pickling for the wire; :mod:`.protocol`
-the messages; :mod:`.worker` the worker process itself.
+the messages; :mod:`.worker` the worker process itself; :mod:`.zygote` where workers fork from
+(the pool whose start bears it has its first workers forked at its birth: :func:`_begin`).
 
 Who may touch what (the lock rule, stated in full in :mod:`.workers`): the dispatcher thread
 owns the workers. Every change of a worker's state or holdings (its batch, the one sent ahead)
@@ -125,15 +126,16 @@ from .protocol import (
     decode_outcomes,
     encode,
 )
-from .settlement import Lost, Settlement, settle
 from .spawning import fork_context, get_context, single_threaded, zygote_pid
 from .workers import State, WorkerRecord, close_handles, kill_group, launch
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
     from typing import Any
 
     from ..._stats import PoolStats
+    from .settlement import Lost, Settlement
 
 __all__ = ["ProcessBackend"]
 
@@ -146,6 +148,87 @@ STOP_GRACE = 5.0
 def hard_deadline_grace(timeout: float) -> float:
     """Extra time the parent allows past ``timeout`` before it kills a worker."""
     return max(0.5, min(5.0, 0.2 * timeout))
+
+
+class _Start:
+    """What :func:`_begin` did for a pool: its context, its pickled first function and
+    initializer, and the first workers a zygote born for it forked (with their plans)."""
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        by_name_first: bytes | None,
+        init_blob: bytes | None,
+        born_here: bool,
+        plans: list[records_module.WorkerPlan],
+        first: list[Any],
+    ) -> None:
+        self.ctx = ctx
+        self.by_name_first = by_name_first
+        self.init_blob = init_blob
+        # A zygote was born in this start (a process has one at most, and a birth needs a
+        # single thread: the caller's), after by_name_first was pickled.
+        self.born_here = born_here
+        self.plans = plans  # one per first worker (zygote.FirstWorker), in the same order
+        self.first = first
+
+    def abandon(self, start: int = 0) -> None:
+        """The pool's start failed: close what its first workers from ``start`` on still have
+        (one the zygote started sees its lifeline close, and exits)."""
+        self.close(self.plans[start:], self.first[start:])
+
+    @staticmethod
+    def close(plans: list[records_module.WorkerPlan], first: list[Any]) -> None:
+        for first_worker in first:
+            first_worker.discard()
+        for plan in plans:
+            plan.abandon()
+
+
+def _begin(
+    workers: int,
+    start_method: str | None,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    report_memory: bool,
+    first_function: Callable[..., Any] | None,
+) -> _Start:
+    """What a pool does before it is registered (see ``ProcessBackend.__init__``): pickle its
+    first function and initializer, then find its start method, which bears the zygote if none
+    runs and this process has a single thread; that zygote forks the pool's first workers."""
+    # first_function pickled by name now can go to the workers of a zygote born just after
+    # without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle is imported now,
+    # before a zygote is born, so that its workers have it too.
+    by_name_first = by_name(first_function) if first_function is not None else None
+    if by_name_first is None:
+        cloudpickle_module()
+    had_zygote = zygote_pid() is not None
+    # (before the workers' pipes are made: an initializer's pickling runs the user's code)
+    init_blob = dumps_callable((initializer, initargs), "initializer") if initializer else None
+    # The first workers of the pool whose start bears the zygote are forked by the zygote at
+    # its birth (zygote.py, "First workers"), their pipes made here before it. A fork costs the
+    # forking process ~0.3 ms and the copy-on-write faults after it more: this process forks
+    # once however many workers there are, and the zygote forks them on another core meanwhile.
+    # (Forking the first of them from here too was measured: no sooner a first result, the two
+    # forks slowing this process's own start.)
+    plans: list[records_module.WorkerPlan] = []
+    first: list[Any] = []
+    try:
+        if workers and not had_zygote and start_method in (None, "zygote") and single_threaded():
+            for _ in range(workers):
+                plans.append(records_module.WorkerPlan(init_blob, report_memory, forked=True))
+            first = [plan.first_worker(_pull_probe()) for plan in plans]
+        ctx = get_context(start_method, first)
+    except BaseException:
+        _Start.close(plans, first)
+        raise
+    born_here = not had_zygote and ctx.get_start_method() == "zygote" and zygote_pid() is not None
+    return _Start(ctx, by_name_first, init_blob, born_here, plans, first)
+
+
+def _pull_probe() -> tuple[int, int, bytes] | None:
+    """What a new worker needs to probe whether it may read our memory (see conveyor._pull)."""
+    return _pull.probe_args() if _shm.AVAILABLE and _pull.AVAILABLE else None
 
 
 class ProcessBackend(Backend):
@@ -176,66 +259,72 @@ class ProcessBackend(Backend):
         max_memory_per_worker: int | None = None,
         first_function: Callable[..., Any] | None = None,
     ):
-        # first_function pickled by name now can go to the workers of a zygote born just after
-        # without cloudpickle (see FunctionCache.seed). Otherwise cloudpickle is imported now,
-        # before a zygote is born, so that its workers have it too.
-        by_name_first = by_name(first_function) if first_function is not None else None
-        if by_name_first is None:
-            cloudpickle_module()
-        had_zygote = zygote_pid() is not None
-        # Before the backend is registered (super().__init__): a zygote made here is a fork of
-        # this process, in which the at-fork hooks must not meet a half-made backend.
-        self._ctx = get_context(start_method)
-        super().__init__(workers)
-        self.start_method = self._ctx.get_start_method()
-        self._init_blob = (
-            dumps_callable((initializer, initargs), "initializer") if initializer else None
+        # Before the backend is registered (super().__init__): a zygote born in _begin is a
+        # fork of this process, in which the at-fork hooks must not meet a half-made backend.
+        start = _begin(
+            workers,
+            start_method,
+            initializer,
+            initargs,
+            max_memory_per_worker is not None,
+            first_function,
         )
-        self._init_name = getattr(initializer, "__qualname__", repr(initializer))
-        self._max_tasks = max_tasks_per_worker
-        self._max_memory = max_memory_per_worker
-        self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
-        self._packer = Packer(self._segments)
-        # The zygote was born in this call (a process has one zygote at most, and a birth
-        # needs a single thread: this one), after by_name_first was pickled.
-        born_here = not had_zygote and self.start_method == "zygote" and zygote_pid() is not None
-        if born_here and first_function is not None and by_name_first and names_main(by_name_first):
-            self._packer.functions.seed(first_function, by_name_first)
-
-        self._lock = threading.Lock()
-        self._queue = WorkQueue()
-        self._closing = False
-        self._stop_now = False
-        self._broken: BaseException | None = None
-        self._wake_pending = False
-        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
-        records_module.register(self._wake_r, self._wake_w)
-        os.set_blocking(self._wake_r.fileno(), False)  # drained by one read (_drain_wakeups)
-        # by sentinel; changed by the dispatcher only, under the lock (see workers.py)
-        self._workers: dict[Any, WorkerRecord] = {}
-        self._roster = 0  # counts changes of _workers (the dispatcher's poller follows it)
-        self._startup_deaths = 0
-        # Pool.stats(): replacements by cause, and the items run by workers no longer here
-        # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
-        self._restarts = dict.fromkeys(RESTART_CAUSES, 0)
-        self._gone_tasks = 0
-        self._finished = threading.Event()
-        self._forked = False  # set in a forked child (see forget_after_fork)
-
-        # While this process still has a single thread (the dispatcher is not started yet), the
-        # first workers are forked from it directly, as safe then as the zygote's own birth:
-        # no lock can be held by another thread. That spares each the zygote's round trip
-        # (a request, its fork, the pid back, the pickled Process to the new worker): ~2 ms a
-        # worker on a cold map. Replacements come from the zygote. In the call that bore the
-        # zygote these workers have the caller's __main__ as the zygote does (FunctionCache.seed).
-        direct = self.start_method == "zygote" and single_threaded()
+        started = 0  # of the first workers the zygote was born with, those taken over
         try:
-            for _ in range(workers):
-                worker = self._start_worker(direct)
+            self._ctx = start.ctx
+            self._init_blob = start.init_blob
+            self._init_name = getattr(initializer, "__qualname__", repr(initializer))
+            self._max_tasks = max_tasks_per_worker
+            self._max_memory = max_memory_per_worker
+            self._reports_memory = max_memory_per_worker is not None
+            super().__init__(workers)
+            self.start_method = self._ctx.get_start_method()
+            self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
+            self._packer = Packer(self._segments)
+            born_here, by_name_first = start.born_here, start.by_name_first
+            named = by_name_first is not None and names_main(by_name_first)
+            if born_here and first_function is not None and by_name_first is not None and named:
+                self._packer.functions.seed(first_function, by_name_first)
+
+            self._lock = threading.Lock()
+            self._queue = WorkQueue()
+            self._closing = False
+            self._stop_now = False
+            self._broken: BaseException | None = None
+            self._wake_pending = False
+            self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+            records_module.register(self._wake_r, self._wake_w)
+            os.set_blocking(self._wake_r.fileno(), False)  # drained by one read (_drain_wakeups)
+            # by sentinel; changed by the dispatcher only, under the lock (see workers.py)
+            self._workers: dict[Any, WorkerRecord] = {}
+            self._roster = 0  # counts changes of _workers (the dispatcher's poller follows it)
+            self._startup_deaths = 0
+            # Pool.stats(): replacements by cause, and the items run by workers no longer here
+            # (written by the dispatcher; read under the lock, or as a snapshot of plain numbers)
+            self._restarts = dict.fromkeys(RESTART_CAUSES, 0)
+            self._gone_tasks = 0
+            self._finished = threading.Event()
+            self._forked = False  # set in a forked child (see forget_after_fork)
+
+            # While this process still has a single thread (the dispatcher is not started
+            # yet), the workers not forked by a zygote born now are forked from it directly, as
+            # safe then as the zygote's own birth: no lock can be held by another thread. That
+            # spares each the zygote's round trip (a request, its fork, the pid back, the
+            # pickled Process to the new worker): ~2 ms a worker. Replacements come from the
+            # zygote. In the call that bore the zygote these workers have the caller's __main__
+            # as the zygote does (FunctionCache.seed).
+            direct = self.start_method == "zygote" and single_threaded()
+            for plan, first_worker in zip(start.plans, start.first):
+                self._start_worker(direct, plan, first_worker)
+                started += 1
+            while len(self._workers) < workers:
+                self._start_worker(direct)
+            for worker in self._workers.values():
                 worker.has_birth_main = worker.has_birth_main or (direct and born_here)
         except BaseException:
-            for worker in self._workers.values():
+            for worker in getattr(self, "_workers", {}).values():
                 worker.kill()
+            start.abandon(started)
             raise
         self._thread = threading.Thread(
             target=self._dispatch, name="conveyor-dispatcher", daemon=True
@@ -759,6 +848,8 @@ class ProcessBackend(Backend):
         until the critical section that removes it also re-queues them (where an interrupt's
         ``cancel`` finds them), so an interrupt sees the units in one place or the other.
         """
+        from .settlement import settle  # (only here: a cold map never needs it)
+
         self._on_messages(worker)  # anything it managed to send first
         with self._lock:
             retiring = worker.state is State.RETIRING
@@ -812,6 +903,8 @@ class ProcessBackend(Backend):
         worker: WorkerRecord, batch: list[Unit], ahead: list[Unit], exitcode: int | None
     ) -> Lost:
         """What the dispatcher knew of ``worker`` when it died (under the lock: ``cancelled``)."""
+        from .settlement import Lost
+
         return Lost(
             batch=batch,
             exact=worker.exact,
@@ -848,11 +941,28 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------- workers
 
-    def _start_worker(self, direct: bool = False) -> WorkerRecord:
-        """Start a worker (``direct``: forked from this process, see ``__init__``)."""
-        pull_probe = _pull.probe_args() if self._segments is not None and _pull.AVAILABLE else None
-        ctx = fork_context() if direct else self._ctx
-        worker = launch(ctx, self._init_blob, self._max_memory is not None, pull_probe)
+    def _start_worker(
+        self,
+        direct: bool = False,
+        plan: records_module.WorkerPlan | None = None,
+        first: Any = None,
+    ) -> WorkerRecord:
+        """Start a worker (``direct``: forked from this process, see ``__init__``), or adopt
+        ``first``, the zygote's first worker of ``plan`` (started here if it was not forked)."""
+        process = first.adopt() if first is not None else None
+        if process is not None and plan is not None:
+            plan.close_child_ends()
+            worker = plan.record(process)
+        else:
+            ctx = fork_context() if direct else self._ctx
+            if plan is not None and ctx.get_start_method() != "fork":
+                # (the zygote it was planned for was not born: a dead one is not made again)
+                plan.abandon()  # its mark is memory a fork inherits; this worker is sent one
+                plan = None
+            worker = launch(ctx, self._init_blob, self._reports_memory, _pull_probe(), plan)
+        return self._add_worker(worker)
+
+    def _add_worker(self, worker: WorkerRecord) -> WorkerRecord:
         with self._lock:
             self._workers[worker.sentinel] = worker
             self._roster += 1

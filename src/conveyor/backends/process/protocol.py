@@ -147,11 +147,19 @@ SEQ_STRIDE = 1 << 20
 class Mark:
     """The two shared 64-bit words of a worker (see "The mark" above), ``IDLE`` at first.
 
-    Memory from multiprocessing's heap (a file under /dev/shm that is unlinked as soon as it is
-    made, so nothing can be left there), read and written as ``mark[0]``, ``mark[1]`` through a
-    memoryview: each is one aligned 8-byte store. Not ``RawArray``: its ctypes import (~3 ms)
-    would be paid by a cold process map in the caller and again in every worker. Sent to the
-    worker in its start arguments (the heap's descriptor travels with them).
+    Read and written as ``mark[0]``, ``mark[1]`` through a memoryview: each is one aligned
+    8-byte store. Two kinds of memory:
+
+    * ``forked=True``, for a worker forked from this process or from a zygote born after the
+      mark was made (it inherits the mapping): an anonymous shared ``mmap``. It cannot be
+      pickled (the error says so), and a cold map's caller never imports multiprocessing's
+      heap nor makes the heap's first arena (a file under /dev/shm), ~0.3 ms.
+    * otherwise memory from multiprocessing's heap (a file under /dev/shm that is unlinked as
+      soon as it is made, so nothing can be left there), sent to the worker in its start
+      arguments (the heap's descriptor travels with them).
+
+    Not ``RawArray``: its ctypes import (~3 ms) would be paid by a cold process map in the
+    caller and again in every worker.
 
     Example::
 
@@ -161,18 +169,27 @@ class Mark:
         >>> mark[1] = 7
         >>> mark[1]
         7
+        >>> Mark(forked=True)[0]
+        -1
     """
 
-    __slots__ = ("_words", "_wrapper")
+    __slots__ = ("_memory", "_words", "_wrapper")
 
-    def __init__(self, wrapper: Any = None) -> None:
+    def __init__(self, wrapper: Any = None, forked: bool = False) -> None:
         fresh = wrapper is None
-        if fresh:
-            from multiprocessing.heap import BufferWrapper
+        self._memory: Any = None
+        if forked:
+            import mmap
 
-            wrapper = BufferWrapper(16)
+            self._memory = mmap.mmap(-1, 16)  # MAP_SHARED | MAP_ANONYMOUS: kept across fork
+            self._words = memoryview(self._memory).cast("q")
+        else:
+            if fresh:
+                from multiprocessing.heap import BufferWrapper
+
+                wrapper = BufferWrapper(16)
+            self._words = wrapper.create_memoryview().cast("q")
         self._wrapper = wrapper
-        self._words = wrapper.create_memoryview().cast("q")
         if fresh:
             self._words[0] = self._words[1] = IDLE
 
@@ -184,6 +201,8 @@ class Mark:
         self._words[index] = value
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self._wrapper is None:
+            raise TypeError("a Mark made with forked=True is inherited through fork, not sent")
         return Mark, (self._wrapper,)
 
 

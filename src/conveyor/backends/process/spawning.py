@@ -44,6 +44,7 @@ from multiprocessing.process import BaseProcess
 
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import ModuleType
     from typing import Any
 
@@ -114,12 +115,13 @@ def check_start_method(start_method: str | None) -> None:
         )
 
 
-def get_context(start_method: str | None) -> BaseContext:
+def get_context(start_method: str | None, first: Sequence[Any] = ()) -> BaseContext:
     """The multiprocessing context for ``start_method``, with a clear error for a bad name.
 
     ``None`` is :func:`default_start_method` (the zygote when one runs or can be made now).
     ``"zygote"`` asked for explicitly needs one to be running or the process to have a single
-    thread now; the error says so.
+    thread now; the error says so. ``first``: the :class:`.zygote.FirstWorker` list a zygote
+    born in this call forks at its birth.
     """
     check_start_method(start_method)
     ctx: BaseContext | None = None
@@ -128,7 +130,7 @@ def get_context(start_method: str | None) -> BaseContext:
         # One check, made by ensure_zygote under the zygote's lock: a running one, or one born
         # now while this process has a single thread.
         context = zygote.ZygoteContext()
-        if context.ensure_zygote():
+        if context.ensure_zygote(first):
             ctx = context
         elif start_method == "zygote":
             raise ValueError(
@@ -144,8 +146,8 @@ def get_context(start_method: str | None) -> BaseContext:
 def _set_up(method: str) -> None:
     """Before the first start of a worker that is sent its Process (not ``fork``): keep the
     parent's ``__main__`` out of it, and have the fork server preload the worker module. Not
-    done for ``fork``: a cold map, whose first workers are forked directly, never imports
-    multiprocessing's spawn or forkserver modules."""
+    done for ``fork``, nor for the first workers a zygote forks at its birth: a cold map never
+    imports multiprocessing's spawn or forkserver modules."""
     global _original_preparation_data
     import multiprocessing.spawn
 

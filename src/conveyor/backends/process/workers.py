@@ -48,7 +48,7 @@ import signal
 import socket
 import threading
 from collections import OrderedDict
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Pipe
 from multiprocessing.process import BaseProcess
 
 from ... import _shm
@@ -56,7 +56,6 @@ from ..._envmark import kill_marked, new_token
 from ..._work import Unit
 from . import worker_logging
 from .protocol import Mark
-from .settlement import Position
 from .spawning import start_worker
 from .worker import worker_main
 
@@ -64,8 +63,11 @@ TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not p
 if TYPE_CHECKING:
     from typing import Any
 
+    from .settlement import Position
+
 __all__ = [
     "State",
+    "WorkerPlan",
     "WorkerRecord",
     "close_handles",
     "kill_group",
@@ -153,7 +155,7 @@ class WorkerRecord:
         self.lifeline = lifeline  # never written; closing it (or our death) tells the worker to go
         self.fd_sock = fd_sock  # descriptors of shared-memory segments travel here
         self.mark = mark  # shared with the worker: where it is in its batch (see protocol.py)
-        self.pid = process.pid
+        self._pid: int | None = None  # (see pid)
         self.sentinel = process.sentinel
         # it has the caller's __main__ as it was at the zygote's birth (see
         # packing.FunctionCache.seed): a fork of the zygote (ProcessBackend also marks the
@@ -189,6 +191,18 @@ class WorkerRecord:
 
     def __repr__(self) -> str:
         return f"<WorkerRecord pid={self.pid} {self.state}>"
+
+    @property
+    def pid(self) -> int | None:
+        """Its pid (a zygote's first worker's is read from the zygote when first asked, and
+        kept: the process handle is closed once it is reaped)."""
+        pid = self._pid
+        if pid is None:
+            try:
+                pid = self._pid = self.process.pid
+            except ValueError:  # closed before its pid was ever asked for: no longer known
+                return None
+        return pid
 
     # ----------------------------------------------------------- reads (see the lock rule)
 
@@ -296,6 +310,7 @@ class WorkerRecord:
         """Close our ends of the pipe, the lifeline and the fd socket, and the process handle
         once it is reaped."""
         close_handles(self.conn, self.lifeline, self.fd_sock)
+        self.pid  # noqa: B018 (kept for those who ask after the handle is closed)
         try:
             self.process.close()
         except ValueError:
@@ -308,51 +323,110 @@ class WorkerRecord:
         kill_marked(self.token)
 
 
+class WorkerPlan:
+    """A worker's pipe, lifeline, fd socket, mark and token, made before its process starts.
+
+    ``forked``: the worker will be a fork of this process, or of a zygote born after the plan
+    (its mark is then memory it inherits, see :class:`.protocol.Mark`).
+
+    Our ends are registered in ``parent_fds`` here (a worker forked later closes them). A plan
+    is started once: by :func:`launch` (a fork of this process or a zygote's child asked for
+    now), or, for the first workers of the pool that bears the zygote, by the zygote itself at
+    its birth (see :mod:`.zygote`, "first workers"), and then adopted (:func:`adopt`).
+    """
+
+    __slots__ = (
+        "args",
+        "child_conn",
+        "conn",
+        "fd_child",
+        "fd_sock",
+        "lifeline",
+        "lifeline_r",
+        "mark",
+        "name",
+        "token",
+    )
+
+    def __init__(self, init_blob: bytes | None, report_memory: bool, forked: bool) -> None:
+        self.conn, self.child_conn = Pipe(duplex=True)
+        self.lifeline_r, self.lifeline = Pipe(duplex=False)
+        self.fd_sock: socket.socket | None = None
+        self.fd_child: socket.socket | None = None
+        if _shm.AVAILABLE:
+            self.fd_sock, self.fd_child = socket.socketpair()
+        # shared memory the worker writes its position into (inherited, for a forked worker)
+        self.mark = Mark(forked=forked)
+        self.token = new_token()
+        #: worker_main's arguments but close_fds (known at the fork only)
+        self.args = (
+            self.child_conn,
+            self.lifeline_r,
+            self.fd_child,
+            init_blob,
+            report_memory,
+            self.mark,
+            self.token,
+        )
+        self.name = f"conveyor-worker-{next(_worker_numbers)}"
+        register(self.conn, self.lifeline, self.fd_sock)
+
+    def worker_args(self, close_fds: tuple[int, ...], pull_probe: Any) -> tuple[Any, ...]:
+        """``worker_main``'s arguments, for a worker that closes ``close_fds`` first."""
+        return (*self.args, close_fds, pull_probe, worker_logging.levels())
+
+    def child_fds(self) -> list[int]:
+        """The worker's ends, which only the worker may keep once it runs."""
+        handles = (self.child_conn, self.lifeline_r, self.fd_child)
+        return [h.fileno() for h in handles if h is not None]
+
+    def close_child_ends(self) -> None:
+        """Close our copies of the worker's ends (once it has its own)."""
+        for handle in (self.child_conn, self.lifeline_r, self.fd_child):
+            if handle is not None:
+                handle.close()
+
+    def first_worker(self, pull_probe: tuple[int, int, bytes] | None) -> Any:
+        """A :class:`.zygote.FirstWorker` of this plan: forked by a zygote born now.
+
+        Its ``close_fds`` are none: the zygote closes ``parent_fds`` at its birth.
+        Its parent sentinel is the lifeline, which ends with the caller."""
+        from .zygote import FirstWorker
+
+        args = self.worker_args((), pull_probe)
+        return FirstWorker(worker_main, args, self.name, self.child_fds(), self.lifeline_r.fileno())
+
+    def record(self, process: BaseProcess) -> WorkerRecord:
+        """The record of the worker started from this plan."""
+        return WorkerRecord(process, self.conn, self.lifeline, self.fd_sock, self.mark, self.token)
+
+    def abandon(self) -> None:
+        """The worker could not be started: close everything."""
+        self.close_child_ends()
+        close_handles(self.conn, self.lifeline, self.fd_sock)
+
+
 def launch(
     ctx: Any,
     init_blob: bytes | None,
     report_memory: bool,
     pull_probe: tuple[int, int, bytes] | None,
+    plan: WorkerPlan | None = None,
 ) -> WorkerRecord:
     """Start a worker process (see :func:`.worker.worker_main`) and make its record (STARTING).
 
-    Its pipe, its lifeline and its fd socket are made here; our ends are registered (a worker
-    forked later closes them, see ``parent_fds``) before the fork, under the same lock.
+    Its pipe, its lifeline and its fd socket are made here (or come with ``plan``); our ends
+    are registered (a worker forked later closes them, see ``parent_fds``) before the fork.
     """
-    parent_conn, child_conn = ctx.Pipe(duplex=True)
-    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    fd_parent, fd_child = socket.socketpair() if _shm.AVAILABLE else (None, None)
-    mark = Mark()  # shared memory the worker writes its position into
-    token = new_token()
+    plan = plan or WorkerPlan(init_blob, report_memory, ctx.get_start_method() == "fork")
     try:
         with parent_fds_lock:
-            parent_fds.update(
-                h.fileno() for h in (parent_conn, lifeline_w, fd_parent) if h is not None
-            )
             close_fds = tuple(parent_fds) if ctx.get_start_method() == "fork" else ()
             process = start_worker(
-                ctx,
-                worker_main,
-                (
-                    child_conn,
-                    lifeline_r,
-                    fd_child,
-                    init_blob,
-                    report_memory,
-                    mark,
-                    token,
-                    close_fds,
-                    pull_probe,
-                    worker_logging.levels(),
-                ),
-                f"conveyor-worker-{next(_worker_numbers)}",
+                ctx, worker_main, plan.worker_args(close_fds, pull_probe), plan.name
             )
     except BaseException:
-        close_handles(parent_conn, lifeline_w, fd_parent)
+        plan.abandon()
         raise
-    finally:
-        child_conn.close()
-        lifeline_r.close()
-        if fd_child is not None:
-            fd_child.close()
-    return WorkerRecord(process, parent_conn, lifeline_w, fd_parent, mark, token)
+    plan.close_child_ends()
+    return plan.record(process)

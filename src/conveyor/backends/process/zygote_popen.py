@@ -13,8 +13,9 @@ Data flow (one worker)::
     exit code  <------------------------ status pipe, when it dies
 
 Its own module, imported on first use: it builds on multiprocessing's forkserver ``Popen``,
-whose modules (with the fork server's and ``spawn``'s) a cold map never needs, since a pool made
-while the caller has one thread forks its first workers itself (see ``ProcessBackend``).
+whose modules (with the fork server's and ``spawn``'s) a cold map never needs: the zygote forks
+the first workers at its birth (see :mod:`.zygote`, "First workers"), and a pool made while the
+caller has one thread forks its workers itself (see ``ProcessBackend``).
 """
 
 from __future__ import annotations
