@@ -71,6 +71,30 @@ def test_default_pool_forks_workers_from_a_zygote_and_leaves_nothing() -> None:
     wait_until(lambda: not any(alive(pid) for pid in pids), timeout=30)
 
 
+def test_at_exit_the_zygote_leaves_before_the_interpreter_ends() -> None:
+    """conveyor's exit handler stops the pools, then lets the zygote go: it is gone while the
+    program still runs its last exit handlers (registered before conveyor's, so run after),
+    not after the interpreter's teardown (a pipe the program shares with it ends sooner)."""
+    out = run(
+        """
+        import atexit, os
+
+        def last():
+            # the zygote is this process's child: wait for it, as long as need be
+            pid, status = os.waitpid(zygote_pid, 0)
+            print("zygote gone", os.waitstatus_to_exitcode(status), flush=True)
+
+        atexit.register(last)  # before conveyor's handler: runs after it
+        import conveyor
+        from conveyor.backends.process import zygote
+        assert conveyor.map(abs, range(-3, 0), backend="process") == [3, 2, 1]
+        zygote_pid = zygote.pid()
+        """,
+        timeout=60,  # (without the release, the wait in last() never ends)
+    )
+    assert "zygote gone 0" in out.stdout, out
+
+
 def test_a_thread_before_the_first_pool_means_forkserver() -> None:
     out = run(
         """

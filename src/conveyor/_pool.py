@@ -30,6 +30,7 @@ Guarantees:
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 import time
 import weakref
@@ -1017,9 +1018,14 @@ def _register_exit_handler() -> None:
 
 
 def _terminate_all() -> None:
-    """At exit, stop every pool still open: kill and reap its workers, never wait on tasks."""
+    """At exit, stop every pool still open: kill and reap its workers, never wait on tasks.
+    Then let the zygote go (if there is one): it leaves now, while this interpreter tears down,
+    not after it (a pipe from this program, which it shares, ends that much sooner)."""
     for backend in list(_live_backends):
         try:
             backend.terminate()
         except Exception:
             pass
+    zygote = sys.modules.get("conveyor.backends.process.zygote")
+    if zygote is not None:
+        zygote._release()

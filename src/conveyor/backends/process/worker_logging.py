@@ -150,10 +150,16 @@ def install(caller_levels: Levels, send: Callable[[dict[str, Any]], None]) -> No
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.setLevel(root_level)
+    # Levels are set only where they differ (a forked worker has the caller's already): each
+    # setting empties every logger's cache, costly in a new worker (copy-on-write faults).
+    if root.level != root_level:
+        root.setLevel(root_level)
     for name, level in named.items():
-        logging.getLogger(name).setLevel(level)
-    logging.disable(disabled)
+        logger = logging.getLogger(name)
+        if logger.level != level:
+            logger.setLevel(level)
+    if manager.disable != disabled:
+        logging.disable(disabled)
     root.addHandler(_Shipper(send))
 
 

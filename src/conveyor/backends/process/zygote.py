@@ -80,6 +80,11 @@ Guarantees, and what keeps each:
 
 from __future__ import annotations
 
+# signal's own functions, without the Python wrappers (signal.signal, getsignal,
+# pthread_sigmask, valid_signals) that turn each number they take or return into an enum
+# member: in a process just forked, that machinery's copy-on-write faults cost a worker ~0.3 ms
+# of its start (2.3 -> 1.95 ms of CPU before its first task, measured). (No typeshed stub.)
+import _signal  # type: ignore[import-not-found,unused-ignore]
 import atexit
 import gc
 import os
@@ -183,6 +188,16 @@ def pid() -> int | None:
         return _zygote.pid if _zygote is not None and _zygote.alive else None
 
 
+def _release() -> None:
+    """Let this process's zygote go (it exits when our end of its socket closes): at exit,
+    after the pools are stopped (conveyor._pool). A worker asked for later starts through
+    forkserver."""
+    with _lock:
+        if _zygote is not None and _zygote.alive:
+            _zygote.alive = False
+            _zygote.sock.close()
+
+
 def birth_possible() -> bool:
     """Whether a zygote is running or could be made now (see the module's guarantees)."""
     return available() and (running() or single_threaded())
@@ -263,7 +278,7 @@ def _give_birth(first: Sequence[FirstWorker]) -> _Zygote:
 
 def _serve(sock: socket.socket, first: Sequence[FirstWorker] = (), births_w: int = -1) -> None:
     """The zygote's loop: a worker for each request, exit codes for each death, until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(signal.SIGINT, _signal.SIG_IGN)
     try:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -275,7 +290,7 @@ def _serve(sock: socket.socket, first: Sequence[FirstWorker] = (), births_w: int
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # the wake-up fd is what wakes the loop
+    _signal.signal(signal.SIGCHLD, lambda *_: None)  # the wake-up fd is what wakes the loop
     status_of: dict[int, int] = {}  # worker pid -> write end of its status pipe
     if first:
         _fork_first_workers(sock, wake_r, wake_w, first, births_w, status_of)
@@ -308,14 +323,14 @@ def _serve(sock: socket.socket, first: Sequence[FirstWorker] = (), births_w: int
                 if not message:
                     return  # the parent is gone (or forked and closed its copy: not here)
                 data_r, status_w, *inherited = fds
-                write_signed = _import_for_workers()  # before the fork: for every worker
+                _import_for_workers()  # before the fork: for every worker
                 pid = os.fork()
                 if pid == 0:
                     _become_worker(sock, selector, wake_r, wake_w, status_of, status_w, fds)
                 for fd in (data_r, *inherited):
                     os.close(fd)
                 try:
-                    write_signed(status_w, pid)
+                    _write_signed(status_w, pid)
                 except OSError:
                     pass  # the parent gave up on it; its death still closes the pipe below
                 status_of[pid] = status_w
@@ -349,7 +364,7 @@ def _fork_first_workers(
         else:
             os.close(worker.status_w)
         try:
-            os.write(births_w, _SIGNED.pack(max(pid, 0)))  # 8 bytes: one write (< PIPE_BUF)
+            _write_signed(births_w, max(pid, 0))
         except OSError:
             pass  # the caller is gone; its death ends us too
     os.close(births_w)
@@ -388,13 +403,12 @@ def _become_first_worker(
         os._exit(code)
 
 
-def _import_for_workers() -> Any:
-    """Import what a worker started from here runs on (multiprocessing's spawn and forkserver
-    modules, and its heap, of which the worker's position mark is a block: protocol.Mark);
-    their ``write_signed``, with which the zygote reports pids and exit codes."""
+def _import_for_workers() -> None:
+    """Import what a worker asked of the zygote runs on (multiprocessing's spawn and forkserver
+    modules, and its heap, of which the worker's position mark is a block: protocol.Mark).
+    Not when a worker dies: a cold script's first workers need none of it, and their exit codes
+    reach the caller sooner at its exit (~2.5 ms) for it (see _write_signed)."""
     from multiprocessing import forkserver, heap, spawn  # noqa: F401
-
-    return forkserver.write_signed
 
 
 def _reap(wake_r: int, status_of: dict[int, int]) -> None:
@@ -412,8 +426,8 @@ def _reap(wake_r: int, status_of: dict[int, int]) -> None:
             return
         status_w = status_of.pop(pid, None)
         if status_w is not None:
-            try:  # (a worker of ours: _import_for_workers ran before its fork)
-                _import_for_workers()(status_w, os.waitstatus_to_exitcode(status))
+            try:
+                _write_signed(status_w, os.waitstatus_to_exitcode(status))
             except OSError:
                 pass
             os.close(status_w)
@@ -458,7 +472,7 @@ def _drop_zygote_signals() -> None:
     """In a new worker: the zygote's wake-up fd and SIGCHLD handler are not its own. (SIGINT
     stays ignored until worker_main leads its own process group: see above.)"""
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
 
 
 def _print_failure() -> None:
@@ -611,6 +625,14 @@ class _FirstWorkerPopen(_ForkPopen):
     def _send_signal(self, sig: int) -> None:
         if self.pid is not None:  # (None: there is no such process)
             super()._send_signal(sig)
+
+
+def _write_signed(fd: int, number: int) -> None:
+    """Send a pid or an exit code to the caller (multiprocessing.forkserver's format, which
+    ZygotePopen reads with forkserver.read_signed: 8 bytes, signed, native order)."""
+    data = _SIGNED.pack(number)
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _read_signed(fd: int) -> int:
