@@ -151,38 +151,30 @@ def hard_deadline_grace(timeout: float) -> float:
 
 
 class _Start:
-    """What :func:`_begin` did for a pool: its context, its pickled first function and
-    initializer, and the first workers a zygote born for it forked (with their plans)."""
+    """What :func:`_begin` did for a pool: its context, its pickled initializer, its first
+    function pickled by name for the zygote's copy of ``__main__`` (see FunctionCache.seed),
+    and the plans of the first workers a zygote born for it forked."""
 
     def __init__(
         self,
         ctx: BaseContext,
-        by_name_first: bytes | None,
+        seed: bytes | None,
         init_blob: bytes | None,
         born_here: bool,
         plans: list[records_module.WorkerPlan],
-        first: list[Any],
     ) -> None:
         self.ctx = ctx
-        self.by_name_first = by_name_first
+        self.seed = seed
         self.init_blob = init_blob
         # A zygote was born in this start (a process has one at most, and a birth needs a
-        # single thread: the caller's), after by_name_first was pickled.
+        # single thread: the caller's), after the first function was pickled.
         self.born_here = born_here
-        self.plans = plans  # one per first worker (zygote.FirstWorker), in the same order
-        self.first = first
+        self.plans = plans  # each with its zygote.FirstWorker (plan.first)
 
     def abandon(self, start: int = 0) -> None:
         """The pool's start failed: close what its first workers from ``start`` on still have
         (one the zygote started sees its lifeline close, and exits)."""
-        self.close(self.plans[start:], self.first[start:])
-
-    @staticmethod
-    def close(plans: list[records_module.WorkerPlan], first: list[Any]) -> None:
-        for first_worker in first:
-            first_worker.discard()
-        for plan in plans:
-            plan.abandon()
+        _abandon(self.plans[start:])
 
 
 def _begin(
@@ -212,18 +204,27 @@ def _begin(
     # (Forking the first of them from here too was measured: no sooner a first result, the two
     # forks slowing this process's own start.)
     plans: list[records_module.WorkerPlan] = []
-    first: list[Any] = []
     try:
         if workers and not had_zygote and start_method in (None, "zygote") and single_threaded():
+            pull_probe = _pull_probe()
             for _ in range(workers):
                 plans.append(records_module.WorkerPlan(init_blob, report_memory, forked=True))
-            first = [plan.first_worker(_pull_probe()) for plan in plans]
-        ctx = get_context(start_method, first)
+                plans[-1].make_first_worker(pull_probe)
+        ctx = get_context(start_method, [plan.first for plan in plans])
     except BaseException:
-        _Start.close(plans, first)
+        _abandon(plans)
         raise
     born_here = not had_zygote and ctx.get_start_method() == "zygote" and zygote_pid() is not None
-    return _Start(ctx, by_name_first, init_blob, born_here, plans, first)
+    if not born_here:  # (a zygote that died is not made again: these plans are for none)
+        _abandon(plans)
+        plans = []
+    seed = by_name_first if born_here and by_name_first and names_main(by_name_first) else None
+    return _Start(ctx, seed, init_blob, born_here, plans)
+
+
+def _abandon(plans: list[records_module.WorkerPlan]) -> None:
+    for plan in plans:
+        plan.abandon()
 
 
 def _pull_probe() -> tuple[int, int, bytes] | None:
@@ -281,10 +282,8 @@ class ProcessBackend(Backend):
             self.start_method = self._ctx.get_start_method()
             self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
             self._packer = Packer(self._segments)
-            born_here, by_name_first = start.born_here, start.by_name_first
-            named = by_name_first is not None and names_main(by_name_first)
-            if born_here and first_function is not None and by_name_first is not None and named:
-                self._packer.functions.seed(first_function, by_name_first)
+            if start.seed is not None and first_function is not None:
+                self._packer.functions.seed(first_function, start.seed)
 
             self._lock = threading.Lock()
             self._queue = WorkQueue()
@@ -314,13 +313,13 @@ class ProcessBackend(Backend):
             # zygote. In the call that bore the zygote these workers have the caller's __main__
             # as the zygote does (FunctionCache.seed).
             direct = self.start_method == "zygote" and single_threaded()
-            for plan, first_worker in zip(start.plans, start.first):
-                self._start_worker(direct, plan, first_worker)
+            for plan in start.plans:
+                self._adopt(plan)
                 started += 1
             while len(self._workers) < workers:
                 self._start_worker(direct)
             for worker in self._workers.values():
-                worker.has_birth_main = worker.has_birth_main or (direct and born_here)
+                worker.has_birth_main = worker.has_birth_main or (direct and start.born_here)
         except BaseException:
             for worker in getattr(self, "_workers", {}).values():
                 worker.kill()
@@ -941,26 +940,17 @@ class ProcessBackend(Backend):
 
     # ----------------------------------------------------------------- workers
 
-    def _start_worker(
-        self,
-        direct: bool = False,
-        plan: records_module.WorkerPlan | None = None,
-        first: Any = None,
-    ) -> WorkerRecord:
-        """Start a worker (``direct``: forked from this process, see ``__init__``), or adopt
-        ``first``, the zygote's first worker of ``plan`` (started here if it was not forked)."""
-        process = first.adopt() if first is not None else None
-        if process is not None and plan is not None:
-            plan.close_child_ends()
-            worker = plan.record(process)
-        else:
-            ctx = fork_context() if direct else self._ctx
-            if plan is not None and ctx.get_start_method() != "fork":
-                # (the zygote it was planned for was not born: a dead one is not made again)
-                plan.abandon()  # its mark is memory a fork inherits; this worker is sent one
-                plan = None
-            worker = launch(ctx, self._init_blob, self._reports_memory, _pull_probe(), plan)
-        return self._add_worker(worker)
+    def _start_worker(self, direct: bool = False) -> WorkerRecord:
+        """Start a worker (``direct``: forked from this process, see ``__init__``)."""
+        ctx = fork_context() if direct else self._ctx
+        return self._add_worker(launch(ctx, self._init_blob, self._reports_memory, _pull_probe()))
+
+    def _adopt(self, plan: records_module.WorkerPlan) -> WorkerRecord:
+        """Take over the worker the zygote forked for ``plan`` at its birth (see _begin)."""
+        process = plan.first.adopt()
+        assert process is not None  # (_begin keeps only plans a zygote was born with)
+        plan.close_child_ends()
+        return self._add_worker(plan.record(process))
 
     def _add_worker(self, worker: WorkerRecord) -> WorkerRecord:
         with self._lock:

@@ -156,6 +156,7 @@ class WorkerRecord:
         self.fd_sock = fd_sock  # descriptors of shared-memory segments travel here
         self.mark = mark  # shared with the worker: where it is in its batch (see protocol.py)
         self._pid: int | None = None  # (see pid)
+        self._pid_read = False
         self.sentinel = process.sentinel
         # it has the caller's __main__ as it was at the zygote's birth (see
         # packing.FunctionCache.seed): a fork of the zygote (ProcessBackend also marks the
@@ -194,15 +195,11 @@ class WorkerRecord:
 
     @property
     def pid(self) -> int | None:
-        """Its pid (a zygote's first worker's is read from the zygote when first asked, and
-        kept: the process handle is closed once it is reaped)."""
-        pid = self._pid
-        if pid is None:
-            try:
-                pid = self._pid = self.process.pid
-            except ValueError:  # closed before its pid was ever asked for: no longer known
-                return None
-        return pid
+        """Its pid, read from its process handle when first asked (a zygote's first worker's
+        comes from the zygote then) and kept (the handle is closed once it is reaped)."""
+        if not self._pid_read:
+            self._pid, self._pid_read = self.process.pid, True
+        return self._pid
 
     # ----------------------------------------------------------- reads (see the lock rule)
 
@@ -310,7 +307,7 @@ class WorkerRecord:
         """Close our ends of the pipe, the lifeline and the fd socket, and the process handle
         once it is reaped."""
         close_handles(self.conn, self.lifeline, self.fd_sock)
-        self.pid  # noqa: B018 (kept for those who ask after the handle is closed)
+        self._pid = self.pid  # read before the handle, which knows it, is closed
         try:
             self.process.close()
         except ValueError:
@@ -332,7 +329,8 @@ class WorkerPlan:
     Our ends are registered in ``parent_fds`` here (a worker forked later closes them). A plan
     is started once: by :func:`launch` (a fork of this process or a zygote's child asked for
     now), or, for the first workers of the pool that bears the zygote, by the zygote itself at
-    its birth (see :mod:`.zygote`, "first workers"), and then adopted (:func:`adopt`).
+    its birth (see :mod:`.zygote`, "First workers": :attr:`first`), and then taken over
+    (``ProcessBackend._adopt``).
     """
 
     __slots__ = (
@@ -341,6 +339,7 @@ class WorkerPlan:
         "conn",
         "fd_child",
         "fd_sock",
+        "first",
         "lifeline",
         "lifeline_r",
         "mark",
@@ -369,6 +368,7 @@ class WorkerPlan:
             self.token,
         )
         self.name = f"conveyor-worker-{next(_worker_numbers)}"
+        self.first: Any = None  # its zygote.FirstWorker, if a zygote born now is to fork it
         register(self.conn, self.lifeline, self.fd_sock)
 
     def worker_args(self, close_fds: tuple[int, ...], pull_probe: Any) -> tuple[Any, ...]:
@@ -386,22 +386,24 @@ class WorkerPlan:
             if handle is not None:
                 handle.close()
 
-    def first_worker(self, pull_probe: tuple[int, int, bytes] | None) -> Any:
-        """A :class:`.zygote.FirstWorker` of this plan: forked by a zygote born now.
-
-        Its ``close_fds`` are none: the zygote closes ``parent_fds`` at its birth.
+    def make_first_worker(self, pull_probe: tuple[int, int, bytes] | None) -> None:
+        """Make :attr:`first`, the :class:`.zygote.FirstWorker` of this plan, for a zygote born
+        now to fork. Its ``close_fds`` are none: the zygote closes ``parent_fds`` at its birth.
         Its parent sentinel is the lifeline, which ends with the caller."""
         from .zygote import FirstWorker
 
         args = self.worker_args((), pull_probe)
-        return FirstWorker(worker_main, args, self.name, self.child_fds(), self.lifeline_r.fileno())
+        fds = self.child_fds()
+        self.first = FirstWorker(worker_main, args, self.name, fds, self.lifeline_r.fileno())
 
     def record(self, process: BaseProcess) -> WorkerRecord:
         """The record of the worker started from this plan."""
         return WorkerRecord(process, self.conn, self.lifeline, self.fd_sock, self.mark, self.token)
 
     def abandon(self) -> None:
-        """The worker could not be started: close everything."""
+        """The worker could not be started, or is not to be: close everything."""
+        if self.first is not None:
+            self.first.discard()
         self.close_child_ends()
         close_handles(self.conn, self.lifeline, self.fd_sock)
 
@@ -411,17 +413,17 @@ def launch(
     init_blob: bytes | None,
     report_memory: bool,
     pull_probe: tuple[int, int, bytes] | None,
-    plan: WorkerPlan | None = None,
 ) -> WorkerRecord:
     """Start a worker process (see :func:`.worker.worker_main`) and make its record (STARTING).
 
-    Its pipe, its lifeline and its fd socket are made here (or come with ``plan``); our ends
-    are registered (a worker forked later closes them, see ``parent_fds``) before the fork.
+    Its pipe, its lifeline and its fd socket are made here (:class:`WorkerPlan`); our ends are
+    registered (a worker forked later closes them, see ``parent_fds``) before the fork.
     """
-    plan = plan or WorkerPlan(init_blob, report_memory, ctx.get_start_method() == "fork")
+    forked = ctx.get_start_method() == "fork"
+    plan = WorkerPlan(init_blob, report_memory, forked)
     try:
         with parent_fds_lock:
-            close_fds = tuple(parent_fds) if ctx.get_start_method() == "fork" else ()
+            close_fds = tuple(parent_fds) if forked else ()
             process = start_worker(
                 ctx, worker_main, plan.worker_args(close_fds, pull_probe), plan.name
             )
