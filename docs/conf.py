@@ -36,6 +36,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Future|Executor|Callable|Iterable|Iterator|Generator|Sequence|Mapping)"),
     (r"py:.*", r"(conveyor\.)?_.*|conveyor\.(backends|cli)\..*"),  # private helpers
     (r"py:class", r"(T|R|P|P\.args|P\.kwargs|tqdm\..*)"),
+    (r"py:class", r"AsyncResults"),  # conveyor._aio's, the type of Pool.amap's results
 ]
 
 autodoc_default_options = {"members": True, "show-inheritance": True}

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conveyor._errors import TaskTimeout, WorkerCrashed
+from conveyor._executor_errors import TaskTimeout, WorkerCrashed
 from conveyor._work import MODE_MAP, Loader, Unit
 from conveyor.backends.process.protocol import IDLE, loading, running
 from conveyor.backends.process.settlement import Lost, Position, Settlement, cut, settle

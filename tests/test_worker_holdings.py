@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import conveyor.backends.process as process_package
-from conveyor._errors import WorkerCrashed
+from conveyor._executor_errors import WorkerCrashed
 from conveyor._work import MODE_MAP, Loader, Unit
 from conveyor.backends.process.parent import ProcessBackend
 

@@ -17,18 +17,10 @@ if TYPE_CHECKING:
     from ._aio import acall, amap, amap_unordered, astarmap
     from ._api import as_completed, imap, imap_unordered, map, starmap
     from ._checkpoint import Checkpoint, CheckpointError, CheckpointInUse, CheckpointMismatch
-    from ._errors import (
-        Failure,
-        PoolClosed,
-        RemoteTraceback,
-        TaskStopped,
-        TaskTimeout,
-        Unsendable,
-        WorkerCrashed,
-        WorkerInitError,
-    )
+    from ._errors import Failure, PoolClosed, RemoteTraceback, Unsendable
+    from ._executor_errors import TaskStopped, TaskTimeout, WorkerCrashed, WorkerInitError
+    from ._executor_pool import Pool
     from ._pipeline import pipeline
-    from ._pool import Pool
     from ._stats import MapStats, PoolStats, WorkerStats
     from ._version import __version__ as __version__
 
@@ -50,12 +42,12 @@ _WHERE = {
     "Failure": "_errors",
     "PoolClosed": "_errors",
     "RemoteTraceback": "_errors",
-    "TaskStopped": "_errors",
-    "TaskTimeout": "_errors",
+    "TaskStopped": "_executor_errors",
+    "TaskTimeout": "_executor_errors",
     "Unsendable": "_errors",
-    "WorkerCrashed": "_errors",
-    "WorkerInitError": "_errors",
-    "Pool": "_pool",
+    "WorkerCrashed": "_executor_errors",
+    "WorkerInitError": "_executor_errors",
+    "Pool": "_executor_pool",
     "MapStats": "_stats",
     "PoolStats": "_stats",
     "WorkerStats": "_stats",

@@ -6,7 +6,7 @@ event loop. Data flow::
     event loop thread                          backend threads (worker threads, dispatcher)
     -----------------                          ---------------------------------------------
     await acall(fn, *args)
-      submit one unit (Pool._submit_task) -->  _FutureTask settles a _CallFuture, which puts
+      submit one unit (Pool._submit_task) -->  FutureTask settles a _CallFuture, which puts
       await a loop future      <-------------  the outcome in the loop's _Inbox: one
                                                call_soon_threadsafe per burst of outcomes
     async for r in amap(fn, items):
@@ -66,7 +66,8 @@ from .backends.base import Backend
 
 if TYPE_CHECKING:
     from ._chunking import ItemTimes
-    from ._pool import Pool, _FutureTask
+    from ._futures import FutureTask
+    from ._pool import PoolCore
 
 __all__ = [
     "AsyncResults",
@@ -160,7 +161,7 @@ _PENDING, _RUNNING, _CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED = range(5)
 
 
 class _CallFuture:
-    """What an awaited call's sink (``_pool._FutureTask``) settles: the state machine of a
+    """What an awaited call's sink (``_futures.FutureTask``) settles: the state machine of a
     ``concurrent.futures.Future`` (the methods the sink and :func:`_stop_call` use, with the
     same meaning), whose outcome goes straight to the awaiting loop through its :class:`_Inbox`
     as ``(True, result)`` or ``(False, exception)``.
@@ -221,7 +222,7 @@ class _CallFuture:
 
 
 async def call_on(
-    pool: Pool,
+    pool: PoolCore,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -246,7 +247,7 @@ async def call_on(
     raise value
 
 
-def _stop_call(backend: Backend, task: _FutureTask) -> None:
+def _stop_call(backend: Backend, task: FutureTask) -> None:
     """Stop a call whose await was cancelled: drop it if it has not started, else interrupt it
     (its result, should it come first, is dropped with the future)."""
     if task.future.cancel() or task.future.done():
@@ -539,7 +540,7 @@ def _check_source(iterable: Any) -> None:
 
 
 def map_on(
-    pool: Pool,
+    pool: PoolCore,
     fn: Callable[..., Any],
     iterable: Iterable[Any] | AsyncIterable[Any],
     *,
@@ -597,7 +598,7 @@ def _one_shot(
 ) -> AsyncResults:
     """A map on a default pool, or on a pool of its own when it has an ``initializer``."""
     from ._api import _default_pool
-    from ._pool import Pool
+    from ._pool import PoolCore
 
     if check_backend(backend) not in ("process", "thread"):
         raise ValueError(
@@ -607,7 +608,7 @@ def _one_shot(
     if initializer is None:
         pool = _default_pool(backend, workers, start_method)
         return map_on(pool, fn, iterable, mode=mode, **options)
-    own = Pool(
+    own = PoolCore(
         workers=workers,
         backend=backend,
         start_method=start_method,

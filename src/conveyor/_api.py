@@ -4,7 +4,9 @@ A default pool is started lazily for each ``(backend, workers, start_method)`` t
 uses, kept for later calls (so a second call pays no start-up) and terminated at interpreter
 exit. A call with an ``initializer`` gets a pool of its own, closed when the call is done.
 A process forked from this one starts its own default pools afresh (the parent's serve the
-parent only).
+parent only). Default pools are ``_pool.PoolCore`` s, the engine of ``conveyor.Pool`` without
+its ``concurrent.futures.Executor`` base: a cold call imports neither ``concurrent.futures``
+nor ``logging`` (see ``_executor_errors``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Executor, Future
 
 from ._errors import PoolClosed
-from ._options import Deadline, JobOptions, check_backend, check_deadline, check_workers
-from ._pool import Pool, checkpointed
+from ._options import (
+    Deadline,
+    JobOptions,
+    check_backend,
+    check_deadline,
+    check_workers,
+)
+from ._pool import PoolCore, checkpointed
 from ._work import MODE_STAR
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
     from typing import Any, TypeVar
 
     from ._stats import MapStats
@@ -32,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["as_completed", "imap", "imap_unordered", "map", "starmap"]
 
-_defaults: dict[tuple[str, int | None, str | None, Any], Pool] = {}
+_defaults: dict[tuple[str, int | None, str | None, Any], PoolCore] = {}
 _defaults_lock = threading.Lock()
 
 
@@ -49,11 +57,11 @@ if hasattr(os, "register_at_fork"):
 
 def _default_pool(
     backend: str, workers: int | None, start_method: str | None, cluster: Any = None
-) -> Pool:
+) -> PoolCore:
     """The default pool for these options, made now if there is none (or it was shut down).
 
     A process pool starts its workers at its first call, which hands them that call's function
-    (see ``Pool._backend_for``).
+    (see ``PoolCore._backend_for``).
     """
     backend = check_backend(backend)
     workers = check_workers(workers)
@@ -61,7 +69,7 @@ def _default_pool(
     with _defaults_lock:
         pool = _defaults.get(key)
         if pool is None or not pool._open():
-            pool = Pool(
+            pool = PoolCore(
                 workers=workers, backend=backend, start_method=start_method, cluster=cluster
             )
             _defaults[key] = pool
@@ -73,7 +81,7 @@ def _run(
 ) -> Generator[list[Any], None, None]:
     """Batches of results of one call, on a default pool or a pool of its own (with an
     initializer, or on the caller's executor: no default pool keeps either alive)."""
-    if call.initializer is None and not isinstance(call.backend, Executor):
+    if call.initializer is None and isinstance(call.backend, str):
         pool = _default_pool(call.backend, call.workers, call.start_method, call.cluster)
         try:
             job = pool._job(fn, iterable, options)
@@ -82,7 +90,7 @@ def _run(
             job = pool._job(fn, iterable, options)
         yield from job.batches()
         return
-    with Pool(
+    with PoolCore(
         workers=call.workers,
         backend=call.backend,
         start_method=call.start_method,

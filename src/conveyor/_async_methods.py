@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._aio import AsyncResults
-    from ._pool import Pool
+    from ._pool import PoolCore as Pool
 
 __all__ = ["AsyncOptionsMethods", "AsyncPoolMethods"]
 

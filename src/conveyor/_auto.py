@@ -40,15 +40,13 @@ runs past 3x its task_timeout chooses processes, which stop such work.
 from __future__ import annotations
 
 import itertools
-import logging
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 
-from ._errors import TaskTimeout, Unsendable
+from ._errors import Unsendable
 from ._job import MapJob, length_of
 from ._options import JobOptions
 from ._work import MODE_CALL, Outcomes, Unit, function_key, run_items
@@ -57,11 +55,10 @@ from .backends.base import Backend, rough_size
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from concurrent.futures import Future
     from typing import Any
 
 __all__ = ["Choice", "Measurement", "Probe", "Router", "choose", "probe", "take_head"]
-
-log = logging.getLogger("conveyor")
 
 #: the probe takes up to this many items (tiny work needs many, to time it above the clocks'
 #: own cost: a clock read is about a microsecond in a virtual machine) ...
@@ -326,7 +323,11 @@ def choose(
 def report(choice: Choice, fn: Callable[..., Any], explain: bool) -> None:
     """Log the choice at INFO, and print it to stderr when ``explain`` is set."""
     text = choice.explain(fn)
-    log.info(text)
+    # Logged only where logging is imported: elsewhere nothing configured it, so an INFO record
+    # would be dropped anyway (and a cold call must not import it: ~4 ms with what it imports).
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("conveyor").info(text)
     if explain:
         print(text, file=sys.stderr, flush=True)
 
@@ -373,6 +374,8 @@ class _ProbeSink:
     __slots__ = ("future",)
 
     def __init__(self) -> None:
+        from concurrent.futures import Future  # (a probe with a task_timeout only)
+
         self.future: Future[Any] = Future()
 
     @property
@@ -517,6 +520,8 @@ class Router:
             timeout=3 * task_timeout,
         )
         self.backend("thread").submit([unit])
+        from ._executor_errors import TaskTimeout
+
         try:
             done, outcomes, measurement = sink.future.result()
         except TaskTimeout:

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ._errors import TaskTimeout
+from ._executor_errors import TaskTimeout
 from ._work import Abandoned, Outcomes, RunsItems, call_item
 
 __all__ = ["AsyncFunction", "is_async_function"]

@@ -45,7 +45,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 
-from ._errors import PoolClosed, missed_deadline
+from ._errors import PoolClosed
+from ._executor_errors import missed_deadline
 from ._futures import Future as PoolFuture
 from ._retry import RetryPolicy
 from ._work import MODE_MAP, MODE_STAR, Loader, Unit

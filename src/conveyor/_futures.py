@@ -1,8 +1,12 @@
-"""The ``Future`` that ``Pool.submit`` returns: a ``concurrent.futures.Future``, lighter to keep.
+"""What ``Pool.submit`` returns, and what settles it: a ``concurrent.futures.Future``, lighter
+to keep, and the sink of its one-item unit (:class:`FutureTask`).
 
-Data flow: none of its own. The caller's thread makes the future and waits on it; the thread
-that settles it (a backend's worker thread or dispatcher, see ``_pool._FutureTask``) calls
+Data flow: the caller's thread makes the future and waits on it; the thread that settles it (a
+backend's worker thread or dispatcher) calls the :class:`FutureTask`'s ``deliver``, which calls
 ``set_result`` / ``set_exception``, inherited unchanged, as every other method is.
+
+A map needs none of this module: ``_pool`` imports it at the first submit, so that a cold
+``conveyor.map`` never imports ``concurrent.futures`` (nor ``logging``, which it imports).
 
 Why it exists: a script that submits thousands of tasks and keeps their futures spends much
 of its time in the cycle collector, which walks every object that can hold references. A
@@ -42,15 +46,37 @@ Example::
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future as _StdFuture
+from concurrent.futures import InvalidStateError
 from concurrent.futures._base import PENDING
+
+from ._errors import PoolClosed
+from ._retry import RetryPolicy
+from ._work import Unit
+from .backends.queue import FOLLOW_UP
 
 TYPE_CHECKING = False  # (typing is not imported at run time: a cold script skips it)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
 
-__all__ = ["LIGHT", "Future"]
+    from ._pool import _SubmitTimes
+    from ._work import Loader
+    from .backends.base import Backend
+
+    class Settles(Protocol):
+        """What a :class:`FutureTask` settles: these methods of a ``concurrent.futures.Future``,
+        with their meaning."""
+
+        def done(self) -> bool: ...
+        def cancel(self) -> bool: ...
+        def set_running_or_notify_cancel(self) -> bool: ...
+        def set_result(self, result: Any) -> None: ...
+        def set_exception(self, exception: BaseException) -> None: ...
+
+
+__all__ = ["LIGHT", "Future", "FutureTask", "task_of"]
 
 #: The state a stock Condition and Future have, which the light classes make themselves.
 _CONDITION_STATE = {"_lock", "acquire", "release", "_release_save", "_acquire_restore",
@@ -110,7 +136,7 @@ class _LightFuture(_StdFuture):
         self._waiters = []
         self._done_callbacks: list[Any] = []
         # conveyor.Pool: a weak reference to the task that settles this future, while it
-        # has not (for Pool.stop; see _pool._FutureTask)
+        # has not (for Pool.stop; see FutureTask)
         self._conveyor_task = None
 
 
@@ -125,3 +151,95 @@ def _stock_state() -> tuple[set[str], set[str]]:
 LIGHT = _stock_state() == (_CONDITION_STATE, _FUTURE_STATE)
 
 Future: type[_StdFuture[Any]] = _LightFuture if LIGHT else _StdFuture
+
+
+def task_of(future: _StdFuture[Any]) -> FutureTask | None:
+    """The sink of a submitted future, while the backend still has its unit (see Pool.stop)."""
+    ref = getattr(future, "_conveyor_task", None)
+    return None if ref is None else ref()
+
+
+class FutureTask:
+    """The sink of one ``submit``: settles its future, retrying first if asked to.
+
+    The future is a ``concurrent.futures.Future``, or for an awaited call the ``_CallFuture``
+    that hands its outcome to the event loop (``_aio.py``): only the methods of
+    :class:`Settles` are used.
+    """
+
+    __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
+
+    def __init__(self, backend: Backend, future: Settles, retries: int, times: _SubmitTimes):
+        self.backend = backend
+        self.future = future
+        self.policy = RetryPolicy.of(retries)
+        self.times = times
+        self.attempts = 0
+        self.started = False
+
+    @property
+    def owner(self) -> object:
+        # A property, not `self.owner = self`: that reference cycle kept every finished task, its
+        # future and its result (maybe a view of shared memory) alive until the cycle collector.
+        return self
+
+    def starting(self, unit: Unit) -> bool:
+        if self.started:  # a retry, or a piece re-queued after a crash
+            return not self.future.done()
+        self.started = True
+        return self.future.set_running_or_notify_cancel()
+
+    def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
+        values, errors = loader()
+        error = errors.get(0)
+        if error is None:
+            try:  # (no done() first: each look at a Future takes its lock)
+                self.future.set_result(values[0])
+            except InvalidStateError:
+                pass  # done already: see below
+            else:
+                self.times.observe(elapsed)
+                self._settled()
+                return
+        if self.future.done():
+            if not self.started:  # its caller cancelled it, and it was dropped unrun
+                self.started = True
+                self.future.set_running_or_notify_cancel()
+            self._settled()
+            return
+        assert error is not None  # set_result refuses only a future that is done
+        if isinstance(error, PoolClosed) and not self.started:
+            # dropped unrun by shutdown(cancel_futures=True) or terminate(): cancelled, and
+            # notified, so that wait() and as_completed() see it (starting() never will)
+            self.started = True
+            self.future.cancel()
+            self.future.set_running_or_notify_cancel()
+            self._settled()
+            return
+        self.attempts += 1
+        delay = self.policy.delay(self.attempts, error)
+        if delay is not None:
+            retry = Unit(
+                fn=unit.fn,
+                items=unit.items,
+                mode=unit.mode,
+                sink=self,
+                tags=unit.tags,
+                timeout=unit.timeout,
+                not_before=time.monotonic() + delay,
+            )
+            try:
+                self.backend.submit([retry], FOLLOW_UP)
+                return
+            except Exception as exc:
+                error = exc
+        self.future.set_exception(error)
+        self._settled()
+
+    def _settled(self) -> None:
+        """The future is settled for good: it no longer needs to find this task (Pool.stop),
+        and a kept future should not keep a dead weak reference (one more object for the
+        cycle collector to walk)."""
+        future = self.future
+        if type(future) is Future:
+            future._conveyor_task = None  # type: ignore[attr-defined]

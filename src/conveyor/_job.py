@@ -45,7 +45,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ._chunking import Chunker, ItemTimes
-from ._errors import Failure, Unsendable, missed_deadline, traceback_text
+from ._errors import Failure, Unsendable, traceback_text
 from ._options import JobOptions
 from ._progress import Progress
 from ._retry import RetryPolicy
@@ -357,6 +357,8 @@ class MapJob:
                 # running its chunks, as on Ctrl-C; threads cannot be stopped, their queued
                 # chunks are dropped) and raise.
                 self._close(interrupt=True)
+                from ._executor_errors import missed_deadline  # (see that module)
+
                 raise missed_deadline("the map call", self.timeout) from None
         self._event(event)
         self._drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -10,6 +11,7 @@ from ._work import MODE_MAP
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
     from typing import Any
 
     from ._stats import MapStats
@@ -19,6 +21,7 @@ __all__ = [
     "ON_ERROR",
     "Deadline",
     "JobOptions",
+    "as_executor",
     "check_callable",
     "check_cluster",
     "check_deadline",
@@ -82,16 +85,29 @@ def check_backend(backend: Any) -> str:
         >>> check_backend("thread"), check_backend(ThreadPoolExecutor(1))
         ('thread', 'executor')
     """
-    from concurrent.futures import Executor
-
-    if isinstance(backend, Executor):
-        return "executor"
     if isinstance(backend, str) and backend in BACKENDS:
         return backend
+    if as_executor(backend) is not None:
+        return "executor"
     raise ValueError(
         f"backend must be one of {', '.join(map(repr, BACKENDS))} or a "
         f"concurrent.futures.Executor, got {backend!r}"
     )
+
+
+def as_executor(backend: Any) -> Executor | None:
+    """``backend`` if it is a ``concurrent.futures.Executor``, else None; without importing
+    ``concurrent.futures``, which a cold map does not (see ``_executor_errors``): where it is not
+    imported, no object is an Executor.
+
+    Example::
+
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> as_executor("thread") is None, as_executor(ThreadPoolExecutor(1)) is not None
+        (True, True)
+    """
+    executor = getattr(sys.modules.get("concurrent.futures._base"), "Executor", None)
+    return backend if executor is not None and isinstance(backend, executor) else None
 
 
 def check_cluster(backend: str, cluster: Any, security: Any) -> None:

@@ -58,7 +58,7 @@ from ._errors import Failure
 from ._feed import Feed, Stopped
 from ._job import MapJob
 from ._pipeline_stats import PipelineStats, StageStats
-from ._pool import Pool
+from ._pool import PoolCore
 from ._progress import Progress
 from ._stages import FUNCTION_KINDS, _engine_options, _Group, _plan, _Stage
 
@@ -91,8 +91,8 @@ class Run:
         self.completed = False  # every item went through to the end
         self.started = time.perf_counter()
         self.ended: float | None = None
-        self.pools: dict[int, Pool] = {}  # the pool of each function stage
-        self.own: list[Pool] = []  # the pools this run made (and ends)
+        self.pools: dict[int, PoolCore] = {}  # the pool of each function stage
+        self.own: list[PoolCore] = []  # the pools this run made (and ends)
         try:
             for group in self.groups:
                 if group.first.kind in FUNCTION_KINDS and self._owns_pool(group.first):
@@ -123,8 +123,8 @@ class Run:
         """
         return stage.backend == "thread" or stage.initializer is not None
 
-    def _own_pool(self, stage: _Stage) -> Pool:
-        pool = Pool(
+    def _own_pool(self, stage: _Stage) -> PoolCore:
+        pool = PoolCore(
             workers=stage.workers,
             backend=stage.backend,
             initializer=stage.initializer,

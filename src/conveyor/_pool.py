@@ -1,11 +1,11 @@
-"""``conveyor.Pool``: a ``concurrent.futures.Executor`` on a thread or process backend.
+"""The engine of ``conveyor.Pool`` (:class:`PoolCore`), on a thread or process backend.
 
 Data flow::
 
     caller thread                         backend (worker threads, or the dispatcher thread)
     -------------                         --------------------------------------------------
-    submit(fn, *args) -> Future  ------>  one-item Unit, sink = _FutureTask
-                                          _FutureTask.deliver(): set_result / set_exception,
+    submit(fn, *args) -> Future  ------>  one-item Unit, sink = _futures.FutureTask
+                                          FutureTask.deliver(): set_result / set_exception,
                                           or re-submit after a backoff while retries remain
     map/imap/...  -> JobOptions (checked once) -> _job -> MapJob (see _job.py), which runs
                      in the caller's thread; backend="auto": _auto.Router measures and
@@ -18,7 +18,7 @@ Guarantees:
 * ``shutdown(cancel_futures=True)`` cancels every future that has not started, and (like
   ``ProcessPoolExecutor``) leaves it CANCELLED_AND_NOTIFIED, so ``wait()`` and
   ``as_completed()`` count it as done; so does ``terminate()``, and so does the dispatcher
-  for a future its caller cancelled (:meth:`_FutureTask.deliver`, ``starting``).
+  for a future its caller cancelled (``_futures.FutureTask.deliver``, ``starting``).
 * A submitted task is finished by ``shutdown``, its retries too (they are follow-ups, which a
   shutting-down backend takes); so is a map that has started (see backends/queue.py).
 * Leaving a ``with Pool()`` block by Ctrl-C (KeyboardInterrupt) or SystemExit terminates the
@@ -32,19 +32,17 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future, InvalidStateError
 
 from ._async_methods import AsyncOptionsMethods, AsyncPoolMethods
 from ._chunking import ItemTimes
 from ._cpus import usable_cpus
-from ._errors import PoolClosed, TaskStopped
-from ._futures import Future as PoolFuture
+from ._errors import PoolClosed
 from ._job import MapJob
 from ._options import (
     JobOptions,
+    as_executor,
     check_backend,
     check_callable,
     check_cluster,
@@ -52,34 +50,24 @@ from ._options import (
     check_workers,
     engine_limits,
 )
-from ._retry import RetryPolicy
-from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Loader, Unit
+from ._work import MODE_CALL, MODE_MAP, MODE_STAR, Unit
 from .backends.base import Backend, copied_bytes
-from .backends.queue import FOLLOW_UP
 
 # typing is imported by type checkers only: a short script must not pay for it at run time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn, ParamSpec, Protocol, TypeVar
+    from concurrent.futures import Executor, Future
+    from typing import Any, NoReturn, ParamSpec, TypeVar
 
     from ._auto import Router
+    from ._futures import FutureTask, Settles
     from ._stats import MapStats, PoolStats
 
     P = ParamSpec("P")
     R = TypeVar("R")
+    _Core = TypeVar("_Core", bound="PoolCore")
 
-    class Settles(Protocol):
-        """What a ``_FutureTask`` settles: these methods of a ``concurrent.futures.Future``,
-        with their meaning."""
-
-        def done(self) -> bool: ...
-        def cancel(self) -> bool: ...
-        def set_running_or_notify_cancel(self) -> bool: ...
-        def set_result(self, result: Any) -> None: ...
-        def set_exception(self, exception: BaseException) -> None: ...
-
-
-__all__ = ["Pool"]
+__all__ = ["PoolCore"]
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 
@@ -87,11 +75,21 @@ _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 #: the tags of a submit's one item (shared: a submit allocates as little as it can)
 _ONE_TAG = (0,)
 
+# What a submit needs and a map does not, imported by the first submit (see _futures: a cold
+# map must not import concurrent.futures) and kept here: an import statement in submit itself
+# would cost each submit ~0.4 us per name (~6% of a submit).
+_Future: Any = None  # _futures.Future, the light Future submit returns
+_FutureTask: Any = None  # _futures.FutureTask, its sink
+_StdFuture: Any = None  # concurrent.futures.Future
 
-def _task_of(future: Future[Any]) -> _FutureTask | None:
-    """The sink of a submitted future, while the backend still has its unit (see Pool.stop)."""
-    ref = getattr(future, "_conveyor_task", None)
-    return None if ref is None else ref()
+
+def _import_futures() -> None:
+    global _Future, _FutureTask, _StdFuture
+    from concurrent.futures import Future as std_future
+
+    from ._futures import Future, FutureTask
+
+    _Future, _FutureTask, _StdFuture = Future, FutureTask, std_future
 
 
 class _SubmitTimes:
@@ -104,119 +102,20 @@ class _SubmitTimes:
         self.estimate += 0.2 * (elapsed - self.estimate) if self.estimate else elapsed
 
 
-class _FutureTask:
-    """The sink of one ``submit``: settles its future, retrying first if asked to.
+class PoolCore(AsyncPoolMethods):
+    """Everything of :class:`conveyor.Pool` but being a ``concurrent.futures.Executor``.
 
-    The future is a ``concurrent.futures.Future``, or for an awaited call the ``_CallFuture``
-    that hands its outcome to the event loop (``_aio.py``): only the methods of
-    :class:`Settles` are used.
-    """
-
-    __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
-
-    def __init__(self, backend: Backend, future: Settles, retries: int, times: _SubmitTimes):
-        self.backend = backend
-        self.future = future
-        self.policy = RetryPolicy.of(retries)
-        self.times = times
-        self.attempts = 0
-        self.started = False
-
-    @property
-    def owner(self) -> object:
-        # A property, not `self.owner = self`: that reference cycle kept every finished task, its
-        # future and its result (maybe a view of shared memory) alive until the cycle collector.
-        return self
-
-    def starting(self, unit: Unit) -> bool:
-        if self.started:  # a retry, or a piece re-queued after a crash
-            return not self.future.done()
-        self.started = True
-        return self.future.set_running_or_notify_cancel()
-
-    def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
-        values, errors = loader()
-        error = errors.get(0)
-        if error is None:
-            try:  # (no done() first: each look at a Future takes its lock)
-                self.future.set_result(values[0])
-            except InvalidStateError:
-                pass  # done already: see below
-            else:
-                self.times.observe(elapsed)
-                self._settled()
-                return
-        if self.future.done():
-            if not self.started:  # its caller cancelled it, and it was dropped unrun
-                self.started = True
-                self.future.set_running_or_notify_cancel()
-            self._settled()
-            return
-        assert error is not None  # set_result refuses only a future that is done
-        if isinstance(error, PoolClosed) and not self.started:
-            # dropped unrun by shutdown(cancel_futures=True) or terminate(): cancelled, and
-            # notified, so that wait() and as_completed() see it (starting() never will)
-            self.started = True
-            self.future.cancel()
-            self.future.set_running_or_notify_cancel()
-            self._settled()
-            return
-        self.attempts += 1
-        delay = self.policy.delay(self.attempts, error)
-        if delay is not None:
-            retry = Unit(
-                fn=unit.fn,
-                items=unit.items,
-                mode=unit.mode,
-                sink=self,
-                tags=unit.tags,
-                timeout=unit.timeout,
-                not_before=time.monotonic() + delay,
-            )
-            try:
-                self.backend.submit([retry], FOLLOW_UP)
-                return
-            except Exception as exc:
-                error = exc
-        self.future.set_exception(error)
-        self._settled()
-
-    def _settled(self) -> None:
-        """The future is settled for good: it no longer needs to find this task (Pool.stop),
-        and a kept future should not keep a dead weak reference (one more object for the
-        cycle collector to walk)."""
-        future = self.future
-        if type(future) is PoolFuture:
-            future._conveyor_task = None  # type: ignore[attr-defined]
-
-
-class Pool(AsyncPoolMethods, Executor):
-    """A pool of workers: a real ``concurrent.futures.Executor`` with conveyor's map calls.
-
-    ``backend`` is ``"process"`` (default; conveyor's own worker processes), ``"thread"``,
-    ``"auto"`` or ``"dask"`` (a Dask cluster: ``cluster=`` an address, a ``distributed.Client``
-    or None for a LocalCluster on 127.0.0.1 that the pool owns; ``security=`` a
-    ``distributed.Security`` for TLS), or any ``concurrent.futures.Executor`` (mpi4py's,
-    loky's, one you already have: conveyor's maps, retries and ``on_error`` run on its
-    ``submit``, with the guarantees listed in ``conveyor.backends.executor``).
-    ``workers=None`` means the CPUs this process may use (for threads: that plus 4, at most
-    32; for an executor: its own ``_max_workers`` where it has one). ``max_tasks_per_worker`` and
-    ``max_memory_per_worker`` (bytes of resident memory a worker gained since it started; the
-    pages it shares with this process from its fork do not count) replace a worker process
-    after it ran that many tasks or grew that big. ``start_method``: how worker processes
-    start; ``None`` (default) is ``"zygote"`` on Linux while it can be made (a fork of this
-    process taken while it has one thread, from which every worker forks: see
-    ``conveyor.backends.process.zygote``), else ``"forkserver"``, and ``"spawn"`` where there
-    is no fork.
+    The one-shot calls' pools (``conveyor.map`` and friends) are ``PoolCore`` s, so that a
+    cold map never imports ``concurrent.futures``: subclassing ``Executor`` imports it, and
+    with it ``logging`` and ``traceback`` (~4 ms of a cold start on Python 3.11). Its only
+    subclass, ``conveyor.Pool`` (``_executor_pool``), adds the ``Executor`` base and nothing
+    else; the methods, documented there, are these.
 
     Example::
 
-        >>> import conveyor
-        >>> with conveyor.Pool(workers=2) as pool:
-        ...     future = pool.submit(pow, 2, 10)
-        ...     squares = list(pool.map(lambda x: x * x, range(5)))
-        >>> future.result(), squares
-        (1024, [0, 1, 4, 9, 16])
+        >>> with PoolCore(workers=2, backend="thread") as pool:
+        ...     list(pool.map(abs, [-1, -2]))
+        [1, 2]
     """
 
     def __init__(
@@ -231,7 +130,7 @@ class Pool(AsyncPoolMethods, Executor):
         cluster: Any = None,
         security: Any = None,
     ):
-        executor = backend if isinstance(backend, Executor) else None
+        executor = as_executor(backend)
         backend = check_backend(backend)
         check_cluster(backend, cluster, security)
         workers = check_workers(workers)
@@ -360,6 +259,7 @@ class Pool(AsyncPoolMethods, Executor):
 
         Example::
 
+            >>> import time
             >>> with conveyor.Pool() as pool:
             ...     fut = pool.options(task_timeout=1.0).submit(time.sleep, 10)
             ...     fut.exception()
@@ -376,7 +276,9 @@ class Pool(AsyncPoolMethods, Executor):
         task_timeout: float | None,
         retries: int,
     ) -> Future[Any]:
-        future = PoolFuture()
+        if _Future is None:
+            _import_futures()
+        future = _Future()
         self._submit_task(fn, args, kwargs, task_timeout, retries, future)
         return future
 
@@ -388,15 +290,17 @@ class Pool(AsyncPoolMethods, Executor):
         task_timeout: float | None,
         retries: int,
         future: Settles,
-    ) -> _FutureTask:
+    ) -> FutureTask:
         """Submit one call; its sink, which owns its unit (to stop it: ``interrupt(task)``).
 
         The sink settles ``future``: a ``Future`` (``submit``'s), or what an awaited call
         hands its outcome on with (``_aio._CallFuture``).
         """
+        if _FutureTask is None:
+            _import_futures()
         check_callable(fn)
         backend = self._backend_for(fn)
-        task = _FutureTask(backend, future, retries, self._times)
+        task: FutureTask = _FutureTask(backend, future, retries, self._times)
         unit = Unit(
             fn=fn,
             items=[(args, kwargs)],
@@ -409,8 +313,8 @@ class Pool(AsyncPoolMethods, Executor):
             coalesce=True,
         )
         backend.submit([unit])
-        if isinstance(future, Future):  # for stop(); weak: the future must not keep its task
-            future._conveyor_task = weakref.ref(task)  # type: ignore[attr-defined]
+        if isinstance(future, _StdFuture):  # for stop(); weak: the future must not keep its task
+            future._conveyor_task = weakref.ref(task)
         return task
 
     def stop(self, future: Future[Any]) -> bool:
@@ -433,7 +337,12 @@ class Pool(AsyncPoolMethods, Executor):
         """
         if future.cancel():
             return True
-        task = _task_of(future)
+        from concurrent.futures import InvalidStateError
+
+        from ._executor_errors import TaskStopped
+        from ._futures import task_of
+
+        task = task_of(future)
         if task is None or future.done():
             return False
         for backend in self._all_backends():
@@ -710,6 +619,9 @@ class Pool(AsyncPoolMethods, Executor):
         threads = None if self._router is None else self._router.threads
         return [b for b in (self._primary, threads) if b is not None]
 
+    def __enter__(self: _Core) -> _Core:
+        return self
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
             self.terminate()
@@ -733,7 +645,7 @@ class _PoolOptions(AsyncOptionsMethods):
     :meth:`Pool.options`); every other option is the pool's call's own.
     """
 
-    def __init__(self, pool: Pool, task_timeout: float | None, retries: int):
+    def __init__(self, pool: PoolCore, task_timeout: float | None, retries: int):
         self._pool = pool
         self._task_timeout = task_timeout
         self._retries = retries

@@ -78,10 +78,11 @@ from multiprocessing import TimeoutError
 from typing import Any
 
 from ._cpus import usable_cpus
-from ._errors import Failure, PoolClosed, WorkerCrashed
+from ._errors import Failure, PoolClosed
+from ._executor_errors import WorkerCrashed
 from ._job import MapJob
 from ._options import JobOptions, engine_limits
-from ._pool import Pool as _EnginePool
+from ._pool import PoolCore as _EnginePool
 from ._work import MODE_MAP, MODE_STAR
 
 __all__ = [

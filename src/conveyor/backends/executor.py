@@ -50,7 +50,8 @@ from typing import Any
 
 from .._chunking import TARGET_SECONDS
 from .._cpus import usable_cpus
-from .._errors import PoolClosed, WorkerCrashed, attach_remote_traceback
+from .._errors import PoolClosed, attach_remote_traceback
+from .._executor_errors import WorkerCrashed
 from .._serialize import dumps_callable
 from .._work import Unit, errors_of, outcomes_of
 from .base import Backend, fail_units

@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .._errors import PoolClosed, TaskTimeout, WorkerInitError
+from .._errors import PoolClosed
 from .._tally import RESTART_CAUSES
 from .._work import Abandoned, Unit, errors_of, outcomes_of, run_items
 from .base import Backend, fail_units
@@ -409,6 +409,8 @@ class ThreadBackend(Backend):
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
 
     def _break(self, exc: BaseException) -> None:
+        from .._executor_errors import WorkerInitError  # (a failure: see that module)
+
         error = WorkerInitError(
             f"the pool's initializer {_describe(self._initializer)} failed in a worker thread: "
             f"{type(exc).__name__}: {exc}"
@@ -473,6 +475,8 @@ class ThreadBackend(Backend):
             if not self._terminated and (not self._closing or self._queue or self._queue.jobs):
                 self._start_thread()
             self._cv.notify()
+        from .._executor_errors import TaskTimeout  # (a failure: see that module)
+
         error = TaskTimeout(f"task ran past its timeout of {timeout:g} s", timeout)
         unit.sink.deliver(unit, position, errors_of(1, error), timeout or 0.0)
 

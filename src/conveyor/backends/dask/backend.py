@@ -53,7 +53,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..._errors import PoolClosed, Unsendable, WorkerCrashed, attach_remote_traceback
+from ..._errors import PoolClosed, Unsendable, attach_remote_traceback
+from ..._executor_errors import WorkerCrashed
 from ..._serialize import _unsendable, dumps_callable
 from ..._work import MODE_CALL, Unit, errors_of, outcomes_of
 from ..base import Backend, fail_units

@@ -45,7 +45,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..._errors import TaskTimeout, WorkerInitError
+from ..._executor_errors import TaskTimeout, WorkerInitError
 from ..._work import Abandoned, Outcomes, run_items
 from ..process.parent import hard_deadline_grace
 from ..process.worker import _picklable_error

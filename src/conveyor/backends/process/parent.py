@@ -100,14 +100,13 @@ from multiprocessing.process import BaseProcess
 
 from ... import _pull, _shm
 from ..._envmark import kill_marked
-from ..._errors import PoolClosed, WorkerCrashed, WorkerInitError
+from ..._errors import PoolClosed
 from ..._serialize import by_name, cloudpickle_module, dumps_callable, names_main
 from ..._shm import Segment
 from ..._tally import RESTART_CAUSES
 from ..._work import Loader, Outcomes, Unit, deferred_wakeups, errors_of
 from ..base import Backend, copied_bytes, fail_units
 from ..queue import JobTicket, WorkQueue
-from . import worker_logging
 from . import workers as records_module
 from .batching import is_short, pick_batch
 from .packing import Packer, release
@@ -805,6 +804,8 @@ class ProcessBackend(Backend):
         self._start_worker()
 
     def _on_init_failed(self, tb: str) -> None:
+        from ..._executor_errors import WorkerInitError  # (a failure: see that module)
+
         error = WorkerInitError(
             f"the pool's initializer {self._init_name} failed in a worker process:\n{tb}"
         )
@@ -889,6 +890,8 @@ class ProcessBackend(Backend):
         a crashing initializer must not make the pool restart workers forever."""
         self._startup_deaths += 1
         if self._startup_deaths >= MAX_STARTUP_DEATHS:
+            from ..._executor_errors import WorkerCrashed  # (a failure: see that module)
+
             self._break(
                 WorkerCrashed(
                     f"worker processes keep dying at start-up "
@@ -1130,6 +1133,8 @@ def _reemit(record: dict[str, Any]) -> None:
     """Hand a worker's log record to the caller's logging; a failing handler must not end the
     dispatcher thread (logging reports its own handlers' errors; this is for the rest)."""
     try:
+        from . import worker_logging  # (not before a worker logs: a cold map needs no logging)
+
         worker_logging.reemit(record)
     except Exception:
         pass

@@ -29,7 +29,7 @@ Guarantees (each is kept by the branch of :func:`settle` that names it):
 
 from __future__ import annotations
 
-from ..._errors import TaskTimeout, WorkerCrashed
+from ..._executor_errors import TaskTimeout, WorkerCrashed
 from ..._work import Unit
 from .protocol import IDLE, read_mark, running  # noqa: F401 (running: the example)
 

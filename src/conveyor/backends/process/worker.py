@@ -58,7 +58,7 @@ from multiprocessing.connection import Connection
 
 from ... import _pull, _shm
 from ..._envmark import VARIABLE, ItemTokens, kill_marked
-from ..._errors import TaskTimeout, format_exception_text
+from ..._errors import format_exception_text
 from ..._serialize import (
     Payload,
     cloudpickle_module,
@@ -68,7 +68,6 @@ from ..._serialize import (
 )
 from ..._shm import Segment, WorkerMappings
 from ..._work import MODE_MAP, call_item, run_items
-from . import worker_logging
 from .protocol import (
     FN_CACHE_SIZE,
     IDLE,
@@ -95,6 +94,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .protocol import Mark
+    from .worker_logging import Levels
 
 
 #: signals the kernel raises in the thread that caused them; never blocked
@@ -105,6 +105,13 @@ _SYNCHRONOUS = {
 }
 
 __all__ = ["worker_main"]
+
+#: The caller had not imported ``logging`` when this worker started (nothing there can have
+#: configured it, and a cold map imports neither it nor worker_logging): the worker ships its
+#: records from the first unit it runs once its own ``logging`` exists (a task's module imported
+#: it), with logging's default levels. A record logged by the very call that first imports
+#: ``logging`` in the worker still goes to logging's last-resort handler (the worker's stderr).
+_logs_waiting = False
 
 
 class _Alarm:
@@ -118,6 +125,9 @@ class _Alarm:
         self.timeout = 0.0
         self.paused = 0  # > 0 while the main thread writes to the pipe (a log record)
         self.deferred = False  # the alarm came while paused: raise when resumed
+        # conveyor.TaskTimeout, imported by the first timed item (run), never by the handler
+        # (see conveyor._executor_errors): a worker that times nothing never imports it
+        self.error: type[BaseException] | None = None
         if self.available:
             _signal.signal(signal.SIGALRM, self._fire)
 
@@ -129,7 +139,8 @@ class _Alarm:
                 return
             self.armed = False
             self.fired = True
-            raise TaskTimeout(f"task ran past its timeout of {self.timeout:g} s", self.timeout)
+            assert self.error is not None  # armed by run(), which imported it
+            raise self.error(f"task ran past its timeout of {self.timeout:g} s", self.timeout)
 
     def pause(self) -> None:
         """Hold back the TaskTimeout (main thread only; handlers run there, so no race)."""
@@ -147,6 +158,10 @@ class _Alarm:
             return call_item(fn, mode, item)
         if _signal.getsignal(signal.SIGALRM) != self._fire:
             _signal.signal(signal.SIGALRM, self._fire)  # an earlier task installed its own
+        if self.error is None:
+            from ..._executor_errors import TaskTimeout
+
+            self.error = TaskTimeout
         self.timeout = timeout
         self.fired = False
         # The timer is cancelled before ``armed`` is cleared, so no alarm is pending once the
@@ -161,7 +176,8 @@ class _Alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.armed = False
         if self.fired:  # the task caught the TaskTimeout and went on: its result is too late
-            raise TaskTimeout(
+            assert self.error is not None
+            raise self.error(
                 f"task ran past its timeout of {timeout:g} s (it caught the TaskTimeout raised "
                 f"at the deadline and returned later)",
                 timeout,
@@ -338,7 +354,7 @@ def worker_main(
     token: str,
     close_fds: tuple[int, ...] = (),
     pull_probe: tuple[int, int, bytes] | None = None,
-    log_levels: worker_logging.Levels | None = None,
+    log_levels: Levels | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``multiprocessing.Process``).
 
@@ -348,9 +364,10 @@ def worker_main(
     ``pull_probe``: where to try reading the parent's memory; PROBED says whether it worked
     (then the parent lets us copy a map's large arguments ourselves, see conveyor._pull).
     ``log_levels``: the caller's logging levels; records our loggers let through are sent to
-    the parent (see :mod:`.worker_logging`), from the initializer on.
+    the parent (see :mod:`.worker_logging`), from the initializer on. None: the caller had not
+    imported logging (see ``_logs_waiting``).
     """
-    global _started_with
+    global _started_with, _logs_waiting
     os.environ[VARIABLE] = token
     if report_memory:
         _started_with = _resident_bytes()
@@ -378,7 +395,9 @@ def worker_main(
     alarm = _Alarm()
     channel = _Channel(conn, fd_sock, alarm)
     if log_levels is not None:
-        worker_logging.install(log_levels, channel.send_log)
+        _ship_logs(channel, log_levels)
+    else:
+        _logs_waiting = True
     if init_blob is not None:
         try:
             initializer, initargs = pickle.loads(init_blob)  # cloudpickle's, read by pickle
@@ -388,6 +407,16 @@ def worker_main(
             return
     channel.send(Ready(0))
     _serve(channel, alarm, report_memory, mark, ItemTokens(token), pull_probe)
+
+
+def _ship_logs(channel: _Channel, levels: Levels | None) -> None:
+    """Send this worker's log records to the parent from now on (``levels`` None: logging's
+    defaults, which a caller that had not imported logging has)."""
+    global _logs_waiting
+    _logs_waiting = False
+    from . import worker_logging
+
+    worker_logging.install(levels or worker_logging.DEFAULT_LEVELS, channel.send_log)
 
 
 def _serve(
@@ -470,6 +499,8 @@ def _run_unit(
     try:
         fn = _function(functions, fn_key, fn_wire, segments)
         items = from_wire(items_wire, segments, mappings)
+        if _logs_waiting and "logging" in sys.modules:  # (see _logs_waiting)
+            _ship_logs(channel, None)
     except BaseException as exc:
         # Every item of the unit gets the loading error (a module missing here, say).
         if not stream:
@@ -499,7 +530,7 @@ def _run_unit(
         except BaseException as exc:
             failed = 1
             payload = _dump_outcomes([None], {0: exc})
-            if isinstance(exc, TaskTimeout):
+            if alarm.error is not None and isinstance(exc, alarm.error):  # a TaskTimeout
                 # The item is over, its programs must be too (those that left this worker's
                 # process group as well): see conveyor._envmark.
                 kill_marked(item_token)

@@ -6,8 +6,10 @@ Data flow::
     ---------------                                   --------------
     levels() at each worker's start  -- args ---->    install(levels, send): the worker's
       (root level, explicit logger levels,              loggers get the caller's levels, its
-       logging.disable)                                 inherited handlers go, one handler
-                                                        ships each record it is given
+       logging.disable; None while logging              inherited handlers go, one handler
+       is not imported: workers._log_levels)            ships each record it is given (levels
+                                                        None: at the first unit it runs once
+                                                        its logging exists, _logs_waiting)
     dispatcher thread: re-emit(record) <-- pipe --    LOG (record as a dict of plain values)
       filtered again by the caller's levels
       as they are now, then handled by
@@ -29,6 +31,12 @@ Guarantees:
   TaskTimeout cannot interrupt a write half-way; it is raised right after.
 * **Not re-entered.** A record logged while the worker is already shipping one in the same
   thread (a handler of the pipe's own code logging) is dropped rather than deadlocking.
+* **A caller without logging pays nothing for it.** While the caller has not imported
+  ``logging``, nothing can have configured it, and neither it nor its new workers import
+  ``logging`` or this module for a map: such a worker ships its records from the first unit it
+  runs once its own ``logging`` exists (a task's module imported it; see
+  ``worker._logs_waiting``), with logging's default levels (:data:`DEFAULT_LEVELS`), the
+  caller's at the worker's start.
 * Records are re-emitted on the parent's dispatcher thread, never in a signal handler; a slow
   handler of the caller's delays the pool's dispatching as long as it runs.
 """
@@ -40,17 +48,18 @@ import pickle
 import threading
 from collections.abc import Callable
 
-from ..._errors import TaskTimeout
-
 TYPE_CHECKING = False  # typing is for type checkers only: a cold map must not pay its import
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["Levels", "install", "levels", "reemit"]
+__all__ = ["DEFAULT_LEVELS", "Levels", "install", "levels", "reemit"]
 
 #: what a worker needs to know of the caller's logging: (root level, {logger name: level set
 #: explicitly}, the level given to ``logging.disable``)
 Levels = tuple[int, dict[str, int], int]
+
+#: a process's levels before anything set them (a caller that has not imported logging)
+DEFAULT_LEVELS: Levels = (logging.WARNING, {}, 0)
 
 #: attributes of a LogRecord that are never shipped (made plain, or rebuilt by the parent)
 _DROPPED = ("args", "exc_info")
@@ -98,9 +107,11 @@ class _Shipper(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             plain = plain_record(record)
-        except TaskTimeout:
-            raise  # the task's soft timeout came while the record was made: it is the task's
-        except Exception:
+        except Exception as exc:
+            from ..._executor_errors import TaskTimeout  # (imported already if it is one)
+
+            if isinstance(exc, TaskTimeout):
+                raise  # the task's soft timeout came while the record was made: it is the task's
             self.handleError(record)
             return
         # Outside the try: a TaskTimeout held off during the send is raised as it ends (see

@@ -46,6 +46,7 @@ import itertools
 import os
 import signal
 import socket
+import sys
 import threading
 from collections import OrderedDict
 from multiprocessing.connection import Connection, Pipe
@@ -54,7 +55,6 @@ from multiprocessing.process import BaseProcess
 from ... import _shm
 from ..._envmark import kill_marked, new_token
 from ..._work import Unit
-from . import worker_logging
 from .protocol import Mark
 from .spawning import start_worker
 from .worker import worker_main
@@ -373,7 +373,7 @@ class WorkerPlan:
 
     def worker_args(self, close_fds: tuple[int, ...], pull_probe: Any) -> tuple[Any, ...]:
         """``worker_main``'s arguments, for a worker that closes ``close_fds`` first."""
-        return (*self.args, close_fds, pull_probe, worker_logging.levels())
+        return (*self.args, close_fds, pull_probe, _log_levels())
 
     def child_fds(self) -> list[int]:
         """The worker's ends, which only the worker may keep once it runs."""
@@ -406,6 +406,18 @@ class WorkerPlan:
             self.first.discard()
         self.close_child_ends()
         close_handles(self.conn, self.lifeline, self.fd_sock)
+
+
+def _log_levels() -> Any:
+    """The caller's logging levels for a new worker (``worker_logging.Levels``), or None when
+    this process has not imported ``logging``: then nothing set them, and a cold map imports
+    neither it nor worker_logging (the worker ships its records once it has logging itself:
+    ``worker._logs_waiting``)."""
+    if "logging" not in sys.modules:
+        return None
+    from . import worker_logging
+
+    return worker_logging.levels()
 
 
 def launch(
