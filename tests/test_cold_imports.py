@@ -150,3 +150,27 @@ def test_workers_of_a_caller_without_logging_ship_records_once_they_log(tmp_path
         cwd=tmp_path,
     )
     assert "item" not in out.stderr  # shipped to the caller's handler, not printed by a worker
+
+
+def test_first_submits_from_many_threads_at_once() -> None:
+    """The first submit imports what submits need (``_pool._import_futures``): threads making
+    their first submits at the same moment all get working futures."""
+    run(
+        """
+        import threading, conveyor
+        pool = conveyor.Pool(workers=2, backend="thread")
+        barrier = threading.Barrier(8)
+        futures = [None] * 8
+        def first_submit(i):
+            barrier.wait(60)
+            futures[i] = pool.submit(pow, i, 2)
+        threads = [threading.Thread(target=first_submit, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(8)]
+        assert pool.stop(futures[0]) is False  # settled: stop() finds no task
+        pool.shutdown()
+        """
+    )

@@ -84,12 +84,18 @@ _StdFuture: Any = None  # concurrent.futures.Future
 
 
 def _import_futures() -> None:
+    """Set the three names above. Two threads' first submits may both run this (the same
+    objects: harmless); the order of the assignments is what keeps a concurrent submit right:
+    ``_submit`` tests ``_Future`` and ``_submit_task`` tests ``_FutureTask``, each set only once
+    everything that function uses is."""
     global _Future, _FutureTask, _StdFuture
     from concurrent.futures import Future as std_future
 
     from ._futures import Future, FutureTask
 
-    _Future, _FutureTask, _StdFuture = Future, FutureTask, std_future
+    _StdFuture = std_future
+    _FutureTask = FutureTask
+    _Future = Future
 
 
 class _SubmitTimes:
@@ -105,11 +111,12 @@ class _SubmitTimes:
 class PoolCore(AsyncPoolMethods):
     """Everything of :class:`conveyor.Pool` but being a ``concurrent.futures.Executor``.
 
-    The one-shot calls' pools (``conveyor.map`` and friends) are ``PoolCore`` s, so that a
+    The pools conveyor makes for itself (the one-shot calls' default pools and own pools, the
+    async calls', a pipeline's, the ``multiprocessing`` drop-in's) are ``PoolCore`` s, so that a
     cold map never imports ``concurrent.futures``: subclassing ``Executor`` imports it, and
-    with it ``logging`` and ``traceback`` (~4 ms of a cold start on Python 3.11). Its only
-    subclass, ``conveyor.Pool`` (``_executor_pool``), adds the ``Executor`` base and nothing
-    else; the methods, documented there, are these.
+    with it ``logging`` and ``traceback`` (~4 ms of a cold start on Python 3.11).
+    ``conveyor.Pool`` (``_executor_pool``), the one users make, adds the ``Executor`` base and
+    nothing else; the methods, documented there, are these.
 
     Example::
 
