@@ -48,6 +48,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from ._errors import PoolClosed
 from ._executor_errors import missed_deadline
 from ._futures import Future as PoolFuture
+from ._futures import OneFutureSink
 from ._retry import RetryPolicy
 from ._work import MODE_MAP, MODE_STAR, Loader, Unit
 from .backends.queue import FOLLOW_UP
@@ -83,19 +84,17 @@ class _Failed:
         self.error = error
 
 
-class _MapTask:
+class _MapTask(OneFutureSink):
     """The sink of one task (``chunksize`` consecutive items) of an executor-style map."""
 
     __slots__ = (
         "attempts",
         "backend",
         "fn",
-        "future",
         "lock",
         "owner",
         "policy",
         "remaining",
-        "started",
         "values",
     )
 
@@ -111,12 +110,6 @@ class _MapTask:
         self.attempts: dict[int, int] = {}
         self.lock = threading.Lock() if policy.retries else None
         self.started = False
-
-    def starting(self, unit: Unit) -> bool:
-        if self.started:  # a retry, or a piece re-queued after a crash
-            return not self.future.done()
-        self.started = True
-        return self.future.set_running_or_notify_cancel()
 
     def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
         values, errors = loader()

@@ -76,7 +76,7 @@ if TYPE_CHECKING:
         def set_exception(self, exception: BaseException) -> None: ...
 
 
-__all__ = ["LIGHT", "Future", "FutureTask", "task_of"]
+__all__ = ["LIGHT", "Future", "FutureTask", "OneFutureSink", "task_of"]
 
 #: The state a stock Condition and Future have, which the light classes make themselves.
 _CONDITION_STATE = {"_lock", "acquire", "release", "_release_save", "_acquire_restore",
@@ -159,7 +159,31 @@ def task_of(future: _StdFuture[Any]) -> FutureTask | None:
     return None if ref is None else ref()
 
 
-class FutureTask:
+class OneFutureSink:
+    """A sink whose unit settles one future (:class:`FutureTask`, and an executor-style map's
+    task, ``_executor_map._MapTask``): the future is marked running exactly once, when the
+    unit is first handed to a worker, and a future cancelled before that is never run.
+
+    Example::
+
+        >>> sink = OneFutureSink()
+        >>> sink.future, sink.started = Future(), False
+        >>> sink.starting(None), sink.starting(None), sink.future.running()
+        (True, True, True)
+    """
+
+    __slots__ = ("future", "started")
+    future: Settles
+    started: bool
+
+    def starting(self, unit: Unit) -> bool:
+        if self.started:  # a retry, or a piece re-queued after a crash
+            return not self.future.done()
+        self.started = True
+        return self.future.set_running_or_notify_cancel()
+
+
+class FutureTask(OneFutureSink):
     """The sink of one ``submit``: settles its future, retrying first if asked to.
 
     The future is a ``concurrent.futures.Future``, or for an awaited call the ``_CallFuture``
@@ -167,7 +191,7 @@ class FutureTask:
     :class:`Settles` are used.
     """
 
-    __slots__ = ("__weakref__", "attempts", "backend", "future", "policy", "started", "times")
+    __slots__ = ("__weakref__", "attempts", "backend", "policy", "times")
 
     def __init__(self, backend: Backend, future: Settles, retries: int, times: _SubmitTimes):
         self.backend = backend
@@ -182,12 +206,6 @@ class FutureTask:
         # A property, not `self.owner = self`: that reference cycle kept every finished task, its
         # future and its result (maybe a view of shared memory) alive until the cycle collector.
         return self
-
-    def starting(self, unit: Unit) -> bool:
-        if self.started:  # a retry, or a piece re-queued after a crash
-            return not self.future.done()
-        self.started = True
-        return self.future.set_running_or_notify_cancel()
 
     def deliver(self, unit: Unit, start: int, loader: Loader, elapsed: float) -> None:
         values, errors = loader()

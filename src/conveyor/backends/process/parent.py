@@ -276,7 +276,6 @@ class ProcessBackend(Backend):
             self._init_name = getattr(initializer, "__qualname__", repr(initializer))
             self._max_tasks = max_tasks_per_worker
             self._max_memory = max_memory_per_worker
-            self._reports_memory = max_memory_per_worker is not None
             super().__init__(workers)
             self.start_method = self._ctx.get_start_method()
             self._segments = _shm.SegmentPool() if _shm.AVAILABLE else None
@@ -946,7 +945,9 @@ class ProcessBackend(Backend):
     def _start_worker(self, direct: bool = False) -> WorkerRecord:
         """Start a worker (``direct``: forked from this process, see ``__init__``)."""
         ctx = fork_context() if direct else self._ctx
-        return self._add_worker(launch(ctx, self._init_blob, self._reports_memory, _pull_probe()))
+        return self._add_worker(
+            launch(ctx, self._init_blob, self._max_memory is not None, _pull_probe())
+        )
 
     def _adopt(self, plan: records_module.WorkerPlan) -> WorkerRecord:
         """Take over the worker the zygote forked for ``plan`` at its birth (see _begin)."""

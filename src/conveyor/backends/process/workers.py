@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .settlement import Position
+    from .worker_logging import Levels
 
 __all__ = [
     "State",
@@ -408,8 +409,8 @@ class WorkerPlan:
         close_handles(self.conn, self.lifeline, self.fd_sock)
 
 
-def _log_levels() -> Any:
-    """The caller's logging levels for a new worker (``worker_logging.Levels``), or None when
+def _log_levels() -> Levels | None:
+    """The caller's logging levels for a new worker, or None when
     this process has not imported ``logging``: then nothing set them, and a cold map imports
     neither it nor worker_logging (the worker ships its records once it has logging itself:
     ``worker._logs_waiting``)."""
