@@ -133,16 +133,24 @@ class ProcessExecutorTest(
     def test_killed_child(self) -> None:
         # replaces: "When a child process is abruptly terminated, the whole pool gets broken".
         # conveyor: only its task fails (WorkerCrashed, a BrokenExecutor); the pool goes on.
-        future = self.executor.submit(test_process_pool.time.sleep, 30)
-        for _ in support.sleeping_retry(support.SHORT_TIMEOUT, "task never started"):
-            if future.running():
-                break
-        for pid in self.executor._backend.worker_pids():  # type: ignore[attr-defined]
-            import os
-            import signal
+        # The workers are killed once the task has *started* in one (its file is written): a
+        # task sent to a worker killed before it began is run again instead, as it should be.
+        import os
+        import signal
+        import tempfile
 
-            os.kill(pid, signal.SIGKILL)
-        self.assertRaises(BrokenExecutor, future.result)
+        import faults
+
+        with tempfile.TemporaryDirectory() as directory:
+            never = os.path.join(directory, "never")
+            future = self.executor.submit(faults.touch_and_wait, directory, "task", never, 30)
+            started = os.path.join(directory, "started.task")
+            for _ in support.sleeping_retry(support.SHORT_TIMEOUT, "task never started"):
+                if os.path.exists(started):
+                    break
+            for pid in self.executor._backend.worker_pids():  # type: ignore[attr-defined]
+                os.kill(pid, signal.SIGKILL)
+            self.assertRaises(BrokenExecutor, future.result)
         self.assertIsInstance(future.exception(), conveyor.WorkerCrashed)
         self.assertEqual(self.executor.submit(pow, 2, 8).result(), 256)
 
