@@ -13,6 +13,9 @@ Workloads (positional arguments; none means all of them) and their targets:
   tiny     100k tiny items (x*x) through each library's map        <= 1.0x the best peer of the
                                                                    same kind (process, thread);
                                                                    auto: of any kind
+  exmap    the same 100k items through Executor.map as written      <= 1.1x ThreadPoolExecutor
+           (chunksize 1: one task per item): conveyor.Pool's thread
+           backend against ThreadPoolExecutor
   inline   the same 100k items: conveyor.map(backend="auto"), which   <= 1.15x list(map(...))
            runs them inline, against list(map(...)), best of 30+
   cpu      32 CPU-bound pure-Python blocks (~60 ms each)           <= 1.05x serial time / cores
@@ -204,6 +207,13 @@ class ConveyorEngine(Engine):
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+class ConveyorExecutorMapEngine(ConveyorEngine):
+    """conveyor.Pool's Executor.map as a drop-in user writes it: chunksize left at 1."""
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items))
 
 
 class ConveyorAutoEngine(Engine):
@@ -406,6 +416,12 @@ SPECS: dict[str, Spec] = {
         Spec("conveyor process", "conveyor", "process", lambda w: ConveyorEngine(w, "process")),
         Spec("conveyor thread", "conveyor", "thread", lambda w: ConveyorEngine(w, "thread")),
         Spec("conveyor auto", "conveyor", "auto", ConveyorAutoEngine),
+        Spec(
+            "conveyor thread .map",
+            "conveyor",
+            "thread",
+            lambda w: ConveyorExecutorMapEngine(w, "thread"),
+        ),
         Spec("ThreadPoolExecutor", "stdlib", "thread", _tpe, peer_default=True),
         Spec("ProcessPoolExecutor", "stdlib", "process", _ppe, peer_default=True),
         Spec("mp.Pool", "stdlib", "process", _mp_pool, peer_default=True),
@@ -436,7 +452,18 @@ SUBMIT_PEERS = ["ProcessPoolExecutor", "mp.Pool", "loky", "pebble ProcessPool", 
 
 # --------------------------------------------------------------------------- options
 
-WORKLOADS = ["tiny", "inline", "cpu", "io", "submit", "startup", "arrays", "captured", "auto"]
+WORKLOADS = [
+    "tiny",
+    "exmap",
+    "inline",
+    "cpu",
+    "io",
+    "submit",
+    "startup",
+    "arrays",
+    "captured",
+    "auto",
+]
 AUTO_BASES = ["tiny", "cpu", "io", "arrays"]
 
 
@@ -689,20 +716,24 @@ def constant(items: Sequence[Any], check: Check) -> Callable[[], tuple[Sequence[
     return lambda: (items, check)
 
 
-def wl_tiny(opts: Options) -> Section:
+def map_tiny_items(workload: str, names: Sequence[str], opts: Options) -> list[Row]:
+    """Time each contender's map of ``opts.tiny_items`` tiny items (x*x)."""
     items = list(range(opts.tiny_items))
-    names = conveyor_names("tiny", opts) + MAP_PEERS
-    log(f"tiny: {len(items):,} items of x*x")
-    rows = run_map_workload(
-        "tiny",
+    return run_map_workload(
+        workload,
         names,
         square,
         constant(items, expect_equal([x * x for x in items])),
         opts.workers,
         opts,
     )
+
+
+def wl_tiny(opts: Options) -> Section:
+    log(f"tiny: {opts.tiny_items:,} items of x*x")
+    rows = map_tiny_items("tiny", conveyor_names("tiny", opts) + MAP_PEERS, opts)
     section = Section(
-        "tiny", f"{len(items):,} tiny items (x*x) through map, workers={opts.workers}", rows
+        "tiny", f"{opts.tiny_items:,} tiny items (x*x) through map, workers={opts.workers}", rows
     )
     apply_ratios(section)
     # Each conveyor backend against the best peer of its own kind (a process pool pays for
@@ -719,24 +750,35 @@ def wl_tiny(opts: Options) -> Section:
     return section
 
 
+def wl_exmap(opts: Options) -> Section:
+    log(f"exmap: {opts.tiny_items:,} items of x*x through Executor.map, chunksize 1")
+    rows = map_tiny_items("exmap", ["conveyor thread .map", "ThreadPoolExecutor"], opts)
+    section = Section(
+        "exmap",
+        f"{opts.tiny_items:,} tiny items (x*x) through Executor.map as a drop-in user writes it"
+        f" (chunksize 1: a task each), thread pools, workers={opts.workers}",
+        rows,
+    )
+    apply_ratios(section)
+    tpe = next((r.best for r in rows if r.contender == "ThreadPoolExecutor"), None)
+    for row in rows:
+        if row.is_conveyor:
+            ratio = row.best / tpe if tpe and row.best else None
+            verdict_at_most(row, ratio, 1.1, "ThreadPoolExecutor")
+    return section
+
+
 #: repeats of the inline workload at least: one call takes a few ms, so a few repeats are noise
 INLINE_REPEATS = 30
 
 
 def wl_inline(opts: Options) -> Section:
-    items = list(range(opts.tiny_items))
-    log(f"inline: {len(items):,} items of x*x, auto against list(map) in this process")
-    rows = run_map_workload(
-        "inline",
-        ["list(map)", "conveyor auto"],
-        square,
-        constant(items, expect_equal([x * x for x in items])),
-        opts.workers,
-        replace(opts, repeats=max(opts.repeats, INLINE_REPEATS)),
-    )
+    log(f"inline: {opts.tiny_items:,} items of x*x, auto against list(map) in this process")
+    repeats = max(opts.repeats, INLINE_REPEATS)
+    rows = map_tiny_items("inline", ["list(map)", "conveyor auto"], replace(opts, repeats=repeats))
     section = Section(
         "inline",
-        f'{len(items):,} tiny items (x*x): backend="auto", which runs them inline, against '
+        f'{opts.tiny_items:,} tiny items (x*x): backend="auto", which runs them inline, against '
         "list(map(...)) in the same process",
         rows,
         ref_label="vs list(map)",
@@ -1178,6 +1220,7 @@ def wl_captured(opts: Options) -> Section:
 
 RUNNERS: dict[str, Callable[[Options], Section]] = {
     "tiny": wl_tiny,
+    "exmap": wl_exmap,
     "inline": wl_inline,
     "cpu": wl_cpu,
     "io": wl_io,

@@ -3,6 +3,7 @@ the mark encoding and the wire messages (no process, no thread)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from typing import Any
@@ -227,6 +228,51 @@ def test_the_queue_loses_nothing(specs: list[tuple[bool, float]], now: float) ->
     queue.release_due(now)
     assert all(u.not_before <= now for u in queue.ready)
     assert sorted(u.id for u in queue.take_all()) == sorted(u.id for u in units)
+
+
+@pytest.mark.parametrize("round_", range(40))
+def test_units_taken_without_the_lock_are_never_also_cancelled_or_dropped(round_: int) -> None:
+    """The thread backend's workers pop_ready without the lock while cancel and take_all run
+    under it: every unit ends in exactly one place (taken once, dropped once, or cancelled)."""
+    mine, theirs = Sink(), Sink()
+    units = [unit(sink=mine if i % 3 == 0 else theirs) for i in range(5000)]
+    queue, lock = WorkQueue(), threading.Lock()
+    queue.add(units, now=0.0)
+    go, started, stop = threading.Barrier(3), threading.Event(), threading.Event()
+    taken: list[list[Unit]] = [[], []]
+
+    def take(into: list[Unit]) -> None:
+        go.wait()
+        while not stop.is_set():
+            found = queue.pop_ready()
+            if found is not None:
+                into.append(found)
+                if len(into) == 10:
+                    started.set()
+                sum(range(100))  # a task's worth of time: the queue must not empty at once
+
+    takers = [threading.Thread(target=take, args=(into,)) for into in taken]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: in the middle of a call
+    try:
+        for thread in takers:
+            thread.start()
+        go.wait()
+        assert started.wait(60)
+        with lock:
+            queue.cancel(mine)
+        with lock:
+            dropped = queue.take_all()
+    finally:
+        stop.set()
+        for thread in takers:
+            thread.join()
+        sys.setswitchinterval(switch)
+    everywhere = [u.id for u in taken[0] + taken[1] + dropped]
+    assert len(everywhere) == len(set(everywhere)), "a unit is in two places"
+    assert not [u for u in dropped if u.sink is mine], "a cancelled unit was dropped later"
+    assert {u.id for u in units if u.sink is theirs} <= set(everywhere), "a unit was lost"
+    assert not queue
 
 
 # ----------------------------------------------------------------------------- the mark

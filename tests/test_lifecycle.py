@@ -57,12 +57,20 @@ def test_cancelled_queued_future_does_not_stall_a_one_worker_process_pool(tmp_pa
         assert b.result(timeout=DEADLINE) == 2
 
 
-def test_cancelled_future_on_a_fresh_pool_does_not_stall_it() -> None:
-    # cancelled before the worker said READY: the dispatcher met it with nothing else to do
-    with faults.no_leftovers(), conveyor.Pool(workers=1, backend="process") as pool:
+def test_cancelled_future_on_a_fresh_pool_does_not_stall_it(tmp_path: Path) -> None:
+    # cancelled before the worker said READY (its initializer waits for the go-ahead, so a
+    # quickly started worker cannot have run them): the dispatcher met it with nothing else to do
+    go = tmp_path / "go"
+    with (
+        faults.no_leftovers(),
+        conveyor.Pool(
+            workers=1, backend="process", initializer=faults.wait_for_path, initargs=(str(go),)
+        ) as pool,
+    ):
         futures = [pool.submit(abs, -i) for i in range(6)]
         for future in futures[::2]:
             assert future.cancel()
+        go.touch()
         assert [f.result(timeout=DEADLINE) for f in futures[1::2]] == [1, 3, 5]
 
 

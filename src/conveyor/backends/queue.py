@@ -1,7 +1,15 @@
 """The units waiting for a worker, and the map jobs still to send more, shared by the thread
 and process backends.
 
-Not locked itself: each backend holds its own lock around every call.
+Not locked itself: each backend holds its own lock around every call, with one exception:
+the thread backend's worker threads take ready units with :meth:`WorkQueue.pop_ready` without
+it (taking the lock for every unit made two worker threads hand it to each other at every unit,
+a context switch each time: see backends/thread.py). So that a unit is never in two places,
+every call made under the lock changes ``ready`` only by single deque operations, each atomic
+against a concurrent ``popleft`` (the GIL, or the deque's own lock in a free-threaded build):
+``append``, ``appendleft``, ``extendleft`` and ``popleft``. :meth:`WorkQueue.cancel` and
+:meth:`WorkQueue.take_all` therefore take units out one ``popleft`` at a time (never copy the
+deque and then clear or replace it); a unit that a worker took meanwhile is that worker's.
 
 A map job sends its chunks as its caller consumes results, so a backend that is shutting
 down cannot tell from its queue alone whether more work is coming. Each running job therefore
@@ -82,6 +90,20 @@ class WorkQueue:
             else:
                 self.ready.append(unit)
 
+    def pop_ready(self) -> Unit | None:
+        """The first ready unit, taken out, or None: safe without the backend's lock (see the
+        module docstring).
+
+        Example::
+
+            >>> WorkQueue().pop_ready() is None
+            True
+        """
+        try:
+            return self.ready.popleft()
+        except IndexError:
+            return None
+
     def release_due(self, now: float) -> None:
         """Move units whose backoff is over to the back of ``ready``."""
         while self._backoff and self._backoff[0][0] <= now:
@@ -93,7 +115,8 @@ class WorkQueue:
 
     def cancel(self, owner: object) -> None:
         """Drop the queued units whose sink belongs to ``owner``."""
-        self.ready = deque(u for u in self.ready if u.sink.owner is not owner)
+        kept = [u for u in self._pop_all_ready() if u.sink.owner is not owner]
+        self.ready.extendleft(reversed(kept))  # back in front, in their order, in one operation
         self._backoff = [h for h in self._backoff if h[2].sink.owner is not owner]
         heapq.heapify(self._backoff)
 
@@ -115,7 +138,13 @@ class WorkQueue:
 
     def take_all(self) -> list[Unit]:
         """Empty the queue; returns what it had."""
-        dropped = list(self.ready) + [h[2] for h in self._backoff]
-        self.ready.clear()
+        dropped = self._pop_all_ready() + [h[2] for h in self._backoff]
         self._backoff.clear()
         return dropped
+
+    def _pop_all_ready(self) -> list[Unit]:
+        """Take every ready unit out, one ``popleft`` at a time (see the module docstring)."""
+        taken = []
+        while (unit := self.pop_ready()) is not None:
+            taken.append(unit)
+        return taken

@@ -37,6 +37,20 @@ Races, and what settles them:
   thread leaves only under ``_cv`` with nothing queued, in backoff or expected (no open ticket),
   and ``submit`` starts a thread under ``_cv`` when none is left; a thread abandoned while
   work is queued is always replaced, also during a shutdown;
+* a worker thread takes a ready unit *without* ``_cv`` when it can (``WorkQueue.pop_ready``,
+  one atomic ``popleft``; see backends/queue.py for why ``cancel`` and ``take_all`` cannot then
+  put a unit in two places). Taking ``_cv`` for every unit made a lock convoy: once a forced GIL
+  switch found one thread holding ``_cv``, the other blocked on it in the kernel, got it
+  handed over on release and then waited for the GIL while holding it, so the first blocked
+  next, and so on, two context switches a unit (``Pool.map`` of 100k tiny items on 2 threads:
+  ~202,000 switches, 2.0 s, against 1.06 s for ``ThreadPoolExecutor``). The thread goes the
+  locked way when the pool is ending, the thread is abandoned, retries wait in their backoff
+  (they are released there) or nothing is ready (it waits there);
+* ``terminate()`` against a unit taken but not yet marked running (``state.unit``): the thread
+  marks it under ``state.lock`` only if ``_terminated`` is still false, and ``terminate`` sets
+  that before it looks at any thread's unit under the same lock; so either ``terminate`` sees
+  the unit and fails it as running, or the thread sees ``_terminated`` and fails it as not
+  started (also between two items of a unit with a timeout);
 * ``shutdown(wait=True)`` waits until no worker thread is left (not for abandoned ones: they
   may be stuck in C for good). Called on one of the pool's own threads (a task, a
   done-callback) it would wait for itself: it shuts the pool down and raises RuntimeError, as
@@ -314,6 +328,13 @@ class ThreadBackend(Backend):
 
     def _next_unit(self, state: _ThreadState) -> Unit | None:
         """Block until there is a unit to run; None when this thread should end."""
+        queue = self._queue
+        if not (
+            self._terminated or state.abandoned or self._broken is not None or queue.has_backoff
+        ):
+            unit = queue.pop_ready()  # without _cv (see the module docstring)
+            if unit is not None:
+                return unit
         with self._cv:
             while True:
                 if self._terminated or state.abandoned or self._broken is not None:
@@ -376,7 +397,12 @@ class ThreadBackend(Backend):
             with state.lock:
                 if state.abandoned:
                     return
-                state.unit, state.position = unit, 0
+                terminated = self._terminated
+                if not terminated:
+                    state.unit, state.position = unit, 0
+            if terminated:  # (see the module docstring: terminate() against a unit taken)
+                self._fail_terminated(unit, 0)
+                return
             started = time.perf_counter()
             values, errors = run_items(unit.fn, unit.mode, unit.items)
             with state.lock:
@@ -394,8 +420,13 @@ class ThreadBackend(Backend):
             with state.lock:
                 if state.abandoned:
                     return
-                state.current = (unit, position, time.monotonic() + timeout)
-                state.unit, state.position = unit, position
+                terminated = self._terminated
+                if not terminated:
+                    state.current = (unit, position, time.monotonic() + timeout)
+                    state.unit, state.position = unit, position
+            if terminated:
+                self._fail_terminated(unit, position)
+                return
             self._wake_watchdog()
             values, errors = run_items(unit.fn, unit.mode, [item])
             with state.lock:
@@ -407,6 +438,12 @@ class ThreadBackend(Backend):
             state.failures += len(errors)
             state.busy += elapsed
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
+
+    @staticmethod
+    def _fail_terminated(unit: Unit, position: int) -> None:
+        """Fail the items of ``unit`` from ``position``: the pool was terminated first."""
+        error = PoolClosed("the pool was terminated before the task started")
+        unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
 
     def _break(self, exc: BaseException) -> None:
         from .._executor_errors import WorkerInitError  # (a failure: see that module)
