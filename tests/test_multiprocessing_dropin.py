@@ -345,9 +345,9 @@ def iteration_reference() -> Iterator[multiprocessing.pool.ThreadPool]:
     IMapIterator``), so either is the reference for *iteration*; the process pool is not used
     for it because it can be very slow to deliver many small results: its worker-handler thread
     also waits on the result pipe (``Pool._get_sentinels``), so while results are pending it
-    wakes at once, again and again, and contends for the GIL with the thread that reads them.
-    On 2 cores that fell into a regime of about one result per GIL switch interval (5 ms): 30
-    examples took from 4 s to over 120 s on Python 3.10 (a CI timeout).
+    wakes at once, again and again (seen at ~93% of a core in ``Pool._handle_workers``), and
+    contends for the GIL with the threads that deliver them. On 2 cores the 30 examples took
+    from 4 s to over 120 s on Python 3.10 (a CI timeout).
     """
     with multiprocessing.pool.ThreadPool(2) as pool:
         yield pool
