@@ -410,9 +410,9 @@ class WorkerPlan:
 
 
 def _log_levels() -> Levels | None:
-    """The caller's logging levels for a new worker, or None when
-    this process has not imported ``logging``: then nothing set them, and a cold map imports
-    neither it nor worker_logging (the worker ships its records once it has logging itself:
+    """The caller's logging levels for a new worker, or None when this process has not
+    imported ``logging``: then nothing set them, and a cold map imports neither it nor
+    worker_logging (the worker ships its records once it has logging itself:
     ``worker._logs_waiting``)."""
     if "logging" not in sys.modules:
         return None
