@@ -237,16 +237,25 @@ class PoolMachine(RuleBasedStateMachine):
         # chunksize=1: the map goes on sending chunks while the machine shuts the pool down
         values = [0.002 * (i % 3) for i in range(size)]
         running = _MapInThread(expected=values, may_fail=self.may_close)
+        started = threading.Event()
 
         def run() -> None:
             try:
                 call = self.pool.imap if ordered else self.pool.imap_unordered
-                running.outcome["value"] = list(call(tasks.slow_identity, values, chunksize=1))
+                try:
+                    results = call(tasks.slow_identity, values, chunksize=1)
+                finally:
+                    started.set()
+                running.outcome["value"] = list(results)
             except BaseException as exc:
                 running.outcome["error"] = exc
 
         running.thread = threading.Thread(target=run, daemon=True)
         running.thread.start()
+        # The map has started once imap has returned (it holds its claim on the pool from
+        # then on). Without this wait, a shutdown in the next step could come before the
+        # thread called imap at all, which must then refuse it: steps can take microseconds.
+        assert started.wait(DEADLINE), f"imap did not return; threads:\n{_stacks()}"
         self.maps.append(running)
 
     @rule(
