@@ -285,6 +285,9 @@ class PoolMachine(RuleBasedStateMachine):
         closer = threading.Thread(target=shut, daemon=True)
         closer.start()
         self.closers.append(closer)
+        # Shut for sure once the closer has begun: a submit in the next step must be refused
+        # (the step could otherwise come before the closer thread ran at all).
+        faults.wait_until(lambda: self.pool._closed, DEADLINE, "the shutdown to begin")
 
     @rule()
     def terminate(self) -> None:
