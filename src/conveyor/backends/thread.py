@@ -81,6 +81,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ThreadBackend"]
 
+#: what an item fails with when terminate() came before it started (queued, or just taken)
+TERMINATED_BEFORE_START = "the pool was terminated before the task started"
+
 _thread_names = itertools.count(1)
 
 
@@ -252,7 +255,7 @@ class ThreadBackend(Backend):
             self._queue.close_jobs()
             self._cv.notify_all()
             states = list(self._states)
-        fail_units(dropped, PoolClosed("the pool was terminated before the task started"))
+        fail_units(dropped, PoolClosed(TERMINATED_BEFORE_START))
         with self._watch_cv:
             self._watch_cv.notify_all()
         for state in states:
@@ -394,14 +397,7 @@ class ThreadBackend(Backend):
     def _run_unit(self, state: _ThreadState, unit: Unit) -> None:
         timeout = unit.timeout
         if timeout is None:
-            with state.lock:
-                if state.abandoned:
-                    return
-                terminated = self._terminated
-                if not terminated:
-                    state.unit, state.position = unit, 0
-            if terminated:  # (see the module docstring: terminate() against a unit taken)
-                self._fail_terminated(unit, 0)
+            if not self._mark_running(state, unit, 0, None):
                 return
             started = time.perf_counter()
             values, errors = run_items(unit.fn, unit.mode, unit.items)
@@ -417,15 +413,7 @@ class ThreadBackend(Backend):
             return
         for position, item in enumerate(unit.items):
             started = time.perf_counter()
-            with state.lock:
-                if state.abandoned:
-                    return
-                terminated = self._terminated
-                if not terminated:
-                    state.current = (unit, position, time.monotonic() + timeout)
-                    state.unit, state.position = unit, position
-            if terminated:
-                self._fail_terminated(unit, position)
+            if not self._mark_running(state, unit, position, timeout):
                 return
             self._wake_watchdog()
             values, errors = run_items(unit.fn, unit.mode, [item])
@@ -439,11 +427,25 @@ class ThreadBackend(Backend):
             state.busy += elapsed
             unit.sink.deliver(unit, position, outcomes_of(values, errors), elapsed)
 
-    @staticmethod
-    def _fail_terminated(unit: Unit, position: int) -> None:
-        """Fail the items of ``unit`` from ``position``: the pool was terminated first."""
-        error = PoolClosed("the pool was terminated before the task started")
-        unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
+    def _mark_running(
+        self, state: _ThreadState, unit: Unit, position: int, timeout: float | None
+    ) -> bool:
+        """Mark ``unit``'s items from ``position`` as this thread's running work (with the
+        deadline of ``timeout``, if any); False when they must not run: the thread was
+        abandoned (its items are settled already) or the pool was terminated (they are failed
+        here: see the module docstring, terminate() against a unit taken)."""
+        with state.lock:
+            if state.abandoned:
+                return False
+            terminated = self._terminated
+            if not terminated:
+                if timeout is not None:
+                    state.current = (unit, position, time.monotonic() + timeout)
+                state.unit, state.position = unit, position
+        if terminated:
+            error = PoolClosed(TERMINATED_BEFORE_START)
+            unit.sink.deliver(unit, position, errors_of(len(unit.items) - position, error), 0.0)
+        return not terminated
 
     def _break(self, exc: BaseException) -> None:
         from .._executor_errors import WorkerInitError  # (a failure: see that module)
